@@ -1,0 +1,71 @@
+"""Elementwise activations: ReLU and the transformer's output nonlinearity, a scaled tanh.
+
+Functional pairs ``y, cache = op_forward(x)`` / ``dx = op_backward(dy, cache)`` and thin
+layer classes over them. Any shape, float32 or float64, NumPy or CuPy; the output keeps
+the input dtype.
+"""
+from __future__ import annotations
+
+from minnst.backend import get_xp
+from minnst.layers.base import Layer
+
+
+def relu_forward(x):
+    """``y = max(x, 0)``, any shape. The cache is ``y`` itself: the next layer usually keeps
+    it alive anyway, and ``y > 0`` is exactly where ``x > 0``."""
+    xp = get_xp(x)
+    y = xp.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, cache):
+    """``dx = dy · [x > 0]`` (the subgradient 0 is taken at ``x = 0``)."""
+    xp = get_xp(dy)
+    y = cache
+    return xp.where(y > 0, dy, dy.dtype.type(0))
+
+
+def scaled_tanh_forward(x, scale=127.5, offset=127.5):
+    """``y = offset + scale · tanh(x)``, any shape; the defaults map onto pixels in [0, 255].
+
+    The cache is ``(tanh(x), scale)``: recovering tanh from ``y`` would lose digits in
+    float32 once the offset is added.
+    """
+    xp = get_xp(x)
+    scale, offset = float(scale), float(offset)  # Python floats never change x's dtype
+    t = xp.tanh(x)
+    return offset + scale * t, (t, scale)
+
+
+def scaled_tanh_backward(dy, cache):
+    """``dx = dy · scale · (1 − tanh²(x))``."""
+    t, scale = cache
+    return dy * (scale * (1 - t * t))
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``; no parameters."""
+
+    def forward(self, x):
+        return relu_forward(x)
+
+    def backward(self, dy, cache):
+        return relu_backward(dy, cache), {}
+
+
+class ScaledTanh(Layer):
+    """``y = offset + scale · tanh(x)``; no parameters."""
+
+    def __init__(self, scale=127.5, offset=127.5):
+        super().__init__()
+        self.scale = scale
+        self.offset = offset
+
+    def forward(self, x):
+        return scaled_tanh_forward(x, self.scale, self.offset)
+
+    def backward(self, dy, cache):
+        return scaled_tanh_backward(dy, cache), {}
+
+    def __repr__(self):
+        return f"ScaledTanh(scale={self.scale}, offset={self.offset})"

@@ -1,0 +1,230 @@
+"""2-D max and average pooling, NCHW, no padding.
+
+Output size as PyTorch (floor): ``OH = (H − kernel) // stride + 1``, ``OW`` likewise; rows
+and columns that do not fill a whole window are dropped (their gradient is 0).
+``stride=None`` means ``stride = kernel``.
+
+Three implementations behind one signature:
+
+* ``kernel == stride`` (VGG's 2×2/2): reshape to ``(N, C, OH, k, OW, k)`` and reduce,
+  no Python loop at all;
+* any kernel/stride: a loop over the ``k²`` window offsets, never over pixels. For one
+  offset ``(ki, kj)`` the window elements form one strided slice of ``x``, so windows may
+  overlap (``k > s``) or leave gaps (``k < s``);
+* ``*_naive``: plain loops over every output pixel, the reference the tests compare with.
+
+Max pooling routes each window's gradient to exactly one element, the first maximum in
+row-major window order (as PyTorch), also when values tie; a NaN counts as the maximum so
+that it propagates. Its cache is a compact ``(N, C, OH, OW)`` uint8 index of that element.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minnst.backend import get_xp
+from minnst.layers.base import Layer
+
+
+class MaxPoolCache(NamedTuple):
+    idx: object  # (N, C, OH, OW) uint8: row-major offset ki·k + kj of each window's maximum
+    x_shape: tuple
+    kernel: int
+    stride: int
+
+
+class AvgPoolCache(NamedTuple):
+    x_shape: tuple
+    kernel: int
+    stride: int
+
+
+def _check(x, kernel, stride):
+    """Validate the arguments; return ``(stride, OH, OW)``."""
+    stride = kernel if stride is None else stride
+    if x.ndim != 4:
+        raise ValueError(f"pooling expects NCHW input, got shape {tuple(x.shape)}")
+    if kernel < 1 or stride < 1:
+        raise ValueError(f"kernel and stride must be >= 1, got {kernel} and {stride}")
+    H, W = x.shape[2:]
+    if H < kernel or W < kernel:
+        raise ValueError(f"pooling window {kernel}x{kernel} is larger than the input {H}x{W}")
+    return stride, (H - kernel) // stride + 1, (W - kernel) // stride + 1
+
+
+def _offset(ki, kj, stride, OH, OW):
+    """Index such that ``x[_offset(...)]`` is the ``(N, C, OH, OW)`` array of every
+    window's element at offset ``(ki, kj)``."""
+    return (slice(None), slice(None),
+            slice(ki, ki + stride * (OH - 1) + 1, stride),
+            slice(kj, kj + stride * (OW - 1) + 1, stride))
+
+
+def _blocks(x, k, OH, OW):
+    """The non-overlapping k×k windows (kernel == stride) as an (N, C, OH, k, OW, k) view."""
+    N, C = x.shape[:2]
+    return x[:, :, :OH * k, :OW * k].reshape(N, C, OH, k, OW, k)
+
+
+def _unblocks(db, x_shape):
+    """Adjoint of ``_blocks``: (N, C, OH, k, OW, k) -> a fresh array of ``x_shape``, zeros
+    where rows or columns were dropped."""
+    _, _, OH, k, OW, _ = db.shape
+    dx = get_xp(db).zeros(x_shape, dtype=db.dtype)
+    _blocks(dx, k, OH, OW)[...] = db  # splitting H and W of a slice is always a view
+    return dx
+
+
+def _index_dtype(kernel):
+    return np.uint8 if kernel * kernel <= 256 else np.int32
+
+
+# --------------------------------------------------------------------------- max pooling
+
+def maxpool2d_forward(x, kernel=2, stride=None):
+    """``y[n,c,i,j] = max_{0≤a,b<k} x[n, c, i·s + a, j·s + b]``.
+
+    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``.
+    """
+    stride, OH, OW = _check(x, kernel, stride)
+    xp = get_xp(x)
+    k = kernel
+    if k == stride:
+        N, C = x.shape[:2]
+        # (N, C, OH, k, OW, k) -> (N, C, OH, OW, k·k): one copy, windows flattened row-major
+        win = _blocks(x, k, OH, OW).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, OH, OW, k * k)
+        idx = xp.argmax(win, axis=-1).astype(_index_dtype(k))  # the first maximum (or NaN)
+        y = win.max(axis=-1)
+    else:
+        y = x[_offset(0, 0, stride, OH, OW)].copy()
+        idx = xp.zeros(y.shape, dtype=_index_dtype(k))
+        for p in range(1, k * k):
+            xs = x[_offset(*divmod(p, k), stride, OH, OW)]
+            # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
+            take = (xs > y) | (xp.isnan(xs) & ~xp.isnan(y))
+            y = xp.where(take, xs, y)
+            idx = xp.where(take, idx.dtype.type(p), idx)
+    return y, MaxPoolCache(idx, tuple(x.shape), k, stride)
+
+
+def maxpool2d_backward(dy, cache):
+    """``dx[n, c, i·s + a*, j·s + b*] += dy[n, c, i, j]`` where ``(a*, b*)`` is the window's
+    first maximum; every other element gets 0. dy: (N, C, OH, OW) -> dx: x's shape."""
+    xp = get_xp(dy)
+    idx, x_shape, k, stride = cache
+    zero = dy.dtype.type(0)
+    if k == stride:
+        N, C, OH, OW = dy.shape
+        hit = xp.arange(k * k, dtype=idx.dtype) == idx[..., None]  # (N, C, OH, OW, k·k)
+        dwin = xp.where(hit, dy[..., None], zero)
+        return _unblocks(dwin.reshape(N, C, OH, OW, k, k).transpose(0, 1, 2, 4, 3, 5), x_shape)
+    OH, OW = dy.shape[2:]
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    for p in range(k * k):
+        # within one offset the targets are distinct, so += on the strided slice is a
+        # scatter-add; overlapping windows accumulate across offsets
+        dx[_offset(*divmod(p, k), stride, OH, OW)] += xp.where(idx == p, dy, zero)
+    return dx
+
+
+def maxpool2d_naive(x, kernel=2, stride=None):
+    """Loop reference for ``maxpool2d_forward`` (output only; slow)."""
+    stride, OH, OW = _check(x, kernel, stride)
+    xp = get_xp(x)
+    N, C = x.shape[:2]
+    y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    window = x[n, c, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+                    y[n, c, i, j] = window.max()
+    return y
+
+
+# ----------------------------------------------------------------------- average pooling
+
+def avgpool2d_forward(x, kernel=2, stride=None):
+    """``y[n,c,i,j] = 1/k² · Σ_{0≤a,b<k} x[n, c, i·s + a, j·s + b]``.
+
+    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``AvgPoolCache`` (shapes only).
+    """
+    stride, OH, OW = _check(x, kernel, stride)
+    k = kernel
+    if k == stride:
+        y = _blocks(x, k, OH, OW).mean(axis=(3, 5))
+    else:
+        y = x[_offset(0, 0, stride, OH, OW)].copy()
+        for p in range(1, k * k):
+            y = y + x[_offset(*divmod(p, k), stride, OH, OW)]
+        y = y / (k * k)
+    return y, AvgPoolCache(tuple(x.shape), k, stride)
+
+
+def avgpool2d_backward(dy, cache):
+    """``dx[n, c, i·s + a, j·s + b] += dy[n, c, i, j] / k²`` for every window element.
+    dy: (N, C, OH, OW) -> dx: x's shape."""
+    xp = get_xp(dy)
+    x_shape, k, stride = cache
+    g = dy / (k * k)
+    N, C, OH, OW = dy.shape
+    if k == stride:
+        return _unblocks(xp.broadcast_to(g[:, :, :, None, :, None], (N, C, OH, k, OW, k)), x_shape)
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    for p in range(k * k):
+        dx[_offset(*divmod(p, k), stride, OH, OW)] += g
+    return dx
+
+
+def avgpool2d_naive(x, kernel=2, stride=None):
+    """Loop reference for ``avgpool2d_forward`` (output only; slow)."""
+    stride, OH, OW = _check(x, kernel, stride)
+    xp = get_xp(x)
+    N, C = x.shape[:2]
+    y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    window = x[n, c, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
+                    y[n, c, i, j] = window.sum() / (kernel * kernel)
+    return y
+
+
+# --------------------------------------------------------------------------------- layers
+
+class MaxPool2d(Layer):
+    """Max pooling over k×k windows with stride s (``stride=None``: s = k); no parameters."""
+
+    def __init__(self, kernel=2, stride=None):
+        super().__init__()
+        self.kernel = kernel
+        self.stride = kernel if stride is None else stride
+
+    def forward(self, x):
+        return maxpool2d_forward(x, self.kernel, self.stride)
+
+    def backward(self, dy, cache):
+        return maxpool2d_backward(dy, cache), {}
+
+    def __repr__(self):
+        return f"MaxPool2d(kernel={self.kernel}, stride={self.stride})"
+
+
+class AvgPool2d(Layer):
+    """Average pooling over k×k windows with stride s (``stride=None``: s = k); no parameters."""
+
+    def __init__(self, kernel=2, stride=None):
+        super().__init__()
+        self.kernel = kernel
+        self.stride = kernel if stride is None else stride
+
+    def forward(self, x):
+        return avgpool2d_forward(x, self.kernel, self.stride)
+
+    def backward(self, dy, cache):
+        return avgpool2d_backward(dy, cache), {}
+
+    def __repr__(self):
+        return f"AvgPool2d(kernel={self.kernel}, stride={self.stride})"

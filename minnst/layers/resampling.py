@@ -1,0 +1,54 @@
+"""Nearest-neighbour upsampling by an integer factor, NCHW.
+
+The resize half of the transformer's resize-then-convolve upsampling (the checkerboard-free
+alternative to a fractionally strided convolution).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from minnst.backend import get_xp
+from minnst.layers.base import Layer
+
+
+class UpsampleCache(NamedTuple):
+    scale: int
+
+
+def upsample_nearest2d_forward(x, scale=2):
+    """``y[n, c, i, j] = x[n, c, i // s, j // s]``; x: (N, C, H, W) -> y: (N, C, s·H, s·W)."""
+    if x.ndim != 4:
+        raise ValueError(f"upsampling expects NCHW input, got shape {tuple(x.shape)}")
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    xp = get_xp(x)
+    s = int(scale)
+    N, C, H, W = x.shape
+    y = xp.empty((N, C, H * s, W * s), dtype=x.dtype)
+    y.reshape(N, C, H, s, W, s)[...] = x[:, :, :, None, :, None]  # a view: fills y in one pass
+    return y, UpsampleCache(s)
+
+
+def upsample_nearest2d_backward(dy, cache):
+    """``dx[n, c, i, j] = Σ_{0≤a,b<s} dy[n, c, i·s + a, j·s + b]`` (each s×s block summed);
+    dy: (N, C, s·H, s·W) -> dx: (N, C, H, W)."""
+    s = cache.scale
+    N, C, SH, SW = dy.shape
+    return dy.reshape(N, C, SH // s, s, SW // s, s).sum(axis=(3, 5))
+
+
+class Upsample(Layer):
+    """Nearest-neighbour upsampling by an integer ``scale``; no parameters."""
+
+    def __init__(self, scale=2):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return upsample_nearest2d_forward(x, self.scale)
+
+    def backward(self, dy, cache):
+        return upsample_nearest2d_backward(dy, cache), {}
+
+    def __repr__(self):
+        return f"Upsample(scale={self.scale})"

@@ -1,0 +1,153 @@
+"""VGG16 feature stack (the 13 convolutions of Simonyan & Zisserman), frozen.
+
+Layers are named, never indexed: conv1_1, relu1_1, conv1_2, relu1_2, pool1, conv2_1, …,
+relu5_3, pool5. Input: ImageNet-normalised RGB, (N, 3, H, W) (``images.preprocess``).
+Pooling is average (Gatys et al.: better gradient flow) or max (the trained network).
+
+    feats, cache = net.forward(x, layers=["relu2_2", "relu4_2"])
+    dx = net.backward({"relu2_2": g1, "relu4_2": g2}, cache)   # = ∂(Σ_l <g_l, feats_l>)/∂x
+
+The forward stops at the deepest requested layer; the backward starts there and adds each
+layer's incoming gradient as it passes it. Only the input gradient is computed: the
+convolutions keep no input in their caches, the ReLUs keep a mask.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .backend import get_xp
+from .layers.activations import relu_backward, relu_forward
+from .layers.conv import conv2d_backward, conv2d_forward
+from .layers.pooling import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
+                             maxpool2d_forward)
+
+BLOCKS = (2, 2, 3, 3, 3)  # convolutions per block
+CHANNELS = (64, 128, 256, 512, 512)
+CONV_NAMES = tuple(f"conv{b + 1}_{i + 1}" for b, n in enumerate(BLOCKS) for i in range(n))
+
+
+def _layer_names():
+    names = []
+    for b, n in enumerate(BLOCKS):
+        for i in range(n):
+            names += [f"conv{b + 1}_{i + 1}", f"relu{b + 1}_{i + 1}"]
+        names.append(f"pool{b + 1}")
+    return tuple(names)
+
+
+LAYER_NAMES = _layer_names()
+POOLINGS = ("avg", "max")
+
+
+def expected_shapes():
+    """conv name -> (weight shape (F, C, 3, 3), bias shape (F,))."""
+    shapes, c_in = OrderedDict(), 3
+    for b, n in enumerate(BLOCKS):
+        for i in range(n):
+            f = CHANNELS[b]
+            shapes[f"conv{b + 1}_{i + 1}"] = ((f, c_in, 3, 3), (f,))
+            c_in = f
+    return shapes
+
+
+def check_layer_names(layers) -> None:
+    """Raise ValueError naming the first unknown layer (the CLIs turn it into exit 2)."""
+    for name in layers:
+        if name not in LAYER_NAMES:
+            raise ValueError(f"unknown VGG16 layer {name!r}; valid names are conv1_1 … relu5_3, "
+                             f"pool1 … pool5 (e.g. relu4_2)")
+
+
+class VGG16:
+    """Frozen VGG16 features. ``weights``: conv name -> (w (F, C, 3, 3), b (F,))."""
+
+    def __init__(self, weights: dict, pooling: str = "avg"):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        shapes = expected_shapes()
+        for name, (ws, bs) in shapes.items():
+            if name not in weights:
+                raise ValueError(f"VGG16 weights lack {name}")
+            w, b = weights[name]
+            if tuple(w.shape) != ws or tuple(b.shape) != bs:
+                raise ValueError(f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)}, "
+                                 f"expected {ws} / {bs}")
+        self.weights = OrderedDict((n, weights[n]) for n in CONV_NAMES)
+        self.pooling = pooling
+
+    @classmethod
+    def load(cls, path=None, pooling: str = "avg", dtype=np.float32, xp=np):
+        """Load the converted weights (fetching them on first use) onto ``xp``."""
+        from . import weights as wmod
+
+        if path is None:
+            path = wmod.ensure_vgg16()
+        raw = wmod.load_vgg16_weights(path, dtype=dtype)
+        return cls(raw, pooling=pooling).to(xp, dtype)
+
+    def to(self, xp, dtype=None):
+        self.weights = OrderedDict(
+            (n, (xp.asarray(w, dtype=dtype or w.dtype), xp.asarray(b, dtype=dtype or b.dtype)))
+            for n, (w, b) in self.weights.items())
+        return self
+
+    # ------------------------------------------------------------------ forward / backward
+
+    def forward(self, x, layers):
+        """Run up to the deepest of ``layers``; returns ``({name: features}, cache)``."""
+        layers = list(layers)
+        check_layer_names(layers)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"VGG16 expects (N, 3, H, W) input, got shape {tuple(x.shape)}")
+        xp = get_xp(x)
+        wanted = set(layers)
+        last = max(LAYER_NAMES.index(n) for n in layers) if layers else -1
+        feats, cache = {}, []
+        h = x
+        for name in LAYER_NAMES[:last + 1]:
+            kind = name[:4]
+            if kind == "conv":
+                w, b = self.weights[name]
+                h, c = conv2d_forward(h, w.astype(h.dtype, copy=False), b.astype(h.dtype, copy=False),
+                                      stride=1, pad=1, keep_input=False)
+            elif kind == "relu":
+                h, c = relu_forward(h)
+            elif self.pooling == "max":
+                h, c = maxpool2d_forward(h, 2, 2)
+            else:
+                h, c = avgpool2d_forward(h, 2, 2)
+            cache.append((name, c))
+            if name in wanted:
+                feats[name] = xp.ascontiguousarray(h)
+        return feats, cache
+
+    def backward(self, grads: dict, cache):
+        """Gradient w.r.t. the input of ``Σ_l <grads[l], feats[l]>``."""
+        ran = [name for name, _ in cache]
+        for name in grads:
+            if name not in ran:
+                raise ValueError(f"no forward cache for layer {name!r}: include it in forward(layers=…)")
+        dy = None
+        for name, c in reversed(cache):
+            g = grads.get(name)
+            if g is not None:
+                dy = g if dy is None else dy + g
+            if dy is None:
+                continue  # nothing flows back from above this layer yet
+            kind = name[:4]
+            if kind == "conv":
+                dy, _, _ = conv2d_backward(dy, c)
+            elif kind == "relu":
+                dy = relu_backward(dy, c)
+            elif self.pooling == "max":
+                dy = maxpool2d_backward(dy, c)
+            else:
+                dy = avgpool2d_backward(dy, c)
+        if dy is None:
+            raise ValueError("backward needs a gradient for at least one layer")
+        return dy
+
+    def __repr__(self):
+        return f"VGG16(pooling={self.pooling!r}, layers={CONV_NAMES[0]}…{CONV_NAMES[-1]})"

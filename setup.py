@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minnst",
+    version="0.1.0",
+    description="Neural style transfer from scratch on NumPy and CuPy (Gatys and Johnson et al.)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["minnst", "minnst.*"]),
+    package_data={"minnst": ["kernels/*.cu", "kernels/*.h"]},
+    install_requires=[
+        "numpy>=1.22",
+        "scipy>=1.8",
+        "pillow>=9",
+        "h5py>=3",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "threadpoolctl>=3",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=12"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "minnst-gatys=minnst.gatys:main",
+            "minnst-train=minnst.train_fast:main",
+            "minnst-stylize=minnst.stylize:main",
+            "minnst-weights=minnst.weights:main",
+            "minnst-bench=minnst.bench:main",
+        ]
+    },
+)
