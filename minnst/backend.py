@@ -99,3 +99,24 @@ def to_device(x, device: Device, dtype=DEFAULT_DTYPE):
     """Copy a host array to ``device`` as ``dtype`` (contiguous)."""
     xp = device.xp
     return xp.ascontiguousarray(xp.asarray(x, dtype=dtype))
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed large blocks in the heap instead of returning them to the OS.
+
+    NumPy allocates every large array with malloc; above glibc's mmap threshold each one
+    is a fresh mmap, so every layer of every iteration pays page faults on its output
+    (measured here: 8.3 ms to allocate and fill 64 MB, 3.0 ms once memory is reused).
+    The command-line tools call this once at start-up; library users may too. Returns
+    False where it is not available (non-glibc systems), which is harmless.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1
+        ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 31) == 1 and ok
+        return ok
+    except (OSError, AttributeError):
+        return False

@@ -41,7 +41,7 @@ RGB_TO_YIQ = np.array(
 YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-                  IndexError, TypeError, Image.DecompressionBombError)
+                  IndexError, TypeError, Image.DecompressionBombError)  # what a bad file raises
 
 
 class ImageError(ValueError):
@@ -137,6 +137,8 @@ def load_image(path, size=None) -> np.ndarray:
         raise ImageError(f"not an image file (or an unsupported format): {path}") from None
     except PermissionError:
         raise ImageError(f"cannot read image file (permission denied): {path}") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"image {path} has too many pixels to load safely") from None
     except _DECODE_ERRORS as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise ImageError(f"cannot decode image file {path} (truncated or corrupt: {first})") from None

