@@ -151,3 +151,21 @@ class VGG16:
 
     def __repr__(self):
         return f"VGG16(pooling={self.pooling!r}, layers={CONV_NAMES[0]}…{CONV_NAMES[-1]})"
+
+
+def forward_flops(H: int, W: int, upto: str = "relu5_1", batch: int = 1) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions up to layer ``upto``.
+
+    The backward to the input costs the same again (one transposed product per conv);
+    ReLU and pooling are not counted.
+    """
+    check_layer_names([upto])
+    last = LAYER_NAMES.index(upto)
+    flops, h, w = 0, H, W
+    for name, ((F, C, KH, KW), _) in expected_shapes().items():
+        block = int(name[4]) - 1
+        h, w = H >> block, W >> block  # 2×2 pooling halves (floor) per block
+        if LAYER_NAMES.index(name) > last:
+            break
+        flops += 2 * h * w * C * F * KH * KW
+    return flops * batch

@@ -1,0 +1,191 @@
+"""Benchmarks: ``python -m minnst.bench [WORKLOAD …] [--sizes 256,512] [--json FILE]``.
+
+Every number is the minimum over ``--repeat`` timed runs after one warm-up run, measured
+in this process next to NumPy's own float32 matrix multiply, so the ratios (the fraction
+of the machine's GEMM rate that a workload reaches) are comparable across machines.
+Peak memory is the high-water mark of the arrays allocated during one run (tracemalloc,
+which NumPy reports to), over what was allocated before it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from .backend import keep_freed_memory
+
+WORKLOADS = ("vgg",)
+
+
+# --------------------------------------------------------------------------- machine
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> dict:
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            if pool.get("user_api") == "blas":
+                return {"blas": f"{pool.get('internal_api')} {pool.get('version')}",
+                        "threads": pool.get("num_threads")}
+    except Exception:  # threadpoolctl missing or confused: report what we can
+        pass
+    return {"blas": "unknown", "threads": os.cpu_count()}
+
+
+def machine_info() -> dict:
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__,
+            "python": platform.python_version(),
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    info.update(blas_info())
+    return info
+
+
+# --------------------------------------------------------------------------- timing
+
+def best_time(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def peak_mb(fn) -> float:
+    """High-water mark (MB) of memory allocated while ``fn`` runs, above the start."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / 2**20
+
+
+def matmul_gflops(n: int = 4096, repeat: int = 3) -> float:
+    """NumPy float32 n×n matrix multiply rate, the machine's reference GEMM speed."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    t = best_time(lambda: np.matmul(a, b, out=out), repeat)
+    return 2 * n**3 / t / 1e9
+
+
+# --------------------------------------------------------------------------- workloads
+
+def bench_vgg(sizes, repeat):
+    """VGG16 through relu5_1: forward, and forward + backward to the input."""
+    from . import vgg
+
+    net = vgg.VGG16.load(pooling="avg")
+    rows = []
+    for s in sizes:
+        x = np.random.default_rng(0).standard_normal((1, 3, s, s), dtype=np.float32)
+
+        def fwd():
+            return net.forward(x, ["relu5_1"])
+
+        def fwd_bwd():
+            feats, cache = net.forward(x, ["relu5_1"])
+            return net.backward({"relu5_1": np.ones_like(feats["relu5_1"])}, cache)
+
+        flops = vgg.forward_flops(s, s, "relu5_1")
+        for name, fn, fl in (("vgg16_forward", fwd, flops), ("vgg16_forward_backward", fwd_bwd, 2 * flops)):
+            t = best_time(fn, repeat)
+            rows.append({"workload": name, "size": s, "seconds": t, "gflops": fl / t / 1e9,
+                         "peak_mb": peak_mb(fn)})
+    return rows
+
+
+RUNNERS = {"vgg": bench_vgg}
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _sizes(text):
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes takes comma-separated integers, got {text!r}")
+    if not sizes or any(s < 32 or s > 4096 for s in sizes):
+        raise argparse.ArgumentTypeError("each size must be between 32 and 4096")
+    return sizes
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m minnst.bench",
+        description="Time minnst's workloads against this machine's float32 matrix-multiply rate.")
+    p.add_argument("workloads", nargs="*", default=["all"], metavar="WORKLOAD",
+                   help=f"any of {', '.join(WORKLOADS)}, or all (default)")
+    p.add_argument("--sizes", type=_sizes, default=[256, 512],
+                   help="image sizes (square), comma-separated (default: 256,512)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per number, the best is kept (default 3)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    return p
+
+
+def print_table(info, mm, rows):
+    print(f"# {info['date']}  {info['cpu']}  ({info['cores']} cores), {info['blas']}, "
+          f"{info['threads']} BLAS threads, numpy {info['numpy']}")
+    print(f"# NumPy float32 matmul (4096²): {mm:.1f} GFLOP/s")
+    print(f"{'workload':28s} {'size':>5s} {'seconds':>9s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak MB':>8s}")
+    for r in rows:
+        print(f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {r['gflops']:8.1f} "
+              f"{r['fraction_of_matmul']:9.2f} {r['peak_mb']:8.0f}")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    chosen = list(WORKLOADS) if "all" in args.workloads else args.workloads
+    for w in chosen:
+        if w not in RUNNERS:
+            print(f"error: unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or all",
+                  file=sys.stderr)
+            return 2
+    if args.repeat < 1:
+        print("error: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    keep_freed_memory()
+    info = machine_info()
+    mm = matmul_gflops()
+    rows = []
+    for w in chosen:
+        rows += RUNNERS[w](args.sizes, args.repeat)
+    for r in rows:
+        r["fraction_of_matmul"] = r["gflops"] / mm
+    print_table(info, mm, rows)
+    fb = [r for r in rows if r["workload"] == "vgg16_forward_backward" and r["size"] == 512]
+    if fb:
+        print(f"# VGG16 forward+backward at 512²: {fb[0]['fraction_of_matmul']:.2f} of the matmul rate "
+              f"(target ≥ 0.75)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "matmul_gflops": mm, "results": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

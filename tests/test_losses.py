@@ -1,0 +1,94 @@
+"""Losses: values against direct (loop / einsum) computations, gradients against finite
+differences in float64."""
+import numpy as np
+import pytest
+
+from minnst import losses
+from minnst.gradcheck import eval_numerical_gradient, rel_error
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("norm", losses.NORMALIZATIONS)
+@pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 4, 3, 3)])
+def test_content_loss_value_and_gradient(rng, norm, shape):
+    F = rng.standard_normal(shape)
+    P = rng.standard_normal(shape)
+    value, grad = losses.content_loss(F, P, norm)
+    N, C, H, W = shape
+    expected = 0.5 * np.sum((F - P) ** 2) if norm == "gatys" else np.sum((F - P) ** 2) / (N * C * H * W)
+    assert value == pytest.approx(expected, rel=1e-12)
+    num = eval_numerical_gradient(lambda z: losses.content_loss(z, P, norm)[0], F)
+    assert rel_error(grad, num) < 1e-7
+
+
+@pytest.mark.parametrize("norm", losses.NORMALIZATIONS)
+def test_gram_matches_explicit_sum(rng, norm):
+    F = rng.standard_normal((2, 3, 4, 5))
+    G = losses.gram_matrix(F, norm)
+    expected = np.einsum("nchw,ndhw->ncd", F, F)
+    if norm == "johnson":
+        expected /= 3 * 4 * 5
+    assert rel_error(G, expected) < 1e-12
+    assert np.allclose(G, G.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("norm", losses.NORMALIZATIONS)
+@pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 4, 3, 2)])
+def test_style_loss_value_and_gradient(rng, norm, shape):
+    F = rng.standard_normal(shape)
+    S = rng.standard_normal((1,) + shape[1:])
+    A = losses.style_target(S, norm)
+    value, grad = losses.style_loss(F, A, norm)
+    N, C, H, W = shape
+    M = H * W
+    # independent value: loops over images with explicit matrices
+    total = 0.0
+    for n in range(N):
+        Fn = F[n].reshape(C, M)
+        Sn = S[0].reshape(C, M)
+        G, Aref = Fn @ Fn.T, Sn @ Sn.T
+        if norm == "gatys":
+            total += np.sum((G - Aref) ** 2) / (4 * C**2 * M**2)
+        else:
+            total += np.sum((G / (C * M) - Aref / (C * M)) ** 2) / N
+    assert value == pytest.approx(total, rel=1e-12)
+    num = eval_numerical_gradient(lambda z: losses.style_loss(z, A, norm)[0], F)
+    assert rel_error(grad, num) < 1e-6
+
+
+def test_gatys_style_target_rescaled_to_pastiche_size(rng):
+    # a style image tiled 2×2 has the same texture statistics: its rescaled target matches
+    S = rng.standard_normal((1, 3, 4, 4))
+    S2 = np.tile(S, (1, 1, 2, 2))
+    A_small = losses.style_target(S, "gatys", target_hw=(8, 8))
+    A_big = losses.style_target(S2, "gatys", target_hw=(8, 8))
+    assert rel_error(A_small, A_big) < 1e-12
+
+
+@pytest.mark.parametrize("axes,shape", [((-3, -2), (5, 4, 3)), ((2, 3), (2, 3, 4, 6))])
+def test_tv_loss_value_and_gradient(rng, axes, shape):
+    x = rng.standard_normal(shape)
+    value, grad = losses.tv_loss(x, axes=axes)
+    ah, aw = (a % x.ndim for a in axes)
+    expected = np.sum(np.diff(x, axis=ah) ** 2) + np.sum(np.diff(x, axis=aw) ** 2)
+    assert value == pytest.approx(expected, rel=1e-12)
+    num = eval_numerical_gradient(lambda z: losses.tv_loss(z, axes=axes)[0], x)
+    assert rel_error(grad, num) < 1e-7
+
+
+def test_float32_keeps_dtype(rng):
+    F = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    A = losses.style_target(F, "gatys")
+    for fn in (lambda: losses.style_loss(F, A * 0.5), lambda: losses.content_loss(F, F * 0.5),
+               lambda: losses.tv_loss(F, axes=(2, 3))):
+        assert fn()[1].dtype == np.float32
+
+
+def test_unknown_normalization_is_rejected(rng):
+    F = rng.standard_normal((1, 2, 2, 2))
+    with pytest.raises(ValueError):
+        losses.style_loss(F, F, "vgg")
