@@ -12,15 +12,24 @@ from minnst.layers.padding import pad2d, pad2d_backward
 
 # (N, C, H, W, F, K, stride, pad, mode): odd sizes, non-square, both methods, both paddings
 CASES = [
-    (2, 3, 7, 6, 4, 3, 1, 1, "zero"),       # im2col (C < 16)
-    (2, 17, 7, 6, 5, 3, 1, 1, "zero"),      # shifted GEMM
-    (1, 16, 6, 9, 3, 3, 1, 2, "reflect"),   # shifted, reflection, pad 2
+    (2, 3, 7, 6, 4, 3, 1, 1, "zero"),       # VGG's first layer (3 channels)
+    (2, 17, 7, 6, 5, 3, 1, 1, "zero"),
+    (1, 16, 6, 9, 3, 3, 1, 2, "reflect"),   # reflection, pad 2
     (2, 16, 8, 7, 3, 5, 2, 2, "reflect"),   # stride 2 -> im2col
     (1, 3, 9, 10, 2, 9, 1, 4, "reflect"),   # the transformer's 9×9 input layer
     (2, 18, 5, 5, 4, 1, 1, 0, "zero"),      # 1×1
     (1, 4, 7, 7, 3, 3, 2, 1, "zero"),       # stride 2, odd size
-    (1, 20, 5, 6, 3, 3, 1, 0, "zero"),      # shifted, no padding (valid conv)
+    (1, 20, 5, 6, 3, 3, 1, 0, "zero"),      # no padding (valid conv)
 ]
+
+
+@pytest.fixture(params=["auto", "im2col"])
+def method(request, monkeypatch):
+    """Run each case on the CPU's choice (shifted GEMM for stride 1) and forced through
+    im2col, the path the GPU takes."""
+    if request.param == "im2col":
+        monkeypatch.setattr(convmod, "_use_shifted", lambda x, stride: False)
+    return request.param
 
 
 def _ids(case):
@@ -34,17 +43,18 @@ def rng():
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_forward_matches_naive(rng, case):
+def test_conv2d_forward_matches_naive(rng, case, method):
     N, C, H, W, F, K, s, p, mode = case
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((F, C, K, K))
     b = rng.standard_normal(F)
-    y, _ = conv2d_forward(x, w, b, s, p, mode)
+    y, cache = conv2d_forward(x, w, b, s, p, mode)
+    assert cache.method == ("shifted" if method == "auto" and s == 1 else "im2col")
     assert rel_error(y, conv2d_naive(x, w, b, s, p, mode)) < 1e-10
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_gradients(rng, case):
+def test_conv2d_gradients(rng, case, method):
     N, C, H, W, F, K, s, p, mode = case
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((F, C, K, K))

@@ -69,13 +69,17 @@ def pad2d(x, pad: int, mode: str = "zero", axes=(2, 3), out=None):
 
 
 def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
-    """Adjoint of ``pad2d``: ``(…, H+2p, W+2p) -> (…, H, W)`` (a new array)."""
+    """Adjoint of ``pad2d``: ``(…, H+2p, W+2p) -> (…, H, W)``.
+
+    For zero padding this is the interior *view* of ``dxp`` (no copy: the callers own the
+    buffer); reflection padding returns a new array.
+    """
     ah, aw = axes
     nd = dxp.ndim
     if pad == 0:
-        return dxp.copy()
+        return dxp
     if mode == "zero":
-        return dxp[_sl(nd, ah, slice(pad, -pad))][_sl(nd, aw, slice(pad, -pad))].copy()
+        return dxp[_sl(nd, ah, slice(pad, -pad))][_sl(nd, aw, slice(pad, -pad))]
     g = dxp.copy()
     Hp, Wp = g.shape[ah], g.shape[aw]
     W = Wp - 2 * pad

@@ -1,0 +1,532 @@
+"""Train a feed-forward style network (Johnson et al. 2016): ``python -m minnst.train_fast``.
+
+    python -m minnst.train_fast --style starry_night.jpg --dataset train/ \\
+        --output starry_night.h5 --iterations 40000 [--width 0.5] [--resume]
+
+Each step stylises a batch of photos ``x`` with the network, ``ŷ = f(x)`` in [0, 255], and
+takes an Adam step on
+
+    L = λ_c · ℓ_content(relu2_2) + λ_s · Σ_l w_l · ℓ_style(l) / C_l² + λ_tv · TV(ŷ/255) / N
+
+with Johnson's normalisation (``losses.content_loss`` / ``style_loss`` with
+``normalization="johnson"``) on the frozen VGG16, fed ``images.preprocess(ŷ/255)``. The
+``/ C_l²`` makes each style term the *mean* squared Gram difference, as in Johnson's and
+PyTorch's code, so their weights carry over: λ_c = 1, λ_s = 1e5 is PyTorch's
+``fast_neural_style`` ratio (1e5 : 1e10) exactly (same ImageNet-normalised input, same Gram
+normalisation). The
+gradient comes back through ``vgg.backward``, ``images.preprocess_backward`` and the
+network's own backward. The loss network uses **max pooling**, the pooling VGG16 was
+trained with and the one of Johnson's code: here the gradient only has to be good enough
+to train a network over thousands of steps, not to optimise pixels directly, so the
+average-pooling trick of the Gatys method buys nothing.
+
+A run directory (``--run-dir``, default ``runs/<output stem>``) collects ``log.jsonl``
+(one JSON line per step), ``loss.png``, ``samples/step_NNNNNN.png`` and ``checkpoint.h5``.
+The checkpoint (every ``--checkpoint-every`` steps or ``--checkpoint-minutes``, written
+atomically, and on Ctrl-C / SIGTERM) holds the model, Adam's moments and step count, the
+sampler state ``(epoch, index)`` (with the seed, the only randomness after initialisation)
+and the configuration; ``--resume`` continues exactly: k steps, a kill and a resume to N
+give bit for bit the weights of N steps straight (on the CPU; tests/test_train_fast.py).
+
+``--export CHECKPOINT --output MODEL.h5 [--float16]`` writes a model file from a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import images, losses
+from .backend import get_xp, keep_freed_memory, select_device, to_device, to_host
+from .cli import ArgumentParser, UsageError, run
+from .data import BatchSampler, open_dataset, resize_center_crop
+from .optim import Adam
+from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
+from .vgg import LAYER_NAMES, VGG16, check_layer_names
+from .weights import ModelFileError, load_model, save_model
+
+CHECKPOINT_KIND = "minnst-train-checkpoint"
+STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+@dataclass
+class TrainConfig:
+    style: str = ""                          # style image file
+    dataset: str = ""                        # folder of photos or .h5 from make_dataset
+    output: str = "model.h5"                 # final model file
+    run_dir: str = ""                        # logs, samples, checkpoint ("" = runs/<output stem>)
+    image_size: int = 256                    # training crops are image_size²
+    batch_size: int = 4
+    iterations: int = 40000
+    lr: float = 1e-3                         # Adam learning rate
+    content_weight: float = 1.0              # λ_c
+    style_weight: float = 1e5                # λ_s, on the mean squared Gram difference
+    tv_weight: float = 1e-5                  # λ_tv, on the output in [0, 1]
+    content_layer: str = "relu2_2"
+    style_layers: tuple = STYLE_LAYERS
+    style_layer_weights: tuple = ()          # w_l; () = 1 for every layer
+    style_size: int = 0                      # longest side of the style image (0 = image_size)
+    pooling: str = "max"                     # VGG16 pooling of the loss network
+    width: float = 1.0                       # channel multiplier of the transformer
+    norm: str = "instance"                   # instance | batch
+    upsample: str = "nearest"                # nearest (resize + conv) | transpose
+    seed: int = 0                            # initialisation and batch order
+    device: str = "auto"                     # cpu | gpu | auto
+    checkpoint_every: int = 500              # iterations between checkpoints
+    checkpoint_minutes: float = 5.0          # ... or minutes, whichever comes first
+    sample_every: int = 500                  # iterations between sample stylisations (0 = off)
+    samples: tuple = ()                      # photos for the samples (() = first 2 of the dataset)
+    quiet: bool = False                      # no progress bar
+
+    def check(self):
+        for name in ("image_size", "batch_size", "iterations"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.image_size < 16:
+            raise UsageError("--image-size must be at least 16")
+        if not self.lr > 0:
+            raise UsageError("--lr must be > 0")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0")
+        try:
+            check_layer_names([self.content_layer, *self.style_layers])
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
+            raise UsageError(f"--style-layer-weights has {len(self.style_layer_weights)} values "
+                             f"for {len(self.style_layers)} style layers")
+        if self.pooling not in ("avg", "max"):
+            raise UsageError("--pooling must be avg or max")
+        try:
+            self.model_config()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def model_config(self) -> TransformerConfig:
+        return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / Path(self.output).stem
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["style_layers"] = list(self.style_layers)
+        d["style_layer_weights"] = list(self.style_layer_weights)
+        d["samples"] = list(self.samples)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        for k in ("style_layers", "style_layer_weights", "samples"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+# Settings that may differ on --resume: they do not change the computation.
+RESUMABLE_OVERRIDES = ("style", "dataset", "output", "iterations", "device", "checkpoint_every",
+                       "checkpoint_minutes", "sample_every", "samples", "quiet")
+
+
+# --------------------------------------------------------------------------- the loss
+
+class PerceptualLoss:
+    """Johnson's perceptual loss of a batch, with its gradient w.r.t. the network output.
+
+    ``loss(y, img) -> (total, parts, dy)``: ``y`` (N, 3, H, W) the network output in
+    [0, 255], ``img`` (N, H, W, 3) the input photos in [0, 1] (the content targets),
+    ``parts`` = {"content", "style", "tv"} (weighted), ``dy`` = ∂total/∂y like ``y``.
+    """
+
+    def __init__(self, vgg: VGG16, style_img, content_layer="relu2_2", style_layers=STYLE_LAYERS,
+                 content_weight=1.0, style_weight=1e5, tv_weight=1e-5, style_layer_weights=None,
+                 xp=np, dtype=np.float32):
+        self.vgg = vgg
+        self.content_layer = content_layer
+        self.style_layers = tuple(style_layers)
+        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
+        w = style_layer_weights or (1.0,) * len(self.style_layers)
+        self.layer_weights = dict(zip(self.style_layers, (float(v) for v in w)))
+        xs = images.preprocess(np.asarray(style_img, dtype=dtype), xp=xp)  # (1, 3, h, w)
+        feats, _ = vgg.forward(xs, self.style_layers)
+        self.targets = {l: losses.style_target(feats[l], losses.JOHNSON) for l in self.style_layers}
+        # the forward must run to the deepest layer any term needs, in LAYER_NAMES order
+        self.layers = sorted(set(self.style_layers) | {content_layer}, key=LAYER_NAMES.index)
+
+    def __call__(self, y, img):
+        N = y.shape[0]
+        J = losses.JOHNSON
+        pc, _ = self.vgg.forward(images.preprocess(img), [self.content_layer])
+        yimg = y.transpose(0, 2, 3, 1) / 255.0  # (N, H, W, 3) in [0, 1]
+        feats, cache = self.vgg.forward(images.preprocess(yimg), self.layers)
+        grads = {}
+        content, g = losses.content_loss(feats[self.content_layer], pc[self.content_layer], J)
+        grads[self.content_layer] = self.content_weight * g
+        style = 0.0
+        for l in self.style_layers:
+            v, g = losses.style_loss(feats[l], self.targets[l], J)
+            C = feats[l].shape[1]
+            w = self.style_weight * self.layer_weights[l] / (C * C)
+            style += w * v
+            grads[l] = grads[l] + w * g if l in grads else w * g
+        dimg = images.preprocess_backward(self.vgg.backward(grads, cache), batch=True)
+        tv, gtv = losses.tv_loss(yimg)  # (N, H, W, 3) axes
+        dimg = dimg + (self.tv_weight / N) * gtv.astype(dimg.dtype, copy=False)
+        dy = dimg.transpose(0, 3, 1, 2) / 255.0  # (N, 3, H, W)
+        parts = {"content": self.content_weight * content, "style": style,
+                 "tv": self.tv_weight * tv / N}
+        return sum(parts.values()), parts, get_xp(dy).ascontiguousarray(dy).astype(y.dtype, copy=False)
+
+
+def train_step(net: TransformerNet, opt: Adam, loss: PerceptualLoss, batch, xp, dtype=np.float32):
+    """One Adam step on a uint8 batch (B, S, S, 3); returns ``(total, parts)``."""
+    x = xp.asarray(batch, dtype=dtype)                 # (B, S, S, 3) in [0, 255]
+    y, cache = net.forward(xp.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    total, parts, dy = loss(y, x / 255.0)
+    _, grads = net.backward(dy, cache)
+    opt.step(grads)
+    return total, parts
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, net: TransformerNet, opt: Adam, sampler: BatchSampler, step: int,
+                    cfg: TrainConfig, extra: dict | None = None):
+    """Model + Adam + sampler state + step + config, atomically (HDF5 via save_model)."""
+    st = opt.state_dict()
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    state.update({f"adam.{k}": v for k, v in st.items() if k[:2] in ("m.", "v.")})
+    config = {"kind": CHECKPOINT_KIND, "train": cfg.to_json(),
+              "model": {"kind": MODEL_KIND, **asdict(net.config)}}
+    meta = {"step": int(step), "sampler": sampler.state(), "seed": cfg.seed,
+            "adam": {k: st[k] for k in ("t", "lr", "beta1", "beta2", "eps")}, **(extra or {})}
+    return save_model(path, state, config, meta=meta)
+
+
+def read_checkpoint(path):
+    """``(cfg, net, adam_state, meta)`` from a checkpoint; ``ModelFileError`` if it is not one."""
+    state, config, meta = load_model(path)
+    if config.get("kind") != CHECKPOINT_KIND:
+        raise ModelFileError(f"{path} is not a training checkpoint (kind={config.get('kind')!r})")
+    try:
+        cfg = TrainConfig.from_json(config["train"])
+        model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+        net = TransformerNet.from_state(model_state, config["model"], source=str(path))
+        adam = {k[5:]: v for k, v in state.items() if k.startswith("adam.")}
+        adam.update(meta["adam"])
+        int(meta["step"]), meta["sampler"]["epoch"], meta["sampler"]["index"]
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, ModelFileError):
+            raise
+        raise ModelFileError(f"{path} is a malformed training checkpoint ({e.__class__.__name__}: {e})") from None
+    return cfg, net, adam, meta
+
+
+def model_meta(cfg: TrainConfig, step: int) -> dict:
+    """What a model file records about its training."""
+    return {"style": Path(cfg.style).name, "trained_with": "minnst.train_fast",
+            "iterations": int(step), "train": cfg.to_json()}
+
+
+def export(checkpoint, output, float16: bool = False) -> Path:
+    """Write the model of a training checkpoint as a model file (optionally float16)."""
+    cfg, net, _, meta = read_checkpoint(checkpoint)
+    return net.save(output, meta=model_meta(cfg, meta["step"]), dtype=np.float16 if float16 else None)
+
+
+# --------------------------------------------------------------------------- outputs
+
+def read_log(path) -> list[dict]:
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break  # a torn last line from a killed run
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def truncate_log(path, step: int):
+    """Keep the log lines of steps ≤ ``step`` (what a resumed run continues from)."""
+    kept = [r for r in read_log(path) if r.get("step", 0) <= step]
+    path = Path(path)
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def plot_losses(log_path, png_path):
+    """Loss curves (total, content, style, TV; a running mean over 50 steps) as a PNG."""
+    rows = read_log(log_path)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "content", "style", "tv"):
+        v = np.array([r[key] for r in rows], dtype=np.float64)
+        k = min(50, len(v))
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("weighted loss (running mean of 50)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from .weights import atomic_write
+
+    with atomic_write(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(png_path)
+
+
+def write_samples(net: TransformerNet, photos: list, path):
+    """Stylise each photo (eval mode) and save the results side by side as one PNG."""
+    outs = [net.stylize(p) for p in photos]
+    h = max(o.shape[0] for o in outs)
+    row = np.concatenate([np.pad(o, ((0, h - o.shape[0]), (0, 0), (0, 0)), constant_values=1.0)
+                          for o in outs], axis=1)
+    images.save_image(path, row)
+
+
+# --------------------------------------------------------------------------- training
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps, so a checkpoint never
+    catches a half-applied Adam update; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _sample_photos(cfg: TrainConfig, dataset) -> list:
+    if cfg.samples:
+        return [images.load_image(p, size=cfg.image_size) for p in cfg.samples]
+    n = min(2, len(dataset))
+    return [a.astype(np.float32) / 255.0 for a in dataset.get_batch(list(range(n)))]
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: VGG16 | None = None,
+          stop_after: int | None = None, log=print):
+    """Run (or resume) training to ``cfg.iterations``; returns the trained network.
+
+    ``vgg``: a loaded loss network (default: ``VGG16.load(pooling=cfg.pooling)``).
+    ``stop_after``: stop (checkpointing) after this many steps of this call, as if killed
+    (tests use it to prove exact resume). Raises ``KeyboardInterrupt`` after saving a
+    checkpoint when interrupted.
+    """
+    cfg.check()
+    run_dir = cfg.resolved_run_dir()
+    ckpt_path = run_dir / "checkpoint.h5"
+    log_path = run_dir / "log.jsonl"
+    if resume:
+        if not ckpt_path.exists():
+            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+        saved_cfg, net, adam_state, meta = read_checkpoint(ckpt_path)
+        for f in fields(TrainConfig):
+            if f.name not in RESUMABLE_OVERRIDES and f.name != "run_dir":
+                setattr(cfg, f.name, getattr(saved_cfg, f.name))
+        step = int(meta["step"])
+        truncate_log(log_path, step)
+        log(f"resuming {ckpt_path} at step {step} of {cfg.iterations}")
+    else:
+        if ckpt_path.exists() and not overwrite:
+            raise UsageError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite "
+                             f"to start again")
+        net, adam_state, meta, step = TransformerNet(cfg.model_config(), seed=cfg.seed), None, None, 0
+        if log_path.exists():
+            log_path.unlink()
+
+    device = select_device(cfg.device)
+    xp, dtype = device.xp, np.float32
+    dataset = open_dataset(cfg.dataset, cfg.image_size)
+    style_img = images.load_image(cfg.style, size=cfg.style_size or cfg.image_size)
+    if vgg is None:
+        vgg = VGG16.load(pooling=cfg.pooling, xp=xp)
+    loss = PerceptualLoss(vgg, style_img, cfg.content_layer, cfg.style_layers, cfg.content_weight,
+                          cfg.style_weight, cfg.tv_weight, cfg.style_layer_weights or None, xp, dtype)
+    net.to(xp, dtype)
+    net.train()
+    opt = Adam(net.params, lr=cfg.lr)
+    sampler = BatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
+    if resume:
+        opt.load_state_dict(adam_state)
+        sampler.load_state(meta["sampler"])
+    photos = _sample_photos(cfg, dataset) if cfg.sample_every else []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n", encoding="utf-8")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, net, opt, sampler, step, cfg,
+                        extra={"skipped_images": getattr(dataset, "skipped", 0)})
+        plot_losses(log_path, run_dir / "loss.png")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.iterations, initial=step, unit="it", disable=cfg.quiet, dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    last_ckpt, t0, done = time.monotonic(), time.monotonic(), 0
+    try:
+        with _StopFlag() as stop, open(log_path, "a", encoding="utf-8") as logf:
+            while step < cfg.iterations:
+                if stop.requested or (stop_after is not None and done >= stop_after):
+                    break
+                ts = time.monotonic()
+                batch = dataset.get_batch(sampler.next())
+                total, parts = train_step(net, opt, loss, batch, xp, dtype)
+                step, done = step + 1, done + 1
+                dt = time.monotonic() - ts
+                if not math.isfinite(total):
+                    raise FloatingPointError(f"the loss became {total} at step {step}; try a lower --lr")
+                logf.write(json.dumps({"step": step, "loss": total, **parts, "step_s": round(dt, 4),
+                                       "time": round(time.time(), 1)}) + "\n")
+                logf.flush()
+                bar.update(1)
+                bar.set_postfix_str(f"loss {total:.4g} (c {parts['content']:.3g} s {parts['style']:.3g} "
+                                    f"tv {parts['tv']:.2g}) {cfg.batch_size / dt:.2f} img/s", refresh=False)
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    write_samples(net, photos, run_dir / "samples" / f"step_{step:06d}.png")
+                if step % cfg.checkpoint_every == 0 or \
+                        time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                    checkpoint()
+                    last_ckpt = time.monotonic()
+            interrupted = stop.requested
+        checkpoint()
+    finally:
+        bar.close()
+    if interrupted:
+        log(f"interrupted at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)")
+        raise KeyboardInterrupt
+    if step >= cfg.iterations:
+        net.save(cfg.output, meta=model_meta(cfg, step))
+        log(f"trained {step} iterations in {time.monotonic() - t0:.0f} s; model saved to {cfg.output}")
+    return net
+
+
+# --------------------------------------------------------------------------- command line
+
+def _parser() -> ArgumentParser:
+    d = TrainConfig()
+    # argparse.SUPPRESS as the default: only the options given on the command line appear
+    p = ArgumentParser(prog="python -m minnst.train_fast", argument_default=argparse.SUPPRESS,
+                       description="Train a feed-forward style transfer network (Johnson et al. 2016) "
+                                   "on a folder of photos, with checkpoints and exact --resume.")
+    p.add_argument("--style", help="style image")
+    p.add_argument("--dataset", help="folder of training photos, or an .h5 from minnst.make_dataset")
+    p.add_argument("--output", help="model file written at the end (and by --export)")
+    p.add_argument("--run-dir", help="logs, samples and the checkpoint (default runs/<output stem>)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in the run directory")
+    p.add_argument("--overwrite", action="store_true", help="start again even if a checkpoint exists")
+    p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
+    p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
+    g = p.add_argument_group("training (fixed once a run has started)")
+    g.add_argument("--image-size", type=int, help=f"training crop size ({d.image_size})")
+    g.add_argument("--batch-size", type=int, help=f"({d.batch_size})")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate ({d.lr})")
+    g.add_argument("--content-weight", type=float, help=f"({d.content_weight})")
+    g.add_argument("--style-weight", type=float, help=f"({d.style_weight})")
+    g.add_argument("--tv-weight", type=float, help=f"({d.tv_weight})")
+    g.add_argument("--content-layer", help=f"({d.content_layer})")
+    g.add_argument("--style-layers", nargs="+", help=f"({' '.join(d.style_layers)})")
+    g.add_argument("--style-layer-weights", nargs="+", type=float, help="one per style layer (all 1)")
+    g.add_argument("--style-size", type=int, help="longest side of the style image (the image size)")
+    g.add_argument("--pooling", choices=("avg", "max"), help=f"loss network pooling ({d.pooling})")
+    g.add_argument("--width", type=float, help=f"channel multiplier of the network ({d.width})")
+    g.add_argument("--norm", choices=("instance", "batch"), help=f"({d.norm})")
+    g.add_argument("--upsample", choices=("nearest", "transpose"), help=f"({d.upsample})")
+    g.add_argument("--seed", type=int, help=f"({d.seed})")
+    g = p.add_argument_group("run (may change on --resume)")
+    g.add_argument("--iterations", type=int, help=f"({d.iterations})")
+    g.add_argument("--device", choices=("cpu", "gpu", "auto"), help=f"({d.device})")
+    g.add_argument("--checkpoint-every", type=int, help=f"iterations ({d.checkpoint_every})")
+    g.add_argument("--checkpoint-minutes", type=float, help=f"({d.checkpoint_minutes})")
+    g.add_argument("--sample-every", type=int, help=f"iterations, 0 = off ({d.sample_every})")
+    g.add_argument("--samples", nargs="+", help="photos for the samples (first 2 of the dataset)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _main(argv=None):
+    p = _parser()
+    args = vars(p.parse_args(argv))
+    if "export" in args:
+        if "output" not in args:
+            raise UsageError("--export needs --output MODEL.h5")
+        path = export(args["export"], args["output"], float16=args.get("float16", False))
+        print(f"wrote {path}")
+        return 0
+    resume, overwrite = args.pop("resume", False), args.pop("overwrite", False)
+    args.pop("float16", None)
+    for k in ("style_layers", "style_layer_weights", "samples"):
+        if k in args:
+            args[k] = tuple(args[k])
+    if resume:
+        cfg = TrainConfig(**{k: v for k, v in args.items() if k in RESUMABLE_OVERRIDES or k == "run_dir"})
+        ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
+        if ckpt.exists():
+            saved = read_checkpoint(ckpt)[0]
+            fixed = [k for k in args if k not in RESUMABLE_OVERRIDES and k != "run_dir"
+                     and args[k] != getattr(saved, k)]
+            if fixed:
+                raise UsageError(f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in fixed)} "
+                                 f"(the checkpoint fixes them); start a new run instead")
+            for k in RESUMABLE_OVERRIDES:  # keep the checkpoint's unless given now
+                if k not in args:
+                    setattr(cfg, k, getattr(saved, k))
+    else:
+        for k in ("style", "dataset"):
+            if k not in args:
+                raise UsageError(f"--{k} is required (or --resume, or --export)")
+        cfg = TrainConfig(**args)
+    keep_freed_memory()
+    try:
+        train(cfg, resume=resume, overwrite=overwrite)
+    except FloatingPointError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(_main, argv, prog="train_fast")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The image transformation network of Johnson, Alahi & Fei-Fei (2016).
+
+    9×9 conv 32 → 3×3/2 conv 64 → 3×3/2 conv 128 → 5 residual blocks (128)
+    → ×2 up 64 → ×2 up 32 → 9×9 conv 3 → scaled tanh to [0, 255]
+
+Every convolution but the last is followed by a normalisation (instance by default, as
+Ulyanov et al. found it better than the paper's batch norm) and a ReLU; a residual block
+is ``x + norm(conv(relu(norm(conv(x)))))``. All padding is reflection, which keeps the
+borders free of the dark frames that zero padding teaches the network. ``width``
+multiplies every channel count (32, 64, 128), for small CPU-friendly models.
+
+Upsampling: ``"nearest"`` (default) resizes ×2 and then applies a stride-1 3×3 conv;
+``"transpose"`` is the paper's fractionally strided 3×3 conv. The default is the resize:
+a stride-2 transposed 3×3 kernel overlaps unevenly (each output pixel receives 1, 2 or 4
+taps depending on its parity), which paints checkerboards the loss must fight all
+training long (Odena et al. 2016, "Deconvolution and checkerboard artifacts"). It costs
+4× the FLOPs of those two layers, which is small next to the VGG16 of the loss.
+
+Convolutions that a normalisation follows have no bias: the normalisation subtracts the
+per-channel mean, so a bias there would be a parameter with an exactly zero gradient.
+
+The network maps ``(N, 3, H, W)`` pixels in [0, 255] to ``(N, 3, H', W')`` in [0, 255],
+with ``H' = 4·⌈H/4⌉`` (two stride-2 steps round up, two ×2 steps double); ``stylize``
+reflect-pads any image to a multiple of 4 and crops the result back.
+
+    net = TransformerNet(TransformerConfig(width=0.5), seed=0)
+    y, cache = net.forward(x)              # x, y: (N, 3, H, W) in [0, 255]
+    dx, grads = net.backward(dy, cache)    # grads keyed like net.params
+    img = net.stylize(photo)               # (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]
+    net.save("model.h5", meta={...});  TransformerNet.load("model.h5")
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .backend import get_xp, to_host
+from .layers.activations import ReLU, ScaledTanh
+from .layers.base import Layer, Residual, Sequential
+from .layers.conv import Conv2d, ConvTranspose2d
+from .layers.normalization import BatchNorm2d, InstanceNorm2d
+from .layers.resampling import Upsample
+from .weights import ModelFileError, load_model, save_model
+
+NORMS = ("instance", "batch")
+UPSAMPLINGS = ("nearest", "transpose")
+MODEL_KIND = "minnst-transformer"
+BASE_CHANNELS = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    width: float = 1.0          # channel multiplier on (32, 64, 128)
+    norm: str = "instance"      # "instance" | "batch"
+    upsample: str = "nearest"   # "nearest" (resize + conv) | "transpose" (strided conv)
+    residual_blocks: int = 5
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.upsample not in UPSAMPLINGS:
+            raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
+        if not (isinstance(self.width, (int, float)) and 0 < self.width <= 8):
+            raise ValueError(f"width must be a number in (0, 8], got {self.width!r}")
+        if not (isinstance(self.residual_blocks, int) and 0 <= self.residual_blocks <= 64):
+            raise ValueError(f"residual_blocks must be an int in [0, 64], got {self.residual_blocks!r}")
+
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        return tuple(max(1, int(round(c * self.width))) for c in BASE_CHANNELS)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown transformer config keys {unknown}")
+        return cls(**d)
+
+
+def _norm(kind, C, dtype):
+    return InstanceNorm2d(C, affine=True, dtype=dtype) if kind == "instance" else BatchNorm2d(C, dtype=dtype)
+
+
+def _conv_block(cin, cout, k, stride, cfg, rng, dtype):
+    """conv (reflection pad k//2, no bias) → norm → ReLU."""
+    return Sequential({
+        "conv": Conv2d(cin, cout, k, stride=stride, padding=k // 2, pad_mode="reflect",
+                       bias=False, rng=rng, dtype=dtype),
+        "norm": _norm(cfg.norm, cout, dtype),
+        "relu": ReLU(),
+    })
+
+
+def _residual_block(C, cfg, rng, dtype):
+    return Residual(Sequential({
+        "conv1": Conv2d(C, C, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, dtype=dtype),
+        "norm1": _norm(cfg.norm, C, dtype),
+        "relu": ReLU(),
+        "conv2": Conv2d(C, C, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, dtype=dtype),
+        "norm2": _norm(cfg.norm, C, dtype),
+    }))
+
+
+def _up_block(cin, cout, cfg, rng, dtype):
+    if cfg.upsample == "nearest":
+        layers = {"resize": Upsample(2),
+                  "conv": Conv2d(cin, cout, 3, padding=1, pad_mode="reflect", bias=False,
+                                 rng=rng, dtype=dtype)}
+    else:
+        layers = {"conv": ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1,
+                                          bias=False, rng=rng, dtype=dtype)}
+    layers["norm"] = _norm(cfg.norm, cout, dtype)
+    layers["relu"] = ReLU()
+    return Sequential(layers)
+
+
+def _infer(layer: Layer, x):
+    """Forward without keeping caches (inference at any resolution in little memory)."""
+    if isinstance(layer, Residual):
+        return x + _infer(layer.layers["body"], x)
+    if isinstance(layer, Sequential):
+        for child in layer.layers.values():
+            x = _infer(child, x)
+        return x
+    return layer.forward(x)[0]
+
+
+class TransformerNet(Sequential):
+    """The feed-forward stylisation network; a ``Sequential`` of named blocks
+    (``down1``…``down3``, ``res1``…``res5``, ``up1``, ``up2``, ``out``, ``tanh``)."""
+
+    def __init__(self, config: TransformerConfig | None = None, seed: int = 0, dtype=np.float32):
+        self.config = config = config or TransformerConfig()
+        self.meta: dict = {}  # what ``load`` read from the file (style, training settings)
+        rng = np.random.default_rng(seed)
+        c1, c2, c3 = config.channels
+        blocks = {
+            "down1": _conv_block(3, c1, 9, 1, config, rng, dtype),
+            "down2": _conv_block(c1, c2, 3, 2, config, rng, dtype),
+            "down3": _conv_block(c2, c3, 3, 2, config, rng, dtype),
+        }
+        for i in range(config.residual_blocks):
+            blocks[f"res{i + 1}"] = _residual_block(c3, config, rng, dtype)
+        blocks["up1"] = _up_block(c3, c2, config, rng, dtype)
+        blocks["up2"] = _up_block(c2, c1, config, rng, dtype)
+        blocks["out"] = Conv2d(c1, 3, 9, padding=4, pad_mode="reflect", rng=rng, dtype=dtype)
+        blocks["tanh"] = ScaledTanh(127.5, 127.5)
+        super().__init__(blocks)
+
+    # ------------------------------------------------------------------ inference
+
+    def infer(self, x):
+        """``forward`` without caches: (N, 3, H, W) in [0, 255] -> same, less memory."""
+        return _infer(self, x)
+
+    def stylize(self, img, xp=None):
+        """Stylise one image ``(H, W, 3)`` in [0, 1] (any size ≥ 1 px) -> ``(H, W, 3)`` in
+        [0, 1], a host float32 array. Runs in eval mode on the parameters' array module
+        (``xp`` to override). The image is reflect-padded to a multiple of 4 (and to at
+        least 16 px) so the two stride-2 steps and the two ×2 steps line up, then cropped."""
+        a = np.asarray(to_host(img), dtype=np.float32)
+        if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+            raise ValueError(f"stylize needs an (H, W, 3) image, got shape {a.shape}")
+        H, W = a.shape[:2]
+        Hp, Wp = max(16, -(-H // 4) * 4), max(16, -(-W // 4) * 4)
+        if (Hp, Wp) != (H, W):
+            a = np.pad(a, ((0, Hp - H), (0, Wp - W), (0, 0)), mode="symmetric")
+        xp = xp or get_xp(next(iter(self.params.values())))
+        dtype = next(iter(self.params.values())).dtype
+        x = xp.asarray(a.transpose(2, 0, 1)[None] * 255.0, dtype=dtype)  # (1, 3, Hp, Wp)
+        was_training = self.training
+        self.eval()
+        try:
+            y = self.infer(x)
+        finally:
+            self.train(was_training)
+        out = to_host(y)[0, :, :H, :W].transpose(1, 2, 0) / 255.0  # (H, W, 3)
+        return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path, meta: dict | None = None, dtype=None):
+        """Write the weights, the config and ``meta`` (style, training settings) as HDF5
+        (atomically). ``dtype=np.float16`` halves the file for shipping."""
+        config = {"kind": MODEL_KIND, **asdict(self.config)}
+        return save_model(path, self.state_dict(), config, meta=meta, dtype=dtype)
+
+    @classmethod
+    def from_state(cls, state: dict, config: dict, source: str = "model", dtype=np.float32):
+        """Build a network from a ``(state, config)`` pair, validating everything;
+        raises ``ModelFileError`` naming ``source`` and the first problem."""
+        config = dict(config)
+        kind = config.pop("kind", None)
+        if kind != MODEL_KIND:
+            raise ModelFileError(f"{source} is not a transformer model (kind={kind!r})")
+        try:
+            cfg = TransformerConfig.from_dict(config)
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"{source}: bad transformer config ({e})") from None
+        net = cls(cfg, dtype=dtype)
+        mine = net.state_dict()
+        missing = [k for k in mine if k not in state]
+        extra = [k for k in state if k not in mine]
+        if missing or extra:
+            raise ModelFileError(
+                f"{source} does not match its config (width={cfg.width}, norm={cfg.norm}, "
+                f"upsample={cfg.upsample}): missing {missing[:3]}, unexpected {extra[:3]}")
+        for k, dst in mine.items():
+            src = np.asarray(state[k])
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ModelFileError(f"{source}: {k} has shape {tuple(src.shape)}, "
+                                     f"expected {tuple(dst.shape)} for its config")
+            if not np.issubdtype(src.dtype, np.floating):
+                raise ModelFileError(f"{source}: {k} has dtype {src.dtype}, expected floating point")
+            if not np.all(np.isfinite(src)):
+                raise ModelFileError(f"{source}: {k} holds NaN or infinite values")
+            dst[...] = src
+        return net
+
+    @classmethod
+    def load(cls, path, dtype=np.float32):
+        """Read a model written by ``save``; ``net.meta`` holds the stored metadata."""
+        state, config, meta = load_model(path)
+        net = cls.from_state(state, config, source=str(path), dtype=dtype)
+        net.meta = meta
+        net.eval()
+        return net
+
+    def __repr__(self):
+        c = self.config
+        return (f"TransformerNet(width={c.width}, channels={c.channels}, norm={c.norm!r}, "
+                f"upsample={c.upsample!r}, residual_blocks={c.residual_blocks})")
