@@ -24,7 +24,7 @@ gradient shaped like its input, in the input's dtype and on its device.
 """
 from __future__ import annotations
 
-from .backend import get_xp
+from .backend import get_xp, is_gpu_array
 
 GATYS = "gatys"
 JOHNSON = "johnson"
@@ -46,6 +46,9 @@ def _as_matrices(F):
 def content_loss(F, P, normalization: str = GATYS):
     """Content loss of features F against target features P (same shape, or P (1, …))."""
     _check_norm(normalization)
+    if is_gpu_array(F):
+        from .kernels import content_loss_gpu  # the CUDA twin (kernels/losses.cu)
+        return content_loss_gpu(F, P, normalization)
     D = F - P
     if normalization == GATYS:
         return 0.5 * float((D * D).sum()), D
@@ -87,6 +90,9 @@ def style_loss(F, A, normalization: str = GATYS):
     Returns ``(E, dE/dF)``; see the module docstring for both normalisations.
     """
     _check_norm(normalization)
+    if is_gpu_array(F):
+        from .kernels import style_loss_gpu  # cuBLAS products around a residual kernel
+        return style_loss_gpu(F, A, normalization)
     N, C, H, W = F.shape
     M = H * W
     G = gram_matrix(F, normalization)
@@ -113,6 +119,9 @@ def tv_loss(x, axes=(-3, -2)):
     ∂L/∂x[i, j] = 2 (dv[i−1, j] − dv[i, j] + dh[i, j−1] − dh[i, j]) with the differences
     dv, dh taken as 0 outside the image.
     """
+    if is_gpu_array(x):
+        from .kernels import tv_loss_gpu
+        return tv_loss_gpu(x, axes)
     xp = get_xp(x)
     ah, aw = (a % x.ndim for a in axes)
     dv = xp.diff(x, axis=ah)

@@ -76,7 +76,7 @@ def test_frozen_cache_gives_input_gradient_only(rng):
     x = rng.standard_normal((1, 16, 5, 5))
     w = rng.standard_normal((4, 16, 3, 3))
     y, cache = conv2d_forward(x, w, None, 1, 1, keep_input=False)
-    assert cache.xpad is None
+    assert cache.x is None
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv2d_backward(dy, cache)
     assert dw is None and db is None
@@ -85,7 +85,7 @@ def test_frozen_cache_gives_input_gradient_only(rng):
 
 
 @pytest.mark.parametrize("C", [3, 16])
-def test_banding_does_not_change_results(rng, monkeypatch, C):
+def test_banding_does_not_change_results(rng, monkeypatch, C, method):
     """Tiny band limits force many bands (im2col) / BLAS calls (shifted)."""
     x = rng.standard_normal((2, C, 9, 7))
     w = rng.standard_normal((5, C, 3, 3))
@@ -93,13 +93,36 @@ def test_banding_does_not_change_results(rng, monkeypatch, C):
     y0, c0 = conv2d_forward(x, w, b, 1, 1)
     dy = rng.standard_normal(y0.shape)
     g0 = conv2d_backward(dy, c0)
-    monkeypatch.setattr(convmod, "MAX_TEMP_BYTES", 1)
-    monkeypatch.setattr(convmod, "_band_rows", lambda C, F: 7)
+    monkeypatch.setattr(convmod, "MAX_TEMP_BYTES", 1)   # im2col: one output row per band
+    monkeypatch.setattr(convmod, "BAND_BYTES", 1)       # shifted: one output row per image band
+    monkeypatch.setattr(convmod, "_band_rows", lambda C, F: 7)  # BLAS calls of 7 rows
     y1, c1 = conv2d_forward(x, w, b, 1, 1)
     g1 = conv2d_backward(dy, c1)
     assert rel_error(y0, y1) < 1e-12
     for a, b_ in zip(g0, g1):
         assert rel_error(a, b_) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
+def test_temporaries_do_not_grow_with_the_image(monkeypatch, method, mode):
+    """With 2 MB bands, a conv on a 32 MB image allocates little beyond its result."""
+    import tracemalloc
+
+    monkeypatch.setattr(convmod, "MAX_TEMP_BYTES", 2 * 2**20)
+    monkeypatch.setattr(convmod, "BAND_BYTES", 2 * 2**20)
+    x = np.ones((1, 8, 1024, 1024), np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    out_bytes = 8 * 1024 * 1026 * 4  # the result (with its two scratch columns per row)
+    tracemalloc.start()
+    y, cache = conv2d_forward(x, w, None, 1, 1, mode)
+    fwd_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    dx, dw, _ = conv2d_backward(y, cache)
+    bwd_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fwd_peak < out_bytes + 16 * 2**20
+    # the backward holds y (its input) and builds dx of the padded input's size
+    assert bwd_peak < 2 * out_bytes + 8 * 1026 * 1026 * 4 + 16 * 2**20
 
 
 def test_im2col_band_stays_under_memory_cap():

@@ -103,15 +103,14 @@ def _empty(xp, shape, dtype):
     return xp.empty(shape, dtype=dtype)
 
 
-def _grid(n: int, threads: int = THREADS) -> int:
-    return int(max(1, min(MAX_BLOCKS, -(-n // threads))))
+def _grid(n: int) -> int:
+    """Blocks of a 1-D launch over ``n`` items (grid-stride loops cover the rest)."""
+    return int(max(1, min(MAX_BLOCKS, -(-n // THREADS))))
 
 
-def _launch(kern, n: int, args, threads: int = THREADS):
-    """1-D launch covering ``n`` items with a grid-stride loop; returns the grid size."""
-    blocks = _grid(n, threads)
-    kern((blocks,), (threads,), tuple(args))
-    return blocks
+def _launch(kern, n: int, args):
+    """1-D launch of ``THREADS``-thread blocks covering ``n`` items."""
+    kern((_grid(n),), (THREADS,), tuple(args))
 
 
 def _float_dtype(op: str, *arrays):
@@ -248,10 +247,40 @@ def _to4(a):
     return a[(None,) * (4 - a.ndim)]
 
 
+def _strides_of(a):
+    """Element strides of ``a``'s axes, through a dense buffer: ``(buf, strides)`` with
+    ``buf`` C-contiguous (``a`` itself transposed when it is dense, else a copy)."""
+    xp = get_xp(a)
+    if memory_order(a) is None:
+        a = xp.ascontiguousarray(a)
+    buf, order = _dense(a)
+    strides = [0] * a.ndim
+    for d, ax in enumerate(order):
+        strides[ax] = buf.strides[d] // buf.itemsize
+    return buf, strides
+
+
+def _pad_launch(x4, y4, pads, offsets, mode):
+    """Fill the 4-D ``y4`` (dense, any order) from ``x4``: y4[c] = x4[r(c + offset − pad)]
+    per axis, by the pad2d_forward kernel with the loop in y4's memory order."""
+    xp = get_xp(x4)
+    dt = np.dtype(x4.dtype)
+    yc, order = _dense(y4)  # a view of y4: the kernel writes it contiguously
+    xc, xstr = _strides_of(x4)
+    if yc.size:
+        _launch(_kernel("pad.cu", "pad2d_forward", xp, dt), yc.size,
+                (xc, yc, _i32(mode == "reflect"),
+                 *(_i32(yc.shape[d]) for d in range(4)),
+                 *(_i32(x4.shape[order[d]]) for d in range(4)),
+                 *(_i32(pads[order[d]]) for d in range(4)),
+                 *(_i32(offsets[order[d]]) for d in range(4)),
+                 *(_i64(xstr[order[d]]) for d in range(4))))
+
+
 def pad2d_gpu(x, pad: int, mode: str = "zero", axes=(2, 3), out=None):
     """Kernel twin of ``minnst.layers.padding.pad2d`` (zero or reflection padding of two
     axes, into ``out`` when given: any dense layout, e.g. a transposed channels-last
-    buffer as the convolution passes)."""
+    buffer)."""
     xp = get_xp(x)
     ah, aw = _check_pad(x.shape, pad, mode, axes)
     dt = _float_dtype("pad2d_gpu", x)
@@ -266,24 +295,23 @@ def pad2d_gpu(x, pad: int, mode: str = "zero", axes=(2, 3), out=None):
     pads = [0] * 4
     pads[ah + lead] = pads[aw + lead] = pad
     target = out if memory_order(out) is not None else _empty(xp, shape, dt)
-    y4 = _to4(target)
-    x4 = _to4(x)
-    yc, order = _dense(y4)  # loop dimensions in the written array's memory order
-    x4 = x4 if memory_order(x4) is not None else xp.ascontiguousarray(x4)
-    xc, xorder = _dense(x4)
-    # element strides of x4's axes, through its contiguous buffer xc
-    xstr = [0] * 4
-    for d, a in enumerate(xorder):
-        xstr[a] = xc.strides[d] // xc.itemsize
-    n = int(np.prod(yc.shape))
-    if n:
-        _launch(_kernel("pad.cu", "pad2d_forward", xp, dt), n,
-                (xc, yc, _i32(mode == "reflect"),
-                 *(_i32(yc.shape[d]) for d in range(4)),
-                 *(_i32(pads[order[d]]) for d in range(4)),
-                 *(_i64(xstr[order[d]]) for d in range(4))))
+    _pad_launch(_to4(x), _to4(target), pads, (0, 0, 0, 0), mode)
     if target is not out:
         out[...] = target
+    return out
+
+
+def padded_rows_cl_gpu(x, r0: int, r1: int, pad: int, mode: str = "zero"):
+    """Kernel twin of ``minnst.layers.padding.padded_rows_cl``: rows ``r0:r1`` (padded
+    coordinates) of ``x`` (N, C, H, W) padded by ``pad``, as a new channels-last
+    (N, r1 − r0, W + 2·pad, C) array."""
+    xp = get_xp(x)
+    N, C, H, W = x.shape
+    _check_pad(x.shape, pad, mode, (2, 3))
+    dt = _float_dtype("padded_rows_cl_gpu", x)
+    out = _empty(xp, (N, r1 - r0, W + 2 * pad, C), dt)
+    # the kernel's axes are x's (N, C, H, W); out seen through them is out.transpose(0, 3, 1, 2)
+    _pad_launch(x, out.transpose(0, 3, 1, 2), (0, 0, pad, pad), (0, 0, r0, 0), mode)
     return out
 
 
@@ -296,18 +324,14 @@ def pad2d_backward_gpu(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
     for a in {a % dxp.ndim for a in axes}:
         shape[a] -= 2 * pad
     ah, aw = _check_pad(shape, pad, mode, axes)
-    d4 = _to4(dxp)
-    d4 = d4 if memory_order(d4) is not None else xp.ascontiguousarray(d4)
-    dc, order = _dense(d4)
+    dc, dstr = _strides_of(_to4(dxp))
+    order = memory_order(_to4(dxp)) or tuple(range(4))
     lead = 4 - dxp.ndim
     pads = [0] * 4
     pads[ah + lead] = pads[aw + lead] = pad
     shape4 = (1,) * lead + tuple(shape)
     # dx in dxp's memory order, written contiguously
     dxc = _empty(xp, tuple(shape4[a] for a in order), dt)
-    dstr = [0] * 4
-    for d, a in enumerate(order):
-        dstr[a] = dc.strides[d] // dc.itemsize
     n = int(np.prod(dxc.shape))
     if n:
         _launch(_kernel("pad.cu", "pad2d_backward", xp, dt), n,

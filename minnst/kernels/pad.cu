@@ -1,9 +1,11 @@
 // pad.cu — spatial padding (zero or reflection) and its adjoint, for any memory layout.
 //
-// pad2d_forward:  y[c0, c1, c2, c3] = x[r(c0 − p0), r(c1 − p1), r(c2 − p2), r(c3 − p3)]
-//   over 4 loop dimensions d with output sizes o_d and pads p_d (0 for the unpadded dims;
-//   input size n_d = o_d − 2·p_d). r is the identity inside [0, n_d); outside, 'reflect'
-//   mirrors without repeating the edge (… x2 x1 | x0 x1 x2 …) and 'zero' gives 0.
+// pad2d_forward:  y[c0, c1, c2, c3] = x[r0(c0 + f0 − p0), …, r3(c3 + f3 − p3)]
+//   over 4 loop dimensions d with output sizes o_d, input sizes n_d, pads p_d (0 for the
+//   unpadded dims) and offsets f_d of the output window in padded coordinates (0 for the
+//   whole padded array; the first padded row of a band for padded_rows_cl). r_d is the
+//   identity inside [0, n_d); outside, 'reflect' mirrors without repeating the edge
+//   (… x2 x1 | x0 x1 x2 …) and 'zero' gives 0.
 // pad2d_backward: dx[c0, c1, c2, c3] = Σ over the padded positions that r maps onto
 //   (c0, …, c3) of dyp at those positions: per dimension the interior position c + p and,
 //   for reflection, the mirrored ones p − c (1 <= c <= p) and p + 2(n − 1) − c
@@ -16,7 +18,7 @@
 // channels-last padded buffer).
 // Index decomposition: t = ((c0·o1 + c1)·o2 + c2)·o3 + c3 over the written array.
 // Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loop over t.
-// NumPy references: minnst.layers.padding.pad2d / pad2d_backward.
+// NumPy references: minnst.layers.padding.pad2d / pad2d_backward / padded_rows_cl.
 #include "common.h"
 
 // Source coordinate of padded position c in a dimension of input size n and pad p, or −1
@@ -48,7 +50,9 @@ __device__ __forceinline__ int pad_targets(int c, int n, int p, int reflect, int
 template <typename T>
 __global__ void pad2d_forward(const T* __restrict__ x, T* __restrict__ y, int reflect,
                               int o0, int o1, int o2, int o3,
+                              int n0, int n1, int n2, int n3,
                               int p0, int p1, int p2, int p3,
+                              int f0, int f1, int f2, int f3,
                               long long s0, long long s1, long long s2, long long s3)
 {
     const long long total = (long long)o0 * o1 * o2 * o3;
@@ -58,10 +62,10 @@ __global__ void pad2d_forward(const T* __restrict__ x, T* __restrict__ y, int re
         const int c2 = (int)(m % o2); m /= o2;
         const int c1 = (int)(m % o1);
         const int c0 = (int)(m / o1);
-        const int a0 = pad_source(c0, o0 - 2 * p0, p0, reflect);
-        const int a1 = pad_source(c1, o1 - 2 * p1, p1, reflect);
-        const int a2 = pad_source(c2, o2 - 2 * p2, p2, reflect);
-        const int a3 = pad_source(c3, o3 - 2 * p3, p3, reflect);
+        const int a0 = pad_source(c0 + f0, n0, p0, reflect);
+        const int a1 = pad_source(c1 + f1, n1, p1, reflect);
+        const int a2 = pad_source(c2 + f2, n2, p2, reflect);
+        const int a3 = pad_source(c3 + f3, n3, p3, reflect);
         if (a0 < 0 || a1 < 0 || a2 < 0 || a3 < 0)
             y[t] = T(0);
         else

@@ -6,13 +6,16 @@ the input dtype.
 """
 from __future__ import annotations
 
-from minnst.backend import get_xp
+from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
 
 
 def relu_forward(x):
     """``y = max(x, 0)``, any shape. The cache is ``y`` itself: the next layer usually keeps
     it alive anyway, and ``y > 0`` is exactly where ``x > 0``."""
+    if is_gpu_array(x):
+        from minnst.kernels import relu_forward_gpu  # the CUDA twin (kernels/relu.cu)
+        return relu_forward_gpu(x)
     xp = get_xp(x)
     y = xp.maximum(x, 0)
     return y, y
@@ -23,6 +26,9 @@ def relu_backward(dy, cache):
 
     A multiply by the boolean mask, not ``where``: 3.5× faster on NumPy (measured at
     512²×64), and it keeps the memory order of its inputs."""
+    if is_gpu_array(dy):
+        from minnst.kernels import relu_backward_gpu
+        return relu_backward_gpu(dy, cache)
     y = cache
     return dy * (y > 0)
 

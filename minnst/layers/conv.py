@@ -33,7 +33,7 @@ import numpy as np
 
 from ..backend import get_xp
 from .base import Layer
-from .padding import pad2d, pad2d_backward
+from .padding import pad2d, pad2d_backward, padded_rows_cl
 
 MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
 
@@ -109,52 +109,59 @@ def _row_bands(N, OH, OW, K, itemsize):
     return [(i, min(OH, i + rows)) for i in range(0, OH, rows)]
 
 
-def _conv_im2col_forward(xpad, w, stride, OH, OW):
-    xp = get_xp(xpad)
-    N = xpad.shape[0]
+def _input_rows(i0, i1, stride, KH):
+    """Padded input rows [r0, r1) that output rows [i0, i1) read."""
+    return i0 * stride, (i1 - 1) * stride + KH
+
+
+def _conv_im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
+    """im2col + GEMM in bands of output rows; returns (N, F, OH, OW) (channels-last memory)."""
+    xp = get_xp(x)
+    N = x.shape[0]
     F, C, KH, KW = w.shape
     K = KH * KW * C
     wmat = w.transpose(0, 2, 3, 1).reshape(F, K)  # (F, KH·KW·C), matches the cols order
-    y = xp.empty((N, OH, OW, F), dtype=xpad.dtype)
-    for i0, i1 in _row_bands(N, OH, OW, K, xpad.itemsize):
-        cols = _im2col(xpad, KH, KW, stride, i0, i1, OW)
+    y = xp.empty((N, OH, OW, F), dtype=x.dtype)
+    for i0, i1 in _row_bands(N, OH, OW, K + KW * C, x.itemsize):
+        xb = padded_rows_cl(x, *_input_rows(i0, i1, stride, KH), pad, pad_mode)
+        cols = _im2col(xb, KH, KW, stride, 0, i1 - i0, OW)
         y[:, i0:i1] = (cols.reshape(-1, K) @ wmat.T).reshape(N, i1 - i0, OW, F)
-    return y.transpose(0, 3, 1, 2)  # (N, F, OH, OW) view
+    if b is not None:
+        y += b
+    return y.transpose(0, 3, 1, 2)
 
 
-def _conv_im2col_backward(dy, xpad, w, stride, xpad_shape):
-    """Returns (dxpad (N, Hp, Wp, C), dw); ``xpad`` may be None (frozen layer: no dw)."""
+def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
+    """Accumulates the padded input gradient into ``dxpad`` (N, Hp, Wp, C); returns dw
+    (None when ``x`` is None: a frozen layer)."""
     xp = get_xp(dy)
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     K = KH * KW * C
     wmat = w.transpose(0, 2, 3, 1).reshape(F, K)
-    dy_nhwc = dy.transpose(0, 2, 3, 1)
-    dxpad = xp.zeros(xpad_shape, dtype=dy.dtype)
-    dwmat = xp.zeros((F, K), dtype=dy.dtype) if xpad is not None else None
-    for i0, i1 in _row_bands(N, OH, OW, K, dy.itemsize):
-        dyb = xp.ascontiguousarray(dy_nhwc[:, i0:i1]).reshape(-1, F)  # (M, F)
+    dy_cl = dy.transpose(0, 2, 3, 1)
+    dwmat = xp.zeros((F, K), dtype=dy.dtype) if x is not None else None
+    for i0, i1 in _row_bands(N, OH, OW, K + KW * C, dy.itemsize):
+        r0, r1 = _input_rows(i0, i1, stride, KH)
+        dyb = xp.ascontiguousarray(dy_cl[:, i0:i1]).reshape(-1, F)  # (M, F)
         dcols = (dyb @ wmat).reshape(N, i1 - i0, OW, KH, KW, C)
-        _col2im_add(dxpad, dcols, stride, i0)
+        _col2im_add(dxpad[:, r0:r1], dcols, stride, 0)
         if dwmat is not None:
-            cols = _im2col(xpad, KH, KW, stride, i0, i1, OW, out=dcols)
+            xb = padded_rows_cl(x, r0, r1, pad, pad_mode)
+            cols = _im2col(xb, KH, KW, stride, 0, i1 - i0, OW, out=dcols)
             dwmat += dyb.T @ cols.reshape(-1, K)
-    dw = None if dwmat is None else dwmat.reshape(F, KH, KW, C).transpose(0, 3, 1, 2)
-    return dxpad, dw
+    return None if dwmat is None else dwmat.reshape(F, KH, KW, C).transpose(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------- shifted GEMM (CPU)
+
+BAND_BYTES = 64 * 2**20  # padded input rows per band of the shifted GEMM (one image at a time)
+
 
 def _gemm(dtype):
     from scipy.linalg.blas import dgemm, sgemm
 
     return sgemm if dtype == np.float32 else dgemm
-
-
-def _spatial(buf, N, Hp, Wp, OH, OW):
-    """(N, F, OH, OW) view of a channels-last (N·Hp·Wp, F) buffer (rows q = n·Hp·Wp + i·Wp + j)."""
-    F = buf.shape[1]
-    return buf.reshape(N, Hp, Wp, F)[:, :OH, :OW, :].transpose(0, 3, 1, 2)
 
 
 def _band_rows(C, F):
@@ -165,24 +172,30 @@ def _band_rows(C, F):
     return 4096
 
 
-def _conv_shifted_forward(xflat, wtap, b, N, Hp, Wp, OH, OW):
-    """Stride-1 convolution of a channels-last padded image, without im2col.
+def _image_bands(OH, Wp, C, F, itemsize):
+    """Bands of output rows whose padded input (and output gradient) fit BAND_BYTES."""
+    per_row = Wp * max(C, F) * itemsize
+    rows = max(1, min(OH, BAND_BYTES // per_row))
+    return [(i, min(OH, i + rows)) for i in range(0, OH, rows)]
 
-    xflat: (N·Hp·Wp, C), the padded images in channels-last order, flattened.
+
+def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
+    """Stride-1 convolution of one band of a channels-last padded image, without im2col.
+
+    xflat: (Rin, C), the band's padded input rows flattened (row q = r·Wp + t).
     wtap:  (KH, KW, F, C), contiguous.  b: (F,) or None.
-    Output row q = n·Hp·Wp + i·Wp + j reads input row q + u·Wp + v for tap (u, v), so
-    for a band of outputs the input rows of each tap are one contiguous slice:
+    y:     (P, F) output rows q = i·Wp + j, written in place.
+    Output q reads input row q + u·Wp + v for tap (u, v), so for a run of outputs the
+    input rows of each tap are one contiguous slice:
 
         y[q0:q1] (R, F) = b + Σ_{u,v} xflat[q0 + off_uv : q1 + off_uv] (R, C) @ W_uvᵀ (C, F)
 
     with off_uv = u·Wp + v, computed by BLAS accumulating in place (beta = 1). Rows with
-    j ≥ OW (or i ≥ OH) are garbage and never read: 1 − OW/Wp of the work, a few percent.
-    Returns the (N, F, OH, OW) view of the result (channels-last memory).
+    j ≥ OW are garbage and never read: (Wp − OW)/Wp of the work, under 1 % at 256².
     """
     KH, KW, F, C = wtap.shape
-    P = (N - 1) * Hp * Wp + (OH - 1) * Wp + OW
+    P = y.shape[0]
     gemm = _gemm(xflat.dtype)
-    y = np.empty((N * Hp * Wp, F), dtype=xflat.dtype)  # rows ≥ P are never computed nor read
     R = _band_rows(C, F)
     for q0 in range(0, P, R):
         q1 = min(P, q0 + R)
@@ -197,28 +210,20 @@ def _conv_shifted_forward(xflat, wtap, b, N, Hp, Wp, OH, OW):
                 # Fortran view: bandᵀ (F, R) += W_uv (F, C) @ xsliceᵀ (C, R)
                 gemm(1.0, wtap[u, v].T, xflat[q0 + off:q1 + off].T, beta=1.0, c=band.T,
                      trans_a=1, overwrite_c=1)
-    return _spatial(y, N, Hp, Wp, OH, OW)
 
 
-def _conv_shifted_backward(dy, xflat, wtap, Hp, Wp, C):
-    """Adjoint of ``_conv_shifted_forward``: returns (dxflat (N·Hp·Wp, C), dw or None).
+def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
+    """Adjoint of ``_shifted_gemm_forward`` for one band, accumulating in place:
 
-        dxflat[q0 + off : q1 + off] += dy_ext[q0:q1] (R, F) @ W_uv (F, C)
-        dW_uv (F, C)                 = Σ_bands dy_ext[q0:q1]ᵀ (F, R) @ xflat[q0 + off : q1 + off]
+        dxflat[q0 + off : q1 + off] += dyext[q0:q1] (R, F) @ W_uv (F, C)
+        dwtap[u, v] (C, F)         += xflat[q0 + off : q1 + off]ᵀ (C, R) @ dyext[q0:q1]
 
-    dy_ext is dy scattered into the (P, F) layout with zeros at the garbage rows.
+    dyext (P, F) is dy in the padded row layout with zeros at the garbage positions;
+    ``xflat``/``dwtap`` are None for a frozen layer.
     """
-    N, F, OH, OW = dy.shape
-    KH, KW = wtap.shape[:2]
-    P = (N - 1) * Hp * Wp + (OH - 1) * Wp + OW
-    gemm = _gemm(dy.dtype)
-    dyext = np.empty((N * Hp * Wp, F), dtype=dy.dtype)
-    grid = dyext.reshape(N, Hp, Wp, F)
-    grid[:, :OH, :OW, :] = dy.transpose(0, 2, 3, 1)
-    grid[:, :OH, OW:, :] = 0  # the garbage positions must not contribute
-    grid[:, OH:, :, :] = 0
-    dxflat = np.zeros((N * Hp * Wp, C), dtype=dy.dtype)
-    dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if xflat is not None else None
+    KH, KW, F, C = wtap.shape
+    P = dyext.shape[0]
+    gemm = _gemm(dyext.dtype)
     R = _band_rows(C, F)
     for q0 in range(0, P, R):
         q1 = min(P, q0 + R)
@@ -233,15 +238,51 @@ def _conv_shifted_backward(dy, xflat, wtap, Hp, Wp, C):
                     # Fortran view: dW_uv (F, C) += dbandᵀ (F, R) @ xslice (R, C)
                     gemm(1.0, dband.T, xflat[q0 + off:q1 + off].T, beta=1.0, c=dwtap[u, v].T,
                          trans_b=1, overwrite_c=1)
-    dw = None if dwtap is None else np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
-    return dxflat, dw
+
+
+def _conv_shifted_forward(x, w, b, pad, pad_mode, OH, OW):
+    """Shifted-GEMM convolution, one image and one band of rows at a time; only the
+    band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory."""
+    N, C, H, W = x.shape
+    F, _, KH, KW = w.shape
+    Wp = W + 2 * pad
+    wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
+    y = np.empty((N, OH, Wp, F), dtype=x.dtype)  # columns ≥ OW are scratch
+    for n in range(N):
+        for i0, i1 in _image_bands(OH, Wp, C, F, x.itemsize):
+            xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+            yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
+            _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
+    return y[:, :, :OW, :].transpose(0, 3, 1, 2)
+
+
+def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
+    """Accumulates into ``dxpad`` (N, Hp, Wp, C); returns dw, or None when x is None."""
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    Wp = dxpad.shape[2]
+    wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
+    dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if x is not None else None
+    for n in range(N):
+        for i0, i1 in _image_bands(OH, Wp, C, F, dy.itemsize):
+            rows = i1 - i0
+            dyext = np.empty((rows, Wp, F), dtype=dy.dtype)
+            dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
+            dyext[:, OW:] = 0  # the garbage positions must not contribute
+            P = (rows - 1) * Wp + OW
+            dxflat = dxpad[n, i0:i1 + KH - 1].reshape(-1, C)  # a view: rows are contiguous
+            xflat = None
+            if x is not None:
+                xflat = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode).reshape(-1, C)
+            _shifted_gemm_backward(dyext.reshape(-1, F)[:P], wtap, dxflat, xflat, dwtap, Wp)
+    return None if dwtap is None else np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
 
 
 # --------------------------------------------------------------------------- dispatcher
 
 class ConvCache(NamedTuple):
     method: str          # "shifted" or "im2col"
-    xpad: object         # padded input, channels-last (N, Hp, Wp, C); None for frozen layers
+    x: object            # the input itself (not a copy), or None for frozen layers
     w: object
     has_bias: bool
     stride: int
@@ -262,58 +303,45 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
                    keep_input: bool = True):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
-    Returns ``(y, cache)`` with y (N, F, OH, OW) (possibly a strided view).
+    Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory).
     ``keep_input=False`` drops the input from the cache: the backward then returns only
-    dx (dw = db = None), which is all a frozen network needs.
+    dx (dw = db = None), which is all a frozen network needs. The cache references ``x``
+    itself (no copy): do not modify it in place before the backward.
     """
-    xp = get_xp(x)
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
     if Cw != C:
         raise ValueError(f"conv2d: input has {C} channels, weights expect {Cw}")
-    if w.dtype != x.dtype:
-        w = w.astype(x.dtype)
+    w = w.astype(x.dtype, copy=False)
     OH = conv_output_size(H, KH, stride, pad)
     OW = conv_output_size(W, KW, stride, pad)
     if OH < 1 or OW < 1:
         raise ValueError(f"conv2d: input {H}x{W} too small for kernel {KH}x{KW} with padding {pad}")
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    # pad straight into a channels-last buffer: one copy does both jobs
-    xpad = xp.empty((N, Hp, Wp, C), dtype=x.dtype)
-    pad2d(x, pad, pad_mode, out=xpad.transpose(0, 3, 1, 2))
     bias = None if b is None else b.astype(x.dtype, copy=False)
     if _use_shifted(x, stride):
         method = "shifted"
-        wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
-        y = _conv_shifted_forward(xpad.reshape(N * Hp * Wp, C), wtap, bias, N, Hp, Wp, OH, OW)
+        y = _conv_shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
     else:
         method = "im2col"
-        y = _conv_im2col_forward(xpad, w, stride, OH, OW)
-        if bias is not None:
-            y = y + bias.reshape(1, F, 1, 1)
-    cache = ConvCache(method, xpad if keep_input else None, w, b is not None,
-                      stride, pad, pad_mode, x.shape)
+        y = _conv_im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
+    cache = ConvCache(method, x if keep_input else None, w, b is not None,
+                      stride, pad, pad_mode, tuple(x.shape))
     return y, cache
 
 
 def conv2d_backward(dy, cache: ConvCache):
     """Returns ``(dx, dw, db)``; dw and db are None when the cache holds no input."""
+    xp = get_xp(dy)
     N, C, H, W = cache.x_shape
-    F, _, KH, KW = cache.w.shape
     p = cache.pad
-    Hp, Wp = H + 2 * p, W + 2 * p
+    dxpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dy.dtype)
     if cache.method == "shifted":
-        wtap = np.ascontiguousarray(cache.w.transpose(2, 3, 0, 1))
-        xflat = None if cache.xpad is None else cache.xpad.reshape(N * Hp * Wp, C)
-        dxflat, dw = _conv_shifted_backward(dy, xflat, wtap, Hp, Wp, C)
-        dxpad = dxflat.reshape(N, Hp, Wp, C)
+        dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad)
     else:
-        dxpad, dw = _conv_im2col_backward(dy, cache.xpad, cache.w, cache.stride, (N, Hp, Wp, C))
+        dw = _conv_im2col_backward(dy, cache.x, cache.w, cache.stride, p, cache.pad_mode, dxpad)
     # (N, C, H, W) view of channels-last memory, like the forward's output
-    dx = pad2d_backward(dxpad, p, cache.pad_mode, axes=(1, 2)).transpose(0, 3, 1, 2)
-    db = None
-    if cache.xpad is not None and cache.has_bias:
-        db = dy.sum(axis=(0, 2, 3))
+    dx = pad2d_backward(dxpad, p, cache.pad_mode, axes=(1, 2), overwrite=True).transpose(0, 3, 1, 2)
+    db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
     return dx, dw, db
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minnst.backend import get_xp
+from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
 
 _INSTANCE_AXES = (2, 3)
@@ -95,12 +95,18 @@ def instance_norm_forward(x, gamma, beta, eps=1e-5):
     x: (N, C, H, W), gamma/beta: (C,) or None -> y: (N, C, H, W);
     ``y = γ · (x − mean_{HW} x) / sqrt(var_{HW} x + eps) + β``.
     """
+    if is_gpu_array(x):
+        from minnst.kernels import instance_norm_forward_gpu  # the CUDA twin (kernels/norm.cu)
+        return instance_norm_forward_gpu(x, gamma, beta, eps)
     y, cache, _, _ = _normalize(x, gamma, beta, eps, _INSTANCE_AXES)
     return y, cache
 
 
 def instance_norm_backward(dy, cache):
     """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (H, W)."""
+    if is_gpu_array(dy):
+        from minnst.kernels import instance_norm_backward_gpu
+        return instance_norm_backward_gpu(dy, cache)
     return _normalize_backward(dy, cache)
 
 
@@ -116,12 +122,18 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
     m = x.shape[0] * x.shape[2] * x.shape[3]
     if m < 2:
         raise ValueError(f"batch norm needs more than one value per channel, got shape {tuple(x.shape)}")
+    if is_gpu_array(x):
+        from minnst.kernels import batch_norm_forward_gpu
+        return batch_norm_forward_gpu(x, gamma, beta, eps)
     y, norm, mu, var = _normalize(x, gamma, beta, eps, _BATCH_AXES)
     return y, BatchNormCache(norm, mu.reshape(-1), var.reshape(-1) * (m / (m - 1)))
 
 
 def batch_norm_backward(dy, cache):
     """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (N, H, W)."""
+    if is_gpu_array(dy):
+        from minnst.kernels import batch_norm_backward_gpu
+        return batch_norm_backward_gpu(dy, cache)
     return _normalize_backward(dy, cache.norm)
 
 

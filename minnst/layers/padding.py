@@ -68,11 +68,12 @@ def pad2d(x, pad: int, mode: str = "zero", axes=(2, 3), out=None):
     return out
 
 
-def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
+def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite: bool = False):
     """Adjoint of ``pad2d``: ``(…, H+2p, W+2p) -> (…, H, W)``.
 
-    For zero padding this is the interior *view* of ``dxp`` (no copy: the callers own the
-    buffer); reflection padding returns a new array.
+    For zero padding this is the interior *view* of ``dxp``. Reflection padding folds the
+    border gradients onto the interior of a copy, or of ``dxp`` itself when
+    ``overwrite`` (a caller that owns the buffer saves a full-size copy).
     """
     ah, aw = axes
     nd = dxp.ndim
@@ -80,7 +81,7 @@ def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
         return dxp
     if mode == "zero":
         return dxp[_sl(nd, ah, slice(pad, -pad))][_sl(nd, aw, slice(pad, -pad))]
-    g = dxp.copy()
+    g = dxp if overwrite else dxp.copy()
     Hp, Wp = g.shape[ah], g.shape[aw]
     W = Wp - 2 * pad
     H = Hp - 2 * pad
@@ -92,4 +93,40 @@ def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
     for i in reversed(range(pad)):
         g[_sl(nd, ah, pad + 1 + i)] += g[_sl(nd, ah, pad - 1 - i)]
         g[_sl(nd, ah, pad + H - 2 - i)] += g[_sl(nd, ah, pad + H + i)]
-    return g[_sl(nd, ah, slice(pad, pad + H))].copy()
+    return g[_sl(nd, ah, slice(pad, pad + H))]
+
+
+def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero"):
+    """Rows ``r0:r1`` (in padded coordinates) of ``x`` padded by ``pad``, channels-last.
+
+    x: (N, C, H, W) (any memory order) -> (N, r1 − r0, W + 2·pad, C), a new array equal to
+    ``pad2d(x, pad, mode).transpose(0, 2, 3, 1)[:, r0:r1]`` without ever building the whole
+    padded image: the convolutions pad band by band so that no temporary grows with the
+    image.
+    """
+    xp = get_xp(x)
+    N, C, H, W = x.shape
+    _check(min(H, W), pad, mode)
+    Wp = W + 2 * pad
+    out = xp.empty((N, r1 - r0, Wp, C), dtype=x.dtype)
+    a = min(max(pad - r0, 0), r1 - r0)          # band rows [a, b) are real image rows
+    b = max(min(pad + H - r0, r1 - r0), a)
+    if b > a:
+        out[:, a:b, pad:pad + W, :] = x[:, :, r0 + a - pad:r0 + b - pad, :].transpose(0, 2, 3, 1)
+    for i in list(range(a)) + list(range(b, r1 - r0)):  # at most 2·pad rows, at the edges
+        if mode == "zero":
+            out[:, i] = 0
+            continue
+        src = abs(r0 + i - pad)
+        if src > H - 1:
+            src = 2 * (H - 1) - src
+        out[:, i, pad:pad + W, :] = x[:, :, src, :].transpose(0, 2, 1)
+    if pad:
+        if mode == "zero":
+            out[:, :, :pad] = 0
+            out[:, :, pad + W:] = 0
+        else:
+            for j in range(pad):
+                out[:, :, pad - 1 - j] = out[:, :, pad + 1 + j]
+                out[:, :, pad + W + j] = out[:, :, pad + W - 2 - j]
+    return out

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minnst.backend import get_xp
+from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
 
 
@@ -94,6 +94,9 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``. One vectorised pass per
     window offset (k² passes), never a loop over pixels.
     """
+    if is_gpu_array(x):
+        from minnst.kernels import maxpool2d_forward_gpu  # the CUDA twin (kernels/pool.cu)
+        return maxpool2d_forward_gpu(x, kernel, stride)
     stride, OH, OW = _check(x, kernel, stride)
     xp = get_xp(x)
     k = kernel
@@ -112,6 +115,9 @@ def maxpool2d_forward(x, kernel=2, stride=None):
 def maxpool2d_backward(dy, cache):
     """``dx[n, c, i·s + a*, j·s + b*] += dy[n, c, i, j]`` where ``(a*, b*)`` is the window's
     first maximum; every other element gets 0. dy: (N, C, OH, OW) -> dx: x's shape."""
+    if is_gpu_array(dy):
+        from minnst.kernels import maxpool2d_backward_gpu
+        return maxpool2d_backward_gpu(dy, cache)
     xp = get_xp(dy)
     idx, x_shape, k, stride = cache
     zero = dy.dtype.type(0)
@@ -147,6 +153,9 @@ def avgpool2d_forward(x, kernel=2, stride=None):
 
     x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``AvgPoolCache`` (shapes only).
     """
+    if is_gpu_array(x):
+        from minnst.kernels import avgpool2d_forward_gpu
+        return avgpool2d_forward_gpu(x, kernel, stride)
     stride, OH, OW = _check(x, kernel, stride)
     k = kernel
     xt = _cl(x)
@@ -163,6 +172,9 @@ def avgpool2d_forward(x, kernel=2, stride=None):
 def avgpool2d_backward(dy, cache):
     """``dx[n, c, i·s + a, j·s + b] += dy[n, c, i, j] / k²`` for every window element.
     dy: (N, C, OH, OW) -> dx: x's shape."""
+    if is_gpu_array(dy):
+        from minnst.kernels import avgpool2d_backward_gpu
+        return avgpool2d_backward_gpu(dy, cache)
     xp = get_xp(dy)
     x_shape, k, stride = cache
     g = _cl(dy) / (k * k)  # (N, OH, OW, C)

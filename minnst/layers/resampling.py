@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from minnst.backend import get_xp
+from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
 
 
@@ -21,6 +21,9 @@ def upsample_nearest2d_forward(x, scale=2):
         raise ValueError(f"upsampling expects NCHW input, got shape {tuple(x.shape)}")
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
+    if is_gpu_array(x):
+        from minnst.kernels import upsample_nearest2d_forward_gpu  # the CUDA twin (kernels/upsample.cu)
+        return upsample_nearest2d_forward_gpu(x, scale)
     xp = get_xp(x)
     s = int(scale)
     N, C, H, W = x.shape
@@ -32,6 +35,9 @@ def upsample_nearest2d_forward(x, scale=2):
 def upsample_nearest2d_backward(dy, cache):
     """``dx[n, c, i, j] = Σ_{0≤a,b<s} dy[n, c, i·s + a, j·s + b]`` (each s×s block summed);
     dy: (N, C, s·H, s·W) -> dx: (N, C, H, W)."""
+    if is_gpu_array(dy):
+        from minnst.kernels import upsample_nearest2d_backward_gpu
+        return upsample_nearest2d_backward_gpu(dy, cache)
     s = cache.scale
     N, C, SH, SW = dy.shape
     return dy.reshape(N, C, SH // s, s, SW // s, s).sum(axis=(3, 5))

@@ -4,11 +4,13 @@
 // How a launch runs: blocks one after another; inside a block every thread is a fiber
 // (ucontext) with its own stack, and all fibers run on one OS thread. A fiber runs until
 // it reaches __syncthreads() or returns; when every fiber of the block waits at the
-// barrier, all are released into the next phase. Phases alternate the fiber order
-// (thread 0 first, then the last thread first), so a read of another thread's shared
-// memory without a barrier in between sees stale data in one of the two orders and the
-// test comparing with the NumPy twin fails. A block in which some threads returned while
-// others wait at a barrier (a divergent __syncthreads) is reported as an error.
+// barrier, all are released into the next phase. The schedule is a launch argument:
+// 0 runs blocks and, in every phase, threads in increasing order; 1 in decreasing order.
+// emu.py runs every launch under both and requires bit-identical results, so a read of
+// another thread's data without a barrier in between (it sees the data stale under one
+// of the two orders) or two threads or blocks writing one element is reported. A block in
+// which some threads returned while others wait at a barrier (a divergent
+// __syncthreads) is reported as an error.
 // __shared__ becomes `static`: one copy per kernel instantiation, shared by the fibers of
 // the (single) running block, exactly the visibility CUDA gives it.
 //
@@ -136,7 +138,7 @@ inline void fail(char* err, int errlen, const char* fmt, ...)
 }
 
 // Runs one block to completion; returns 0, or non-zero with a message in err.
-inline int run_block(unsigned n, char* err, int errlen)
+inline int run_block(unsigned n, bool reverse, char* err, int errlen)
 {
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = fibers[i];
@@ -152,7 +154,7 @@ inline int run_block(unsigned n, char* err, int errlen)
     }
     for (unsigned phase = 0;; ++phase) {
         for (unsigned k = 0; k < n; ++k) {
-            Fiber& f = fibers[phase % 2 == 0 ? k : n - 1 - k];
+            Fiber& f = fibers[reverse ? n - 1 - k : k];
             if (f.state != RUNNABLE)
                 continue;
             current = &f;
@@ -178,7 +180,7 @@ inline int run_block(unsigned n, char* err, int errlen)
     }
 }
 
-// geom: grid x, y, z, block x, y, z, dynamic shared memory bytes.
+// geom: grid x, y, z, block x, y, z, dynamic shared memory bytes, schedule (0 or 1).
 inline int run_grid(const unsigned* geom, const std::function<void()>& kernel, char* err, int errlen)
 {
     gridDim = dim3{geom[0], geom[1], geom[2]};
@@ -203,14 +205,16 @@ inline int run_grid(const unsigned* geom, const std::function<void()>& kernel, c
     if (fibers.size() < n)
         fibers.resize(n);
     body = &kernel;
-    for (unsigned z = 0; z < gridDim.z; ++z)
-        for (unsigned y = 0; y < gridDim.y; ++y)
-            for (unsigned x = 0; x < gridDim.x; ++x) {
-                blockIdx = uint3{x, y, z};
-                int rc = run_block((unsigned)n, err, errlen);
-                if (rc)
-                    return rc;
-            }
+    const bool reverse = geom[7] != 0;
+    const unsigned long long blocks = (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
+    for (unsigned long long b = 0; b < blocks; ++b) {
+        const unsigned long long k = reverse ? blocks - 1 - b : b;
+        blockIdx = uint3{(unsigned)(k % gridDim.x), (unsigned)(k / gridDim.x % gridDim.y),
+                         (unsigned)(k / gridDim.x / gridDim.y)};
+        int rc = run_block((unsigned)n, reverse, err, errlen);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 

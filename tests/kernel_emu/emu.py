@@ -16,8 +16,12 @@ goes into it, so only edited sources are recompiled.
 
 A launch is stricter than CuPy: array arguments must be C-contiguous NumPy arrays,
 scalars must be NumPy scalars, and every array is copied into a buffer with random guard
-bytes on both sides that must be intact after the launch (out-of-bounds writes). The
-results are copied back into the caller's arrays.
+bytes on both sides that must be intact after the launch (out-of-bounds writes). Each
+launch runs twice, on separate copies, once with blocks and threads in increasing order
+and once in decreasing order (see cuda_emu.h); the two results must be bit-identical,
+which catches missing barriers and write races (the kernels use no atomics, so a
+race-free kernel's result does not depend on the schedule). The results are then copied
+back into the caller's arrays.
 """
 from __future__ import annotations
 
@@ -144,13 +148,19 @@ class _Guarded:
         self.buf[GUARD:GUARD + self.nbytes] = a.reshape(-1).view(np.uint8)
         self.ptr = ctypes.c_void_p(self.buf.ctypes.data + GUARD)
 
-    def finish(self, i, name):
+    def data(self):
+        return self.buf[GUARD:GUARD + self.nbytes]
+
+    def check_guards(self, i, name):
         before = self.buf[:GUARD]
         after = self.buf[GUARD + self.nbytes:]
         if not (np.array_equal(before, self.guard[:GUARD]) and np.array_equal(after, self.guard[GUARD:])):
             raise EmulationError(f"{name}: argument {i} ({self.array.dtype}{list(self.array.shape)}): "
                                  f"a write outside the array (guard bytes changed)")
-        data = self.buf[GUARD:GUARD + self.nbytes]
+
+    def finish(self, i, name):
+        """Copy the result back into the caller's array."""
+        data = self.data()
         flat = self.array.reshape(-1).view(np.uint8)
         if self.array.flags.writeable:
             flat[...] = data
@@ -172,6 +182,18 @@ class EmuFunction:
         if int(np.prod(block)) > MAX_THREADS:
             raise EmulationError(f"{self.name}: block {block} has more than {MAX_THREADS} threads, "
                                  f"the size of the kernels' shared scratch arrays")
+        runs = [self._run(grid, block, args, shared_mem, schedule) for schedule in (0, 1)]
+        for i, (a, b) in enumerate(zip(*runs)):
+            if not np.array_equal(a.data(), b.data()):
+                raise EmulationError(
+                    f"{self.name}: argument {i} ({a.array.dtype}{list(a.array.shape)}) differs between "
+                    f"the increasing and decreasing thread schedules: a missing __syncthreads or "
+                    f"a race between threads or blocks")
+        for i, g in enumerate(runs[0]):
+            g.finish(i, self.name)
+
+    def _run(self, grid, block, args, shared_mem, schedule):
+        """One launch under ``schedule``; returns the guarded copies, in argument order."""
         n = len(args)
         vals = (ctypes.c_void_p * max(n, 1))()
         codes = (ctypes.c_char_p * max(n, 1))()
@@ -200,10 +222,11 @@ class EmuFunction:
                 raise EmulationError(f"{self.name}: argument {i} is a {type(a).__name__}: pass "
                                      f"NumPy arrays and NumPy scalars (np.int32, np.float32, …)")
             codes[i] = code.encode()
-        geom = (ctypes.c_uint * 7)(*grid, *block, int(shared_mem))
+        geom = (ctypes.c_uint * 8)(*grid, *block, int(shared_mem), schedule)
         err = ctypes.create_string_buffer(1024)
         rc = self.fn(geom, vals, codes, ctypes.c_int(n), err, ctypes.c_int(len(err)))
         if rc != 0:
             raise EmulationError(f"{self.name}: {err.value.decode(errors='replace')}")
         for i, g in enumerate(guarded.values()):
-            g.finish(i, self.name)
+            g.check_guards(i, self.name)
+        return list(guarded.values())
