@@ -1,10 +1,16 @@
-"""Benchmarks: ``python -m minnst.bench [WORKLOAD …] [--sizes 256,512] [--json FILE]``.
+"""Benchmarks: ``python -m minnst.bench [WORKLOAD …] [--sizes 256,512] [--json FILE]
+[--compare-torch]``.
 
 Every number is the minimum over ``--repeat`` timed runs after one warm-up run, measured
 in this process next to NumPy's own float32 matrix multiply, so the ratios (the fraction
 of the machine's GEMM rate that a workload reaches) are comparable across machines.
 Peak memory is the high-water mark of the arrays allocated during one run (tracemalloc,
 which NumPy reports to), over what was allocated before it.
+
+``--compare-torch`` runs the same workloads in PyTorch (if installed; never a dependency
+of minnst) in the same process, with the same weights, sizes and thread count, and adds
+``torch_seconds`` and ``ratio_vs_torch`` (minnst time / PyTorch time: lower is better).
+The PyTorch code lives here and nowhere else.
 """
 from __future__ import annotations
 
@@ -93,13 +99,59 @@ def matmul_gflops(n: int = 4096, repeat: int = 3) -> float:
     return 2 * n**3 / t / 1e9
 
 
+# --------------------------------------------------------------------------- PyTorch twins
+
+def torch_module(threads):
+    """PyTorch, set to ``threads`` intra-op threads, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(int(threads or os.cpu_count() or 1))
+    return torch
+
+
+def torch_vgg(torch, net, upto="relu5_1"):
+    """A PyTorch function ``x -> {layer: tensor}`` over minnst's VGG16 weights."""
+    from . import vgg
+
+    F = torch.nn.functional
+    params = {n: (torch.from_numpy(np.ascontiguousarray(w)), torch.from_numpy(np.ascontiguousarray(b)))
+              for n, (w, b) in net.weights.items()}
+    names = vgg.LAYER_NAMES[:vgg.LAYER_NAMES.index(upto) + 1]
+
+    def forward(x):
+        out, h = {}, x
+        for name in names:
+            if name.startswith("conv"):
+                h = F.conv2d(h, *params[name], padding=1)
+            elif name.startswith("relu"):
+                h = F.relu(h)
+            else:
+                h = F.avg_pool2d(h, 2) if net.pooling == "avg" else F.max_pool2d(h, 2)
+            out[name] = h
+        return out
+
+    return forward
+
+
 # --------------------------------------------------------------------------- workloads
 
-def bench_vgg(sizes, repeat):
+def _row(name, size, seconds, flops, peak, torch_seconds=None):
+    row = {"workload": name, "size": size, "seconds": seconds,
+           "gflops": flops / seconds / 1e9 if flops else None, "peak_mb": peak}
+    if torch_seconds is not None:
+        row["torch_seconds"] = torch_seconds
+        row["ratio_vs_torch"] = seconds / torch_seconds
+    return row
+
+
+def bench_vgg(sizes, repeat, torch=None):
     """VGG16 through relu5_1: forward, and forward + backward to the input."""
     from . import vgg
 
     net = vgg.VGG16.load(pooling="avg")
+    tnet = torch_vgg(torch, net) if torch else None
     rows = []
     for s in sizes:
         x = np.random.default_rng(0).standard_normal((1, 3, s, s), dtype=np.float32)
@@ -111,11 +163,21 @@ def bench_vgg(sizes, repeat):
             feats, cache = net.forward(x, ["relu5_1"])
             return net.backward({"relu5_1": np.ones_like(feats["relu5_1"])}, cache)
 
+        def t_fwd():
+            with torch.no_grad():
+                return tnet(torch.from_numpy(x))["relu5_1"]
+
+        def t_fwd_bwd():
+            xt = torch.from_numpy(x).requires_grad_(True)
+            tnet(xt)["relu5_1"].sum().backward()
+            return xt.grad
+
         flops = vgg.forward_flops(s, s, "relu5_1")
-        for name, fn, fl in (("vgg16_forward", fwd, flops), ("vgg16_forward_backward", fwd_bwd, 2 * flops)):
+        for name, fn, tfn, fl in (("vgg16_forward", fwd, t_fwd, flops),
+                                  ("vgg16_forward_backward", fwd_bwd, t_fwd_bwd, 2 * flops)):
             t = best_time(fn, repeat)
-            rows.append({"workload": name, "size": s, "seconds": t, "gflops": fl / t / 1e9,
-                         "peak_mb": peak_mb(fn)})
+            tt = best_time(tfn, repeat) if torch else None
+            rows.append(_row(name, s, t, fl, peak_mb(fn), tt))
     return rows
 
 
@@ -144,6 +206,8 @@ def build_parser():
                    help="image sizes (square), comma-separated (default: 256,512)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per number, the best is kept (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--compare-torch", action="store_true",
+                   help="also time the same workloads in PyTorch (pip install torch==2.13.0)")
     return p
 
 
@@ -151,10 +215,16 @@ def print_table(info, mm, rows):
     print(f"# {info['date']}  {info['cpu']}  ({info['cores']} cores), {info['blas']}, "
           f"{info['threads']} BLAS threads, numpy {info['numpy']}")
     print(f"# NumPy float32 matmul (4096²): {mm:.1f} GFLOP/s")
-    print(f"{'workload':28s} {'size':>5s} {'seconds':>9s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak MB':>8s}")
+    torch_cols = any("torch_seconds" in r for r in rows)
+    head = f"{'workload':28s} {'size':>5s} {'seconds':>9s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak MB':>8s}"
+    print(head + (f" {'torch s':>9s} {'vs torch':>8s}" if torch_cols else ""))
     for r in rows:
-        print(f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {r['gflops']:8.1f} "
-              f"{r['fraction_of_matmul']:9.2f} {r['peak_mb']:8.0f}")
+        gf = f"{r['gflops']:8.1f}" if r.get("gflops") else f"{'-':>8s}"
+        fr = f"{r['fraction_of_matmul']:9.2f}" if r.get("fraction_of_matmul") else f"{'-':>9s}"
+        line = f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {gf} {fr} {r['peak_mb']:8.0f}"
+        if "torch_seconds" in r:
+            line += f" {r['torch_seconds']:9.3f} {r['ratio_vs_torch']:8.2f}"
+        print(line)
 
 
 def main(argv=None):
@@ -170,12 +240,20 @@ def main(argv=None):
         return 2
     keep_freed_memory()
     info = machine_info()
+    torch = None
+    if args.compare_torch:
+        torch = torch_module(info["threads"])
+        if torch is None:
+            print("error: --compare-torch needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
+            return 2
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
     mm = matmul_gflops()
     rows = []
     for w in chosen:
-        rows += RUNNERS[w](args.sizes, args.repeat)
+        rows += RUNNERS[w](args.sizes, args.repeat, torch)
     for r in rows:
-        r["fraction_of_matmul"] = r["gflops"] / mm
+        r["fraction_of_matmul"] = r["gflops"] / mm if r.get("gflops") else None
     print_table(info, mm, rows)
     fb = [r for r in rows if r["workload"] == "vgg16_forward_backward" and r["size"] == 512]
     if fb:

@@ -12,7 +12,8 @@
   is ``(epoch, index)``, two integers that a checkpoint stores, so a resumed run draws
   exactly the batches the uninterrupted run would have.
 
-Images come out as uint8 ``(B, size, size, 3)``; the trainer converts them.
+Images come out as uint8 ``(B, size, size, 3)``; the trainer converts them, and may cut
+``random_crops`` from them with offsets drawn from a generator seeded by the sampler state.
 """
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def resize_center_crop(img, size: int) -> np.ndarray:
         top, left = (nh - size) // 2, (nw - size) // 2
         a = a[top:top + size, left:left + size]
     return np.ascontiguousarray(a)
+
+
+def random_crops(batch, size: int, rng) -> np.ndarray:
+    """One random ``size × size`` window of each image of ``batch`` (B, S, S, 3), the
+    offsets drawn from ``rng``: (B, size, size, 3), a copy."""
+    B, S = batch.shape[0], batch.shape[1]
+    if size >= S:
+        return batch
+    off = rng.integers(0, S - size + 1, size=(B, 2))
+    return np.stack([batch[b, i:i + size, j:j + size] for b, (i, j) in enumerate(off)])
 
 
 def list_images(directory) -> list[Path]:

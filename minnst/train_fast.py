@@ -47,7 +47,7 @@ import numpy as np
 from . import images, losses
 from .backend import get_xp, keep_freed_memory, select_device, to_device, to_host
 from .cli import ArgumentParser, UsageError, run
-from .data import BatchSampler, open_dataset, resize_center_crop
+from .data import BatchSampler, open_dataset, random_crops
 from .optim import Adam
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
@@ -63,7 +63,8 @@ class TrainConfig:
     dataset: str = ""                        # folder of photos or .h5 from make_dataset
     output: str = "model.h5"                 # final model file
     run_dir: str = ""                        # logs, samples, checkpoint ("" = runs/<output stem>)
-    image_size: int = 256                    # training crops are image_size²
+    image_size: int = 256                    # photos are resized and centre-cropped to image_size²
+    crop_size: int = 0                       # then a random crop_size² window (0 = whole photo)
     batch_size: int = 4
     iterations: int = 40000
     lr: float = 1e-3                         # Adam learning rate
@@ -92,6 +93,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if self.image_size < 16:
             raise UsageError("--image-size must be at least 16")
+        if self.crop_size and not 16 <= self.crop_size <= self.image_size:
+            raise UsageError("--crop-size must be between 16 and --image-size (or 0: no crop)")
         if not self.lr > 0:
             raise UsageError("--lr must be > 0")
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -411,6 +414,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                     break
                 ts = time.monotonic()
                 batch = dataset.get_batch(sampler.next())
+                if cfg.crop_size:  # offsets from the sampler state: reproducible, resumable
+                    batch = random_crops(batch, cfg.crop_size,
+                                         np.random.default_rng([cfg.seed, sampler.epoch, sampler.index]))
                 total, parts = train_step(net, opt, loss, batch, xp, dtype)
                 step, done = step + 1, done + 1
                 dt = time.monotonic() - ts
@@ -458,7 +464,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
     p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
     g = p.add_argument_group("training (fixed once a run has started)")
-    g.add_argument("--image-size", type=int, help=f"training crop size ({d.image_size})")
+    g.add_argument("--image-size", type=int, help=f"photos are resized and centre-cropped to this ({d.image_size})")
+    g.add_argument("--crop-size", type=int, help="then train on a random window of this size (0: whole photo)")
     g.add_argument("--batch-size", type=int, help=f"({d.batch_size})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate ({d.lr})")
     g.add_argument("--content-weight", type=float, help=f"({d.content_weight})")

@@ -18,6 +18,7 @@ from minnst.weights import ModelFileError, save_model
 def _one_blas_thread():
     """Tiny matrices: one BLAS thread (several spin-waiting threads on a busy 2-core
     machine made a 16-px VGG16 pass 60x slower)."""
+    import scipy.linalg.blas  # noqa: F401  (load scipy's BLAS first, so the limit covers it)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):

@@ -52,6 +52,7 @@ _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
            np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}
 
 _MODULES: dict = {}  # source file -> compiled cupy.RawModule (the kernel cache)
+NVRTC_OPTIONS = ("--std=c++14",)  # CuPy adds the architecture of the current device
 
 
 def name_expressions(source: str) -> list[str]:
@@ -74,7 +75,7 @@ def _cupy_module(source: str):
     if mod is None:
         import cupy
 
-        mod = cupy.RawModule(code=read_source(source), options=("--std=c++14",),
+        mod = cupy.RawModule(code=read_source(source), options=NVRTC_OPTIONS,
                              name_expressions=name_expressions(source))
         _MODULES[source] = mod
     return mod
