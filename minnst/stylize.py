@@ -26,7 +26,7 @@ from pathlib import Path
 from . import images
 from .backend import keep_freed_memory, select_device
 from .cli import ArgumentParser, UsageError, error, run
-from .data import list_images
+from .data import IMAGE_SUFFIXES, list_images
 from .images import ImageError
 from .transformer import TransformerNet
 from .weights import ModelFileError, _cache_dir, _checkout_weights_dir
@@ -84,6 +84,8 @@ def _plan(inp: Path, out: Path | None, model_stem: str) -> list[tuple[Path, Path
         return [(f, out_dir / f.relative_to(inp).parent / f"{f.stem}_{model_stem}.jpg") for f in files]
     if not inp.exists():
         raise UsageError(f"--input not found: {inp}")
+    if out is not None and out.suffix.lower() in IMAGE_SUFFIXES and out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"cannot write {out}: use a .png or .jpg file name (or a folder)")
     if out is None or out.is_dir() or out.suffix.lower() not in OUTPUT_SUFFIXES:
         out = (out or DEFAULT_OUTPUT_DIR) / f"{inp.stem}_{model_stem}.jpg"
     return [(inp, out)]

@@ -55,6 +55,7 @@ from .weights import ModelFileError, load_model, save_model
 
 CHECKPOINT_KIND = "minnst-train-checkpoint"
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+PLOT_SECONDS = 600  # loss.png is redrawn at a checkpoint at most this often, and at the end
 
 
 @dataclass
@@ -296,7 +297,7 @@ def plot_losses(log_path, png_path):
     ax.set_ylabel("weighted loss (running mean of 50)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.96)  # tight_layout: +1 s
     from .weights import atomic_write
 
     with atomic_write(png_path) as tmp:
@@ -397,10 +398,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n", encoding="utf-8")
 
-    def checkpoint():
+    last_plot = [-math.inf]
+
+    def checkpoint(final=False):
         save_checkpoint(ckpt_path, net, opt, sampler, step, cfg,
                         extra={"skipped_images": getattr(dataset, "skipped", 0)})
-        plot_losses(log_path, run_dir / "loss.png")
+        if final or time.monotonic() - last_plot[0] > PLOT_SECONDS:  # a plot costs ~1 s
+            plot_losses(log_path, run_dir / "loss.png")
+            last_plot[0] = time.monotonic()
 
     from tqdm import tqdm
 
@@ -435,7 +440,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                     checkpoint()
                     last_ckpt = time.monotonic()
             interrupted = stop.requested
-        checkpoint()
+        checkpoint(final=True)
     finally:
         bar.close()
     if interrupted:

@@ -20,6 +20,7 @@ import numpy as np
 from .backend import get_xp
 from .layers.activations import relu_backward, relu_forward
 from .layers.conv import conv2d_backward, conv2d_forward
+from .layers.winograd import winograd_transform
 from .layers.pooling import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                              maxpool2d_forward)
 
@@ -76,6 +77,7 @@ class VGG16:
                                  f"expected {ws} / {bs}")
         self.weights = OrderedDict((n, weights[n]) for n in CONV_NAMES)
         self.pooling = pooling
+        self._wino = {}  # conv name -> WinogradWeights, made on first CPU use (frozen weights)
 
     @classmethod
     def load(cls, path=None, pooling: str = "avg", dtype=np.float32, xp=np):
@@ -91,7 +93,17 @@ class VGG16:
         self.weights = OrderedDict(
             (n, (xp.asarray(w, dtype=dtype or w.dtype), xp.asarray(b, dtype=dtype or b.dtype)))
             for n, (w, b) in self.weights.items())
+        self._wino = {}
         return self
+
+    def _winograd(self, name, w, dtype):
+        """The layer's Winograd kernels in ``dtype`` (CPU only), transformed once."""
+        if get_xp(w) is not np:
+            return None
+        key = (name, np.dtype(dtype).str)
+        if key not in self._wino:
+            self._wino[key] = winograd_transform(w.astype(dtype, copy=False))
+        return self._wino[key]
 
     # ------------------------------------------------------------------ forward / backward
 
@@ -111,7 +123,8 @@ class VGG16:
             if kind == "conv":
                 w, b = self.weights[name]
                 h, c = conv2d_forward(h, w.astype(h.dtype, copy=False), b.astype(h.dtype, copy=False),
-                                      stride=1, pad=1, keep_input=False)
+                                      stride=1, pad=1, keep_input=False,
+                                      wino=self._winograd(name, w, h.dtype))
             elif kind == "relu":
                 h, c = relu_forward(h)
             elif self.pooling == "max":

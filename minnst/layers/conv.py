@@ -34,6 +34,7 @@ import numpy as np
 from ..backend import get_xp
 from .base import Layer
 from .padding import pad2d, pad2d_backward, padded_rows_cl
+from .winograd import winograd_conv3x3
 
 MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
 
@@ -219,7 +220,7 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
         dwtap[u, v] (C, F)         += xflat[q0 + off : q1 + off]ᵀ (C, R) @ dyext[q0:q1]
 
     dyext (P, F) is dy in the padded row layout with zeros at the garbage positions;
-    ``xflat``/``dwtap`` are None for a frozen layer.
+    ``xflat``/``dwtap`` are None for a frozen layer, ``dxflat`` when only dw is wanted.
     """
     KH, KW, F, C = wtap.shape
     P = dyext.shape[0]
@@ -231,9 +232,10 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
         for u in range(KH):
             for v in range(KW):
                 off = u * Wp + v
-                # Fortran view: dxᵀ (C, R) += W_uvᵀ (C, F) @ dbandᵀ (F, R)
-                gemm(1.0, wtap[u, v].T, dband.T, beta=1.0, c=dxflat[q0 + off:q1 + off].T,
-                     overwrite_c=1)
+                if dxflat is not None:
+                    # Fortran view: dxᵀ (C, R) += W_uvᵀ (C, F) @ dbandᵀ (F, R)
+                    gemm(1.0, wtap[u, v].T, dband.T, beta=1.0, c=dxflat[q0 + off:q1 + off].T,
+                         overwrite_c=1)
                 if dwtap is not None:
                     # Fortran view: dW_uv (F, C) += dbandᵀ (F, R) @ xslice (R, C)
                     gemm(1.0, dband.T, xflat[q0 + off:q1 + off].T, beta=1.0, c=dwtap[u, v].T,
@@ -257,10 +259,11 @@ def _conv_shifted_forward(x, w, b, pad, pad_mode, OH, OW):
 
 
 def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
-    """Accumulates into ``dxpad`` (N, Hp, Wp, C); returns dw, or None when x is None."""
+    """Accumulates into ``dxpad`` (N, Hp, Wp, C) unless it is None; returns dw, or None
+    when x is None."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
-    Wp = dxpad.shape[2]
+    Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
     dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if x is not None else None
     for n in range(N):
@@ -270,7 +273,7 @@ def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
             dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
             dyext[:, OW:] = 0  # the garbage positions must not contribute
             P = (rows - 1) * Wp + OW
-            dxflat = dxpad[n, i0:i1 + KH - 1].reshape(-1, C)  # a view: rows are contiguous
+            dxflat = None if dxpad is None else dxpad[n, i0:i1 + KH - 1].reshape(-1, C)  # a view
             xflat = None
             if x is not None:
                 xflat = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode).reshape(-1, C)
@@ -281,7 +284,7 @@ def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
 # --------------------------------------------------------------------------- dispatcher
 
 class ConvCache(NamedTuple):
-    method: str          # "shifted" or "im2col"
+    method: str          # "winograd", "shifted" or "im2col"
     x: object            # the input itself (not a copy), or None for frozen layers
     w: object
     has_bias: bool
@@ -289,6 +292,16 @@ class ConvCache(NamedTuple):
     pad: int
     pad_mode: str
     x_shape: tuple
+    wino: object = None  # WinogradWeights, when the caller transformed the kernel
+
+
+WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
+
+
+def _winograd_fits(x, w, stride, pad, pad_mode) -> bool:
+    """3×3, stride 1, zero padding 1, on the CPU: VGG's convolutions."""
+    return (get_xp(x) is np and w.shape[2:] == (3, 3) and stride == 1 and pad == 1
+            and pad_mode == "zero" and x.dtype in (np.float32, np.float64))
 
 
 def _use_shifted(x, stride) -> bool:
@@ -300,13 +313,16 @@ def _use_shifted(x, stride) -> bool:
 
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
-                   keep_input: bool = True):
+                   keep_input: bool = True, wino=None):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
     Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory).
     ``keep_input=False`` drops the input from the cache: the backward then returns only
     dx (dw = db = None), which is all a frozen network needs. The cache references ``x``
     itself (no copy): do not modify it in place before the backward.
+    ``wino``: the layer's ``winograd.winograd_transform(w)``, computed once by a caller
+    whose weights do not change (VGG16); where it applies (CPU, 3×3, stride 1, zero
+    padding 1, ≥ 64 channels) the forward and the input gradient use Winograd F(2×2, 3×3).
     """
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
@@ -318,14 +334,17 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     if OH < 1 or OW < 1:
         raise ValueError(f"conv2d: input {H}x{W} too small for kernel {KH}x{KW} with padding {pad}")
     bias = None if b is None else b.astype(x.dtype, copy=False)
-    if _use_shifted(x, stride):
+    if wino is not None and _winograd_fits(x, w, stride, pad, pad_mode) and C >= WINOGRAD_MIN_CHANNELS:
+        method = "winograd"
+        y = winograd_conv3x3(x, wino.forward.astype(x.dtype, copy=False), bias)
+    elif _use_shifted(x, stride):
         method = "shifted"
         y = _conv_shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
     else:
         method = "im2col"
         y = _conv_im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
     cache = ConvCache(method, x if keep_input else None, w, b is not None,
-                      stride, pad, pad_mode, tuple(x.shape))
+                      stride, pad, pad_mode, tuple(x.shape), wino)
     return y, cache
 
 
@@ -334,8 +353,17 @@ def conv2d_backward(dy, cache: ConvCache):
     xp = get_xp(dy)
     N, C, H, W = cache.x_shape
     p = cache.pad
+    F = cache.w.shape[0]
+    if cache.wino is not None and cache.method != "im2col" and F >= WINOGRAD_MIN_CHANNELS:
+        # the input gradient of a 3×3 "same" convolution is one too (rotated kernel)
+        dx = winograd_conv3x3(dy, cache.wino.input_grad.astype(dy.dtype, copy=False))
+        dw = None
+        if cache.x is not None:
+            dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None)
+        db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
+        return dx, dw, db
     dxpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dy.dtype)
-    if cache.method == "shifted":
+    if cache.method in ("shifted", "winograd"):
         dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad)
     else:
         dw = _conv_im2col_backward(dy, cache.x, cache.w, cache.stride, p, cache.pad_mode, dxpad)

@@ -104,6 +104,18 @@ def build(source: str, names) -> Path:
     return so
 
 
+def load_code(code: str, names) -> "EmuModule":
+    """Like ``load_module`` for source text (what CuPy's RawModule receives): the text is
+    stored under build/kernel_emu/ by its hash and compiled from there."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    path = BUILD / f"code-{hashlib.sha256(code.encode()).hexdigest()[:16]}.cu"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(code)
+        os.replace(tmp, path)
+    return load_module(str(path), names)
+
+
 def load_module(source: str, names) -> "EmuModule":
     key = (source, tuple(names))
     mod = _LOADED.get(key)

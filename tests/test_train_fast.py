@@ -1,0 +1,218 @@
+"""Training: the data pipeline (folder, HDF5 from make_dataset, sampler, crops), exact resume
+(k steps + a kill + resume to N = N steps straight, bit for bit), and the command line
+(outputs, resume rules, Ctrl-C → checkpoint + exit 130, export). Tiny networks, 32-px images."""
+import json
+import signal
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from minnst import make_dataset, train_fast
+from minnst.data import BatchSampler, H5Images, ImageFolder, open_dataset, random_crops
+from minnst.images import ImageError
+from minnst.train_fast import TrainConfig, read_checkpoint, train
+from minnst.transformer import TransformerNet
+from minnst.vgg import VGG16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """Tiny matrices: one BLAS thread (oversubscribed spinning threads are 60x slower)."""
+    import scipy.linalg.blas  # noqa: F401  (load scipy's BLAS first, so the limit covers it)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    photos = d / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for i in range(6):
+        img = rng.integers(0, 256, (36 + i, 44, 3)).astype(np.uint8)
+        Image.fromarray(img).save(photos / ("sub" if i % 2 else ".") / f"p{i}.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    style = d / "style.png"
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)).save(style)
+    return {"photos": photos, "style": style, "root": d}
+
+
+@pytest.fixture(scope="module")
+def vgg_max(vgg16_f32):
+    return VGG16(vgg16_f32.weights, pooling="max")
+
+
+def tiny_config(files, run_dir, **kw):
+    base = dict(style=str(files["style"]), dataset=str(files["photos"]), output=str(run_dir / "model.h5"),
+                run_dir=str(run_dir), image_size=32, crop_size=24, batch_size=2, width=0.125,
+                iterations=5, sample_every=0, device="cpu", quiet=True, checkpoint_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --------------------------------------------------------------------------- data
+
+def test_sampler_is_reproducible_and_resumable():
+    a = BatchSampler(10, 3, seed=4)
+    seq = [a.next().tolist() for _ in range(8)]
+    again = BatchSampler(10, 3, seed=4)
+    assert [again.next().tolist() for _ in range(8)] == seq  # same seed, same batches
+    for k in range(8):  # resume from any position
+        b = BatchSampler(10, 3, seed=4)
+        for _ in range(k):
+            b.next()
+        c = BatchSampler(10, 3, seed=4)
+        c.load_state(b.state())
+        assert [c.next().tolist() for _ in range(8 - k)] == seq[k:]
+    # each epoch is 3 disjoint batches of a permutation (the last image is skipped)
+    assert len(set(sum(seq[:3], []))) == 9
+    assert seq[:3] != seq[3:6]  # reshuffled every epoch
+    assert BatchSampler(10, 3, seed=5).next().tolist() != seq[0]
+
+
+def test_random_crops_are_windows_and_seeded():
+    batch = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    c1 = random_crops(batch, 5, np.random.default_rng(1))
+    c2 = random_crops(batch, 5, np.random.default_rng(1))
+    assert c1.shape == (2, 5, 5, 3) and np.array_equal(c1, c2)
+    for b in range(2):
+        hits = [(i, j) for i in range(4) for j in range(4) if np.array_equal(batch[b, i:i + 5, j:j + 5], c1[b])]
+        assert len(hits) == 1
+
+
+def test_folder_and_make_dataset_agree(files, tmp_path, capsys):
+    folder = ImageFolder(files["photos"], size=32)
+    assert len(folder) == 7  # 6 photos + the broken file, found recursively
+    out = tmp_path / "train.h5"
+    assert make_dataset.main(["--images", str(files["photos"]), "--output", str(out), "--size", "32",
+                              "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 6 images" in printed and "1 unreadable" in printed
+    with h5py.File(out) as f:
+        assert f["images"].shape == (6, 32, 32, 3) and f["images"].dtype == np.uint8
+        assert int(f.attrs["skipped"]) == 1
+        names = list(f["names"].asstr()[:])
+    h5 = open_dataset(out, 32)
+    assert isinstance(h5, H5Images) and len(h5) == 6
+    good = [i for i, p in enumerate(folder.files) if p.name != "broken.jpg"]
+    assert [str(folder.files[i].relative_to(files["photos"])) for i in good] == names
+    np.testing.assert_array_equal(h5.get_batch([0, 3]), folder.get_batch([good[0], good[3]]))
+    # a batch that meets the unreadable file takes the next readable one, and counts it
+    bad = [p.name for p in folder.files].index("broken.jpg")
+    folder.get_batch([bad])
+    assert folder.skipped == 1
+    with pytest.raises(ImageError, match="32px"):
+        open_dataset(out, 64)
+
+
+def test_make_dataset_errors(tmp_path, capsys):
+    assert make_dataset.main(["--images", str(tmp_path / "none"), "--output", str(tmp_path / "x.h5")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert make_dataset.main(["--images", str(tmp_path / "empty"), "--output", str(tmp_path / "x.h5")]) == 2
+    (tmp_path / "empty" / "a.jpg").write_bytes(b"junk")
+    assert make_dataset.main(["--images", str(tmp_path / "empty"), "--output", str(tmp_path / "x.h5"),
+                              "--quiet"]) == 2
+    assert not (tmp_path / "x.h5").exists()  # nothing half-written
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- exact resume
+
+def test_resume_is_bit_exact(files, tmp_path, vgg_max):
+    """5 steps straight == 2 steps, stop (checkpoint), resume to 5: every weight equal."""
+    straight = train(tiny_config(files, tmp_path / "a"), vgg=vgg_max, log=lambda *a: None)
+    train(tiny_config(files, tmp_path / "b"), vgg=vgg_max, stop_after=2, log=lambda *a: None)
+    cfg, _, adam, meta = read_checkpoint(tmp_path / "b" / "checkpoint.h5")
+    assert meta["step"] == 2 and adam["t"] == 2 and meta["sampler"] == {"epoch": 0, "index": 4}
+    assert not (tmp_path / "b" / "model.h5").exists()
+    resumed = train(tiny_config(files, tmp_path / "b"), resume=True, vgg=vgg_max, log=lambda *a: None)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    la = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    # the final model file is the trained network, with its training recorded
+    m = TransformerNet.load(tmp_path / "b" / "model.h5")
+    assert m.meta["iterations"] == 5 and m.meta["style"] == "style.png"
+    assert m.meta["train"]["crop_size"] == 24
+    assert np.array_equal(m.params["out.weight"], b["out.weight"])
+
+
+# --------------------------------------------------------------------------- command line
+
+def _args(files, run_dir, *extra):
+    return ["--style", str(files["style"]), "--dataset", str(files["photos"]), "--output",
+            str(run_dir / "m.h5"), "--run-dir", str(run_dir), "--image-size", "32", "--batch-size", "2",
+            "--width", "0.125", "--device", "cpu", "--quiet", *extra]
+
+
+def test_cli_train_resume_export(files, tmp_path, vgg16_path, capsys):
+    run = tmp_path / "run"
+    assert train_fast.main(_args(files, run, "--iterations", "3", "--sample-every", "2")) == 0
+    for name in ("m.h5", "checkpoint.h5", "log.jsonl", "loss.png", "config.json", "samples/step_000002.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"loss", "content", "style", "tv", "step_s"} <= set(rows[0])
+    # a second start would overwrite the run: refused
+    assert train_fast.main(_args(files, run, "--iterations", "3")) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume: only the run settings may change
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--lr", "0.5"]) == 2
+    assert "cannot change --lr" in capsys.readouterr().err
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "4", "--quiet"]) == 0
+    assert read_checkpoint(run / "checkpoint.h5")[3]["step"] == 4
+    assert len((run / "log.jsonl").read_text().splitlines()) == 4
+    # export, float16
+    out = tmp_path / "exported.h5"
+    assert train_fast.main(["--export", str(run / "checkpoint.h5"), "--output", str(out), "--float16"]) == 0
+    net = TransformerNet.load(out)
+    assert net.meta["iterations"] == 4
+    with h5py.File(out) as f:
+        assert f["state"]["out.weight"].dtype == np.float16
+
+
+def test_cli_bad_input_is_one_line_exit_2(files, tmp_path, capsys):
+    cases = [
+        [],  # no --style
+        _args(files, tmp_path / "r1", "--iterations", "0"),
+        _args(files, tmp_path / "r2", "--crop-size", "64"),
+        _args(files, tmp_path / "r3", "--style-layers", "relu9_9"),
+        ["--style", str(tmp_path / "nope.jpg"), "--dataset", str(files["photos"]), "--run-dir", str(tmp_path / "r4")],
+        ["--style", str(files["style"]), "--dataset", str(tmp_path / "nodata"), "--run-dir", str(tmp_path / "r5")],
+        ["--resume", "--run-dir", str(tmp_path / "r6")],
+        ["--export", str(files["style"]), "--output", str(tmp_path / "x.h5")],
+    ]
+    for argv in cases:
+        assert train_fast.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(files, tmp_path, vgg16_path, monkeypatch, capsys):
+    real_step = train_fast.train_step
+    calls = []
+
+    def step_then_ctrl_c(*a, **kw):
+        out = real_step(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C mid-step
+        return out
+
+    monkeypatch.setattr(train_fast, "train_step", step_then_ctrl_c)
+    run = tmp_path / "run"
+    assert train_fast.main(_args(files, run, "--iterations", "10", "--sample-every", "0")) == 130
+    assert "--resume" in capsys.readouterr().out
+    assert read_checkpoint(run / "checkpoint.h5")[3]["step"] == 2  # the step in flight completed
+    assert not (run / "m.h5").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
