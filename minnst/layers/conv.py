@@ -354,7 +354,7 @@ def conv2d_backward(dy, cache: ConvCache):
     N, C, H, W = cache.x_shape
     p = cache.pad
     F = cache.w.shape[0]
-    if cache.wino is not None and cache.method != "im2col" and F >= WINOGRAD_MIN_CHANNELS:
+    if cache.wino is not None and cache.method != "im2col" and min(F, C) >= WINOGRAD_MIN_CHANNELS:
         # the input gradient of a 3×3 "same" convolution is one too (rotated kernel)
         dx = winograd_conv3x3(dy, cache.wino.input_grad.astype(dy.dtype, copy=False))
         dw = None
