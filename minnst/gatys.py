@@ -59,6 +59,7 @@ DEFAULT_STYLE_WEIGHT = {"gatys": 1e3, "johnson": 1e3}
 TOL_WINDOW = 20  # --tol compares the best loss with the one TOL_WINDOW iterations before
 DEMO_SIZE, DEMO_ITERATIONS = 256, 150  # the no-argument demo: about two minutes on 2 cores
 DEMO_STYLE_NAME = "stained_glass"
+PROG = "python -m minnst.gatys"
 
 
 class NonFiniteLossError(ValueError):
@@ -101,13 +102,13 @@ class LossTerms:
         return dataclasses.asdict(self)
 
 
-def _check_weights(values, n: int, what: str, normalize: bool):
+def _check_weights(values, n: int, what: str, normalize: bool, items: str = "items"):
     """Per-item weights: None -> equal weights summing to 1; else n finite values ≥ 0."""
     if values is None:
         return [1.0 / n] * n if n else []
     values = [float(v) for v in values]
     if len(values) != n:
-        raise ValueError(f"{what}: got {len(values)} values for {n} items")
+        raise ValueError(f"{what}: {len(values)} given for {n} {items}")
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"{what} must be finite and ≥ 0, got {values}")
     if normalize:
@@ -171,9 +172,9 @@ class Objective:
             if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{what} must be a finite number ≥ 0, got {v!r}")
         self.style_layer_weights = _check_weights(style_layer_weights, len(self.style_layers),
-                                                  "style layer weights", normalize=False)
+                                                  "style layer weights", normalize=False, items="style layers")
         self.style_blend_weights = _check_weights(style_blend_weights, len(styles),
-                                                  "style blend weights", normalize=True)
+                                                  "style blend weights", normalize=True, items="style images")
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.normalization = normalization
         if net is None:
@@ -187,14 +188,14 @@ class Objective:
         self.layers = [n for n in LAYER_NAMES if n in wanted]
 
         # Content targets, and each layer's spatial size for the pastiche (= the content's).
-        feats, _ = net.forward(images.preprocess(content), self.layers)
+        feats = net.forward(images.preprocess(content), self.layers)[0]  # the cache is dropped at once
         self.content_targets = {l: feats[l] for l in self.content_layers}
         self.layer_hw = {l: tuple(feats[l].shape[2:]) for l in self.layers}
         del feats
         # Style targets: A_l = Σ_k b_k A_l^(k), each style image at its own size.
         self.style_targets = {}
         for b, s in zip(self.style_blend_weights, styles):
-            sf, _ = net.forward(images.preprocess(s), self.style_layers)
+            sf = net.forward(images.preprocess(s), self.style_layers)[0]
             for l in self.style_layers:
                 A = losses.style_target(sf[l], normalization, target_hw=self.layer_hw[l]) * b
                 self.style_targets[l] = A if l not in self.style_targets else self.style_targets[l] + A
@@ -222,19 +223,26 @@ class Objective:
         def add(layer, g):
             grads[layer] = g if layer not in grads else grads[layer] + g
 
-        content_raw = 0.0
-        for l in self.content_layers:
-            v, g = losses.content_loss(feats[l], self.content_targets[l], self.normalization)
-            content_raw += v
-            if self.alpha:
-                add(l, g * self.alpha)
-        style_layers, style_raw = {}, 0.0
-        for l, w in zip(self.style_layers, self.style_layer_weights):
-            v, g = losses.style_loss(feats[l], self.style_targets[l], self.normalization)
-            style_layers[l] = v
-            style_raw += w * v
-            if self.beta and w:
-                add(l, g * (self.beta * w))
+        # Layer by layer, dropping each layer's features once its gradient exists: the peak
+        # then holds one layer's features and gradient at a time on top of the cache.
+        content_raw, style_raw, style_layers = 0.0, 0.0, {}
+        style_w = dict(zip(self.style_layers, self.style_layer_weights))
+        for l in self.layers:
+            F = feats.pop(l)
+            if l in self.content_targets:
+                v, g = losses.content_loss(F, self.content_targets[l], self.normalization)
+                content_raw += v
+                if self.alpha:
+                    g *= self.alpha  # g is a fresh array: scale it in place, no second copy
+                    add(l, g)
+            if l in self.style_targets:
+                v, g = losses.style_loss(F, self.style_targets[l], self.normalization)
+                style_layers[l] = v
+                style_raw += style_w[l] * v
+                if self.beta and style_w[l]:
+                    g *= self.beta * style_w[l]
+                    add(l, g)
+            del F, g
         del feats
         if grads:
             grad = images.preprocess_backward(self.net.backward(grads, cache))  # (H, W, 3)
@@ -357,9 +365,10 @@ class GatysConfig:
             _check_layers(self.content_layers, "--content-layers")
             _check_layers(self.style_layers, "--style-layers")
             n_styles = max(1, len(self.style))
-            _check_weights(self.style_blend_weights, n_styles, "--style-blend-weights", normalize=True)
+            _check_weights(self.style_blend_weights, n_styles, "--style-blend-weights", normalize=True,
+                           items="style images")
             _check_weights(self.style_layer_weights, len(self.style_layers), "--style-layer-weights",
-                           normalize=False)
+                           normalize=False, items="style layers")
         except ValueError as e:
             raise UsageError(str(e)) from None
         if not self.content_layers and not self.style_layers:
@@ -413,6 +422,7 @@ def _layer_shapes(h: int, w: int, upto: str):
 # widest layer (the incoming gradient, its channels-last padded copy, the conv's dx) add a
 # few layer-sized arrays on top.
 _BACKWARD_TRANSIENT_LAYERS = 4.0
+VGG16_PARAMS = 14_714_688  # weights and biases of the 13 convolutions
 
 
 def estimate_memory(h: int, w: int, content_layers=DEFAULT_CONTENT_LAYERS,
@@ -439,7 +449,7 @@ def estimate_memory(h: int, w: int, content_layers=DEFAULT_CONTENT_LAYERS,
     targets = sum(c * a * b for name, c, a, b in _layer_shapes(h, w, upto) if name in content_layers)
     targets += sum(c * c for name, c, _, _ in _layer_shapes(h, w, upto) if name in style_layers)
     styles = max([sum(forward_bytes(a, b)) * itemsize for a, b in style_hw] or [0])
-    weights = 14_714_688 * itemsize  # VGG16's 13 convolutions
+    weights = VGG16_PARAMS * itemsize
     device = weights + targets * itemsize + max(pastiche, styles) + 8 * 3 * h * w * itemsize
     n = 3 * h * w
     host = (2 * lbfgs_memory + 11) * n * 8 if optimizer == "lbfgs" else 0
@@ -734,8 +744,8 @@ def _split(values, convert, what):
                 continue
             try:
                 out.append(convert(part))
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{what}: cannot read {part!r}") from None
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                raise argparse.ArgumentTypeError(f"{what}: {e}") from None
     return out
 
 
@@ -760,7 +770,7 @@ def build_parser():
     from .cli import ArgumentParser
 
     p = ArgumentParser(
-        prog="python -m minnst.gatys",
+        prog=PROG,
         description="Neural style transfer by optimisation (Gatys et al.): the pastiche's pixels "
                     "are optimised so its VGG16 features match the content image and its Gram "
                     "matrices match the style image(s). With no arguments: a demo "
@@ -981,6 +991,28 @@ def _say(cfg, msg):
         print(msg, file=sys.stderr)
 
 
+def _estimate_for(content_hw, cfg: GatysConfig, styles, size: int) -> dict:
+    h, w = _fit_longest(*content_hw, size)
+    style_hw = [_fit_longest(*s.shape[:2], cfg.style_size(size)) for s in styles]
+    return estimate_memory(h, w, cfg.content_layers, cfg.style_layers, style_hw, cfg.optimizer,
+                           cfg.lbfgs_memory)
+
+
+def _largest_fitting_size(content_hw, cfg, styles, device: str, where: str, have: int) -> int | None:
+    """The largest output size (a multiple of 16) whose estimate fits in ``have`` bytes."""
+    part = "device" if (device == "gpu" and where == "GPU") else ("host" if device == "gpu" else "total")
+    lo, hi = images.MIN_SIZE // 16, cfg.sizes[-1] // 16
+    if _estimate_for(content_hw, cfg, styles, lo * 16)[part] > have:
+        return None
+    while lo < hi:  # the estimate grows with the size
+        mid = (lo + hi + 1) // 2
+        if _estimate_for(content_hw, cfg, styles, mid * 16)[part] <= have:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * 16
+
+
 def _main(argv) -> int:
     from . import procedural
     from .backend import keep_freed_memory, select_device
@@ -1010,23 +1042,22 @@ def _main(argv) -> int:
     # Memory: estimate the largest scale, refuse if it cannot fit.
     device = select_device(cfg.device)
     h, w = _fit_longest(*content.shape[:2], cfg.sizes[-1])
-    style_hw = [_fit_longest(*s.shape[:2], cfg.style_size(cfg.sizes[-1])) for s in styles]
-    est = estimate_memory(h, w, cfg.content_layers, cfg.style_layers, style_hw, cfg.optimizer, cfg.lbfgs_memory)
+    est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1])
     avail = available_memory()
     if device.name == "gpu":
         free = gpu_free_memory()
         checks = [("GPU", est["device"], free), ("host", est["host"], avail)]
     else:
         checks = [("host", est["total"], avail)]
-    _say(cfg, f"{w}×{h} pastiche on the {device.name.upper()}: estimated peak memory {_gb(est['total'])}"
-              + (f" ({_gb(avail)} available)" if avail else ""))
     for where, need, have in checks:
         if have is not None and need > have:
-            fit = cfg.sizes[-1] * math.sqrt(have / need) * 0.95
-            fit = max(images.MIN_SIZE, int(fit) // 16 * 16)
+            fit = _largest_fitting_size(content.shape[:2], cfg, styles, device.name, where, have)
+            hint = (f"try --size {fit} (with --scales, the last scale must fit: e.g. --scales "
+                    f"{max(images.MIN_SIZE, fit // 2)},{fit})" if fit else "this machine is too small")
             raise UsageError(f"a {w}×{h} pastiche needs about {_gb(need)} of {where} memory but only "
-                             f"{_gb(have)} is available: try --size {fit} (with --scales, the last "
-                             f"scale must fit: e.g. --scales {max(images.MIN_SIZE, fit // 2)},{fit})")
+                             f"{_gb(have)} is available: {hint}")
+    _say(cfg, f"{w}×{h} pastiche on the {device.name.upper()}: estimated peak memory {_gb(est['total'])}"
+              + (f" ({_gb(avail)} available)" if avail else ""))
 
     net = VGG16.load(pooling=cfg.pooling, xp=device.xp)
     meta_config = cfg.to_json()
@@ -1069,7 +1100,10 @@ def main(argv=None) -> int:
     """``python -m minnst.gatys``; returns the exit code (see ``minnst.cli``)."""
     from .cli import run
 
-    return run(_main, argv, prog="minnst.gatys")
+    try:
+        return run(_main, argv, prog=PROG)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, its line already printed)
+        return e.code if isinstance(e.code, int) else 2
 
 
 if __name__ == "__main__":

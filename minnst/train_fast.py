@@ -39,13 +39,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import images, losses
-from .backend import get_xp, keep_freed_memory, select_device, to_device, to_host
+from .backend import get_xp, keep_freed_memory, select_device
 from .cli import ArgumentParser, UsageError, run
 from .data import BatchSampler, open_dataset, random_crops
 from .optim import Adam
@@ -289,9 +289,10 @@ def plot_losses(log_path, png_path):
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("loss", "content", "style", "tv"):
         v = np.array([r[key] for r in rows], dtype=np.float64)
-        k = min(50, len(v))
-        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, label=key)
+        c = np.concatenate([[0.0], np.cumsum(v)])
+        hi = np.arange(1, len(v) + 1)
+        lo = np.maximum(0, hi - 50)
+        ax.plot(steps, (c[hi] - c[lo]) / (hi - lo), label=key)  # trailing mean of ≤ 50 steps
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("weighted loss (running mean of 50)")
@@ -460,38 +461,38 @@ def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m minnst.train_fast", argument_default=argparse.SUPPRESS,
                        description="Train a feed-forward style transfer network (Johnson et al. 2016) "
                                    "on a folder of photos, with checkpoints and exact --resume.")
-    p.add_argument("--style", help="style image")
-    p.add_argument("--dataset", help="folder of training photos, or an .h5 from minnst.make_dataset")
-    p.add_argument("--output", help="model file written at the end (and by --export)")
-    p.add_argument("--run-dir", help="logs, samples and the checkpoint (default runs/<output stem>)")
+    p.add_argument("--style", metavar="IMAGE", help="style image")
+    p.add_argument("--dataset", metavar="DIR_OR_H5", help="folder of training photos, or an .h5 from minnst.make_dataset")
+    p.add_argument("--output", metavar="MODEL.h5", help="model file written at the end (and by --export)")
+    p.add_argument("--run-dir", metavar="DIR", help="logs, samples and the checkpoint (default runs/<output stem>)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in the run directory")
     p.add_argument("--overwrite", action="store_true", help="start again even if a checkpoint exists")
     p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
     p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
     g = p.add_argument_group("training (fixed once a run has started)")
-    g.add_argument("--image-size", type=int, help=f"photos are resized and centre-cropped to this ({d.image_size})")
-    g.add_argument("--crop-size", type=int, help="then train on a random window of this size (0: whole photo)")
-    g.add_argument("--batch-size", type=int, help=f"({d.batch_size})")
-    g.add_argument("--lr", type=float, help=f"Adam learning rate ({d.lr})")
-    g.add_argument("--content-weight", type=float, help=f"({d.content_weight})")
-    g.add_argument("--style-weight", type=float, help=f"({d.style_weight})")
-    g.add_argument("--tv-weight", type=float, help=f"({d.tv_weight})")
-    g.add_argument("--content-layer", help=f"({d.content_layer})")
-    g.add_argument("--style-layers", nargs="+", help=f"({' '.join(d.style_layers)})")
-    g.add_argument("--style-layer-weights", nargs="+", type=float, help="one per style layer (all 1)")
-    g.add_argument("--style-size", type=int, help="longest side of the style image (the image size)")
+    g.add_argument("--image-size", type=int, metavar="N", help=f"photos are resized and centre-cropped to this ({d.image_size})")
+    g.add_argument("--crop-size", type=int, metavar="N", help="then train on a random window of this size (0: whole photo)")
+    g.add_argument("--batch-size", type=int, metavar="N", help=f"({d.batch_size})")
+    g.add_argument("--lr", type=float, metavar="X", help=f"Adam learning rate ({d.lr})")
+    g.add_argument("--content-weight", type=float, metavar="X", help=f"({d.content_weight})")
+    g.add_argument("--style-weight", type=float, metavar="X", help=f"({d.style_weight})")
+    g.add_argument("--tv-weight", type=float, metavar="X", help=f"({d.tv_weight})")
+    g.add_argument("--content-layer", metavar="LAYER", help=f"({d.content_layer})")
+    g.add_argument("--style-layers", nargs="+", metavar="LAYER", help=f"({' '.join(d.style_layers)})")
+    g.add_argument("--style-layer-weights", nargs="+", type=float, metavar="X", help="one per style layer (all 1)")
+    g.add_argument("--style-size", type=int, metavar="N", help="longest side of the style image (the image size)")
     g.add_argument("--pooling", choices=("avg", "max"), help=f"loss network pooling ({d.pooling})")
-    g.add_argument("--width", type=float, help=f"channel multiplier of the network ({d.width})")
+    g.add_argument("--width", type=float, metavar="X", help=f"channel multiplier of the network ({d.width})")
     g.add_argument("--norm", choices=("instance", "batch"), help=f"({d.norm})")
     g.add_argument("--upsample", choices=("nearest", "transpose"), help=f"({d.upsample})")
-    g.add_argument("--seed", type=int, help=f"({d.seed})")
+    g.add_argument("--seed", type=int, metavar="N", help=f"({d.seed})")
     g = p.add_argument_group("run (may change on --resume)")
-    g.add_argument("--iterations", type=int, help=f"({d.iterations})")
+    g.add_argument("--iterations", type=int, metavar="N", help=f"({d.iterations})")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), help=f"({d.device})")
-    g.add_argument("--checkpoint-every", type=int, help=f"iterations ({d.checkpoint_every})")
-    g.add_argument("--checkpoint-minutes", type=float, help=f"({d.checkpoint_minutes})")
-    g.add_argument("--sample-every", type=int, help=f"iterations, 0 = off ({d.sample_every})")
-    g.add_argument("--samples", nargs="+", help="photos for the samples (first 2 of the dataset)")
+    g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"iterations ({d.checkpoint_every})")
+    g.add_argument("--checkpoint-minutes", type=float, metavar="X", help=f"({d.checkpoint_minutes})")
+    g.add_argument("--sample-every", type=int, metavar="N", help=f"iterations, 0 = off ({d.sample_every})")
+    g.add_argument("--samples", nargs="+", metavar="PHOTO", help="photos for the samples (first 2 of the dataset)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -244,7 +244,7 @@ def test_short_lbfgs_run_agrees():
     cpu, gpu, content = _objectives()
     z0 = np.random.default_rng(4).uniform(0, 1, content.size)
     results = [minimize(o.flat_loss_and_grad, z0, jac=True, method="L-BFGS-B",
-                        bounds=[(0, 1)] * z0.size, options=dict(maxiter=10))
+                        bounds=[(0, 1)] * z0.size, options=dict(maxiter=6))
                for o in (cpu, gpu)]
     assert results[1].fun == pytest.approx(results[0].fun, rel=2e-2)
     assert results[1].fun < cpu.flat_loss_and_grad(z0)[0]

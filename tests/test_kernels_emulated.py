@@ -9,6 +9,7 @@ schedules that must agree bit for bit (see kernel_emu/emu.py). Selection, copies
 sums whose order the kernels reproduce are compared exactly; reductions with tolerances
 (float64 1e-12, float32 1e-5 relative).
 """
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from minnst import losses
 from minnst import kernels
 from minnst.kernels import launch
 from minnst.layers import activations, conv, normalization, padding, pooling, resampling
+
+pytestmark = pytest.mark.skipif(shutil.which(emu.CXX) is None,
+                                reason=f"{emu.CXX} not found: the kernel emulation compiles the .cu files with it")
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 DTYPES = (np.float64, np.float32)
@@ -498,3 +502,22 @@ def test_small_network_through_the_kernels(dispatch_to_kernels, rng, monkeypatch
     close(dx, dx_ref, np.float64, 1000)
     for k in grads_ref:
         close(grads[k], grads_ref[k], np.float64, 1000)
+
+
+@pytest.mark.slow
+def test_gpu_tests_pass_on_the_fake_gpu():
+    """tests/test_gpu.py on the CPU stand-in for CuPy (kernel_emu/fake_cupy.py): the GPU
+    tests themselves and the device glue (dispatch, caches, host/device boundaries,
+    float64 boundary for scipy) are checked here, so a GPU session only has to confirm
+    them on a device. Runs in a subprocess: the fake registers itself as ``cupy``. The
+    slowest variants (L-BFGS, Johnson objective, max-pooling VGG in float64) are left to
+    ``MINNST_FAKE_GPU=1 python -m pytest tests/test_gpu.py``."""
+    import os
+
+    root = Path(__file__).parents[1]
+    env = dict(os.environ, MINNST_FAKE_GPU="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_gpu.py", "-k", "not lbfgs and not johnson and not max"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1], r.stdout[-500:]

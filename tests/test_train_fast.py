@@ -124,25 +124,30 @@ def test_make_dataset_errors(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- exact resume
 
-def test_resume_is_bit_exact(files, tmp_path, vgg_max):
-    """5 steps straight == 2 steps, stop (checkpoint), resume to 5: every weight equal."""
-    straight = train(tiny_config(files, tmp_path / "a"), vgg=vgg_max, log=lambda *a: None)
-    train(tiny_config(files, tmp_path / "b"), vgg=vgg_max, stop_after=2, log=lambda *a: None)
-    cfg, _, adam, meta = read_checkpoint(tmp_path / "b" / "checkpoint.h5")
-    assert meta["step"] == 2 and adam["t"] == 2 and meta["sampler"] == {"epoch": 0, "index": 4}
+@pytest.mark.parametrize("norm,upsample,n,k", [("instance", "nearest", 5, 2), ("batch", "transpose", 3, 1)])
+def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k):
+    """n steps straight == k steps, stop (checkpoint), resume to n: every weight (and the
+    batch-norm running statistics) equal, bit for bit."""
+    def cfg(d):
+        return tiny_config(files, tmp_path / d, norm=norm, upsample=upsample, iterations=n)
+
+    straight = train(cfg("a"), vgg=vgg_max, log=lambda *a: None)
+    train(cfg("b"), vgg=vgg_max, stop_after=k, log=lambda *a: None)
+    _, _, adam, meta = read_checkpoint(tmp_path / "b" / "checkpoint.h5")
+    assert meta["step"] == k and adam["t"] == k and meta["sampler"] == {"epoch": 0, "index": 2 * k}
     assert not (tmp_path / "b" / "model.h5").exists()
-    resumed = train(tiny_config(files, tmp_path / "b"), resume=True, vgg=vgg_max, log=lambda *a: None)
+    resumed = train(cfg("b"), resume=True, vgg=vgg_max, log=lambda *a: None)
     a, b = straight.state_dict(), resumed.state_dict()
     assert set(a) == set(b)
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     la = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in lb] == list(range(1, n + 1))
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
     # the final model file is the trained network, with its training recorded
     m = TransformerNet.load(tmp_path / "b" / "model.h5")
-    assert m.meta["iterations"] == 5 and m.meta["style"] == "style.png"
+    assert m.meta["iterations"] == n and m.meta["style"] == "style.png"
     assert m.meta["train"]["crop_size"] == 24
     assert np.array_equal(m.params["out.weight"], b["out.weight"])
 

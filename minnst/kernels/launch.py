@@ -316,15 +316,22 @@ def padded_rows_cl_gpu(x, r0: int, r1: int, pad: int, mode: str = "zero"):
     return out
 
 
-def pad2d_backward_gpu(dxp, pad: int, mode: str = "zero", axes=(2, 3)):
-    """Kernel twin of ``minnst.layers.padding.pad2d_backward``: the adjoint of
-    ``pad2d``, a new array in the memory order of ``dxp``."""
+def pad2d_backward_gpu(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite: bool = False):
+    """Kernel twin of ``minnst.layers.padding.pad2d_backward``: the adjoint of ``pad2d``.
+    As there, zero padding gives the interior view of ``dxp``; reflection gives a new
+    array in the memory order of ``dxp`` (the kernel gathers the folded borders, so
+    ``overwrite`` is accepted and not needed)."""
     xp = get_xp(dxp)
     dt = _float_dtype("pad2d_backward_gpu", dxp)
     shape = list(dxp.shape)
     for a in {a % dxp.ndim for a in axes}:
         shape[a] -= 2 * pad
     ah, aw = _check_pad(shape, pad, mode, axes)
+    if pad == 0 or mode == "zero":
+        idx = [slice(None)] * dxp.ndim
+        idx[ah] = slice(pad, pad + shape[ah])
+        idx[aw] = slice(pad, pad + shape[aw])
+        return dxp[tuple(idx)]
     dc, dstr = _strides_of(_to4(dxp))
     order = memory_order(_to4(dxp)) or tuple(range(4))
     lead = 4 - dxp.ndim

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, is_gpu_array
 from .base import Layer
 from .padding import pad2d, pad2d_backward, padded_rows_cl
 from .winograd import winograd_conv3x3
@@ -72,6 +72,9 @@ def _im2col(xpad, KH, KW, stride, i0, i1, OW, out=None):
     copy from a strided view (3.6× faster than a copy per tap, measured at 512²×3); the
     per-tap form runs on any array module.
     """
+    if is_gpu_array(xpad):
+        from ..kernels import im2col_gpu  # the CUDA twin (kernels/im2col.cu)
+        return im2col_gpu(xpad, KH, KW, stride, i0, i1, OW, out)
     xp = get_xp(xpad)
     N, C = xpad.shape[0], xpad.shape[3]
     rows = i1 - i0
@@ -95,6 +98,9 @@ def _im2col(xpad, KH, KW, stride, i0, i1, OW, out=None):
 def _col2im_add(dxpad, cols, stride, i0):
     """Adjoint of ``_im2col``: scatter-add cols (N, rows, OW, KH, KW, C) into the
     channels-last ``dxpad`` (N, Hp, Wp, C), in place."""
+    if is_gpu_array(dxpad):
+        from ..kernels import col2im_add_gpu  # a gather over input pixels, no atomics
+        return col2im_add_gpu(dxpad, cols, stride, i0)
     N, rows, OW, KH, KW, C = cols.shape
     for u in range(KH):
         r0 = i0 * stride + u
@@ -146,7 +152,7 @@ def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
         r0, r1 = _input_rows(i0, i1, stride, KH)
         dyb = xp.ascontiguousarray(dy_cl[:, i0:i1]).reshape(-1, F)  # (M, F)
         dcols = (dyb @ wmat).reshape(N, i1 - i0, OW, KH, KW, C)
-        _col2im_add(dxpad[:, r0:r1], dcols, stride, 0)
+        _col2im_add(dxpad, dcols, stride, i0)
         if dwmat is not None:
             xb = padded_rows_cl(x, r0, r1, pad, pad_mode)
             cols = _im2col(xb, KH, KW, stride, 0, i1 - i0, OW, out=dcols)

@@ -10,7 +10,7 @@ The axes are arguments because the CPU convolution pads in channels-last layout
 """
 from __future__ import annotations
 
-from .. backend import get_xp
+from ..backend import get_xp, is_gpu_array
 
 PAD_MODES = ("zero", "reflect")
 
@@ -36,6 +36,9 @@ def pad2d(x, pad: int, mode: str = "zero", axes=(2, 3), out=None):
     ``out``: an optional pre-allocated array of the padded shape (any layout, e.g. a
     transposed view); the function fills it completely and returns it.
     """
+    if is_gpu_array(x):
+        from ..kernels import pad2d_gpu  # the CUDA twin (kernels/pad.cu)
+        return pad2d_gpu(x, pad, mode, axes, out)
     xp = get_xp(x)
     ah, aw = axes
     H, W = x.shape[ah], x.shape[aw]
@@ -75,6 +78,9 @@ def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite: bo
     border gradients onto the interior of a copy, or of ``dxp`` itself when
     ``overwrite`` (a caller that owns the buffer saves a full-size copy).
     """
+    if is_gpu_array(dxp):
+        from ..kernels import pad2d_backward_gpu
+        return pad2d_backward_gpu(dxp, pad, mode, axes, overwrite)
     ah, aw = axes
     nd = dxp.ndim
     if pad == 0:
@@ -104,6 +110,9 @@ def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero"):
     padded image: the convolutions pad band by band so that no temporary grows with the
     image.
     """
+    if is_gpu_array(x):
+        from ..kernels import padded_rows_cl_gpu
+        return padded_rows_cl_gpu(x, r0, r1, pad, mode)
     xp = get_xp(x)
     N, C, H, W = x.shape
     _check(min(H, W), pad, mode)

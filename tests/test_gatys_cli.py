@@ -1,0 +1,242 @@
+"""``python -m minnst.gatys`` as a user meets it: outputs and metadata, reproducibility,
+odd image modes, and a batch of bad inputs (one line on stderr, exit 2, no traceback)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minnst import gatys, images
+
+# Tiny and shallow, so each run is a fraction of a second after VGG16 loads.
+FAST = ["--size", "32", "--iterations", "3", "--content-layers", "relu1_1",
+        "--style-layers", "relu1_1,relu2_1", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture
+def pics(tmp_path):
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:40, 0:48] / 48
+    content = np.stack([x, y, 0.5 + 0.4 * np.sin(8 * x)], -1)
+    style = rng.random((36, 36, 3))
+    paths = {"content": tmp_path / "content.png", "style": tmp_path / "style.jpg"}
+    images.save_image(paths["content"], content)
+    images.save_image(paths["style"], style)
+    return paths
+
+
+def run_main(argv, capsys):
+    code = gatys.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------------ a run and its files
+
+
+def test_run_writes_image_log_curve_and_metadata(pics, tmp_path, capsys, vgg16_path):
+    out = tmp_path / "out" / "result.png"
+    code, stdout, err = run_main(["--content", pics["content"], "--style", pics["style"], "--output", out,
+                                  "--seed", "5", "--save-every", "2", *FAST], capsys)
+    assert code == 0, err
+    assert out.is_file() and str(out) in stdout
+    img = images.load_image(out)
+    assert img.shape == (27, 32, 3)  # 40×48 content, longest side 32
+    log = [json.loads(line) for line in (tmp_path / "out" / "result.losses.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in log] == [1, 2, 3]
+    assert {"loss", "content", "style", "tv", "best", "seconds", "style_layers"} <= set(log[0])
+    assert Image.open(tmp_path / "out" / "result.losses.png").format == "PNG"
+    assert (tmp_path / "out" / "result_0002.png").is_file()
+    meta = images.read_png_metadata(out)
+    assert meta["minnst-seed"] == "5"
+    config = json.loads(meta["minnst-config"])
+    assert config["seed"] == 5 and config["size"] == 32 and config["style_layers"] == ["relu1_1", "relu2_1"]
+    assert config["style_weight"] == gatys.DEFAULT_STYLE_WEIGHT["gatys"]
+    assert json.loads(meta["minnst-inputs"])["styles"][0]["sha256"]
+    assert json.loads(meta["minnst-result"])["iterations"] == 3
+
+
+def test_same_seed_gives_byte_identical_png(pics, tmp_path, capsys, vgg16_path):
+    outs = [tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"]
+    for out, seed in zip(outs, (1, 1, 2)):
+        code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--output", out,
+                                 "--seed", seed, *FAST], capsys)
+        assert code == 0, err
+    a, b, c = (p.read_bytes() for p in outs)
+    assert a == b
+    assert a != c
+
+
+def test_options_run_together(pics, tmp_path, capsys, vgg16_path):
+    """Two blended styles, coarse-to-fine, Adam, colour preservation, init image, TV, johnson."""
+    out = tmp_path / "multi.jpg"
+    code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], pics["content"],
+                             "--style-blend-weights", "3,1", "--scales", "24", "32", "--optimizer", "adam",
+                             "--learning-rate", "0.05", "--preserve-colors", "luminance",
+                             "--init-image", pics["style"], "--tv-weight", "0.1",
+                             "--normalization", "johnson", "--pooling", "max", "--style-scale", "0.8",
+                             "--output", out, *FAST], capsys)
+    assert code == 0, err
+    assert images.load_image(out).shape == (27, 32, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16"])
+def test_odd_image_modes_are_converted(pics, tmp_path, capsys, vgg16_path, mode):
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray((rng.random((30, 34, 3)) * 255).astype(np.uint8), "RGB")
+    if mode == "I;16":
+        odd = Image.fromarray((rng.random((30, 34)) * 65535).astype(np.uint16))
+        path = tmp_path / "odd.png"
+    elif mode == "CMYK":
+        odd, path = rgb.convert("CMYK"), tmp_path / "odd.jpg"
+    else:
+        odd, path = rgb.convert(mode), tmp_path / "odd.png"
+    odd.save(path)
+    code, _, err = run_main(["--content", path, "--style", path, "--output", tmp_path / "o.png", *FAST], capsys)
+    assert code == 0, err
+
+
+def test_no_arguments_means_the_demo():
+    cfg, demo = gatys.config_from_args([])
+    assert demo and cfg.size == gatys.DEMO_SIZE and cfg.iterations == gatys.DEMO_ITERATIONS
+    assert cfg.content is None and cfg.style == []
+    assert gatys.demo_content_path().is_file()
+    cfg, demo = gatys.config_from_args(["--content", "x.png"])
+    assert not demo and cfg.size == 512 and cfg.iterations == 500
+
+
+def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gatys, "available_memory", lambda: 200 * 2**20)
+    code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--size", "2048",
+                             "--output", tmp_path / "o.png", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "memory", "--size", "--scales")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_interrupt_saves_and_exits_130(pics, tmp_path, capsys, monkeypatch, vgg16_path):
+    real = gatys.Objective.loss_and_grad
+    calls = {"n": 0}
+
+    def patched(self, x):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise KeyboardInterrupt
+        return real(self, x)
+
+    monkeypatch.setattr(gatys.Objective, "loss_and_grad", patched)
+    out = tmp_path / "i.png"
+    code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--output", out,
+                             *FAST, "--iterations", "50"], capsys)
+    assert code == 130 and out.is_file() and "interrupted" in err
+    assert json.loads(images.read_png_metadata(out)["minnst-result"])["stop_reason"] == "interrupted"
+
+
+def test_non_finite_loss_keeps_last_good_image(pics, tmp_path, capsys, monkeypatch, vgg16_path):
+    real = gatys.Objective.loss_and_grad
+    calls = {"n": 0}
+
+    def patched(self, x):
+        calls["n"] += 1
+        loss, grad = real(self, x)
+        return (float("inf") if calls["n"] > 3 else loss), grad
+
+    monkeypatch.setattr(gatys.Objective, "loss_and_grad", patched)
+    out = tmp_path / "n.png"
+    code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--output", out,
+                             *FAST, "--iterations", "50"], capsys)
+    assert_one_line_error(code, err, "non-finite", "saved the last good image")
+    assert out.is_file()
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def _bad_files(tmp_path, pics):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(pics["content"].read_bytes()[:200])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    return {"missing": tmp_path / "nope.png", "text": text, "truncated": truncated, "empty": empty,
+            "dir": tmp_path}
+
+
+@pytest.mark.parametrize("which", ["missing", "text", "truncated", "empty", "dir"])
+@pytest.mark.parametrize("role", ["--content", "--style", "--init-image"])
+def test_bad_files(pics, tmp_path, capsys, which, role):
+    bad = _bad_files(tmp_path, pics)[which]
+    argv = {"--content": ["--content", bad, "--style", pics["style"]],
+            "--style": ["--content", pics["content"], "--style", pics["style"], bad],
+            "--init-image": ["--content", pics["content"], "--style", pics["style"], "--init-image", bad]}[role]
+    code, _, err = run_main([*argv, "--output", tmp_path / "o.png", *FAST], capsys)
+    assert_one_line_error(code, err)
+    assert not (tmp_path / "o.png").exists()
+
+
+BAD_ARGS = [
+    (["--size", "0"], "size"),
+    (["--size", "abc"], "--size"),
+    (["--size", "100000"], "size"),
+    (["--size", "12.5"], "--size"),
+    (["--iterations", "0"], "--iterations"),
+    (["--iterations", "-5"], "--iterations"),
+    (["--style-weight", "-1"], "--style-weight"),
+    (["--style-weight", "nan"], "--style-weight"),
+    (["--content-weight", "inf"], "--content-weight"),
+    (["--tv-weight", "x"], "--tv-weight"),
+    (["--learning-rate", "0"], "--learning-rate"),
+    (["--style-scale", "0"], "--style-scale"),
+    (["--style-scale", "0.01"], "style images"),
+    (["--time-budget", "-3"], "--time-budget"),
+    (["--seed", "-1"], "--seed"),
+    (["--scales", "64,32"], "--scales"),
+    (["--scales", "32,a"], "--scales"),
+    (["--content-layers", "relu9_1"], "relu9_1"),
+    (["--style-layers", "relu1_1,conv6_1"], "conv6_1"),
+    (["--style-layers", "relu1_1,relu1_1"], "twice"),
+    (["--style-layer-weights", "1,2,3"], "--style-layer-weights"),
+    (["--style-blend-weights", "1,2"], "--style-blend-weights"),
+    (["--style-blend-weights", "0"], "--style-blend-weights"),
+    (["--optimizer", "sgd"], "--optimizer"),
+    (["--normalization", "l2"], "--normalization"),
+    (["--init", "image"], "--init-image"),
+    (["--init", "content", "--init-image", "x.png"], "--init-image"),
+    (["--output", "result.txt"], ".png or .jpg"),
+    (["--no-such-flag"], "unrecognized"),
+    (["--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments(pics, tmp_path, capsys, args, needle):
+    base = ["--content", pics["content"], "--style", pics["style"], "--output", tmp_path / "o.png",
+            "--quiet", "--device", "cpu"]
+    code, _, err = run_main([*base, *args], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_subprocess_bad_input_and_help(tmp_path):
+    """A real process: no traceback, exit 2, one line; --help works."""
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "minnst.gatys", *map(str, a)],  # noqa: E731
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                    env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    p = run("--content", tmp_path / "missing.jpg")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "missing.jpg" in p.stderr
+    p = run("--help")
+    assert p.returncode == 0 and "--style-blend-weights" in p.stdout and "--preserve-colors" in p.stdout
