@@ -52,10 +52,13 @@ DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("noise", "content", "image")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
-# Default style weight β per normalisation. The Gatys losses grow with the feature scale
-# (content ~F², style ~F⁴ / (N²M²)); these make a balanced pastiche from a noise start on
-# our ImageNet-normalised VGG16 (see docs/gatys.md, "Weights").
-DEFAULT_STYLE_WEIGHT = {"gatys": 1e3, "johnson": 1e3}
+# Default weights per normalisation, for the default 512-pixel output (α = 1). Under the
+# Gatys normalisation the content term grows with the pixel count M while the style term
+# does not, so the same look at another size needs β ∝ M (the demo scales it that way);
+# the Johnson losses are size-independent. docs/gatys.md, "Choosing the weights", has the
+# measurements and the conversion between the two.
+DEFAULT_STYLE_WEIGHT = {"gatys": 1e6, "johnson": 0.25}
+DEFAULT_TV_WEIGHT = {"gatys": 1.0, "johnson": 1e-6}
 TOL_WINDOW = 20  # --tol compares the best loss with the one TOL_WINDOW iterations before
 DEMO_SIZE, DEMO_ITERATIONS = 256, 150  # the no-argument demo: about two minutes on 2 cores
 DEMO_STYLE_NAME = "stained_glass"
@@ -291,7 +294,7 @@ class GatysConfig:
     style_layer_weights: list | None = None  # w_l per style layer (None: equal, summing to 1)
     content_weight: float = 1.0       # α
     style_weight: float | None = None  # β (None: DEFAULT_STYLE_WEIGHT of the normalisation)
-    tv_weight: float = 0.0            # λ_tv, on pixels in [0, 1]
+    tv_weight: float | None = None    # λ_tv, pixels in [0, 1] (None: DEFAULT_TV_WEIGHT of the normalisation)
     normalization: str = "gatys"      # "gatys" (the notes) or "johnson" (normalised losses)
     pooling: str = "avg"              # "avg" (Gatys' choice) or "max" (the trained VGG16)
     init: str = "noise"               # "noise", "content" or "image" (with init_image)
@@ -317,6 +320,10 @@ class GatysConfig:
     @property
     def beta(self) -> float:
         return DEFAULT_STYLE_WEIGHT[self.normalization] if self.style_weight is None else self.style_weight
+
+    @property
+    def tv(self) -> float:
+        return DEFAULT_TV_WEIGHT[self.normalization] if self.tv_weight is None else self.tv_weight
 
     def validate(self) -> "GatysConfig":
         """Raise ``UsageError`` (one line) for any value a run cannot use."""
@@ -346,7 +353,7 @@ class GatysConfig:
         number("style_scale", strict=True)
         number("content_weight")
         number("style_weight", allow_none=True)
-        number("tv_weight")
+        number("tv_weight", allow_none=True)
         number("learning_rate", strict=True)
         number("time_budget", strict=True, allow_none=True)
         number("tol", allow_none=True)
@@ -390,7 +397,7 @@ class GatysConfig:
         which does not change the image)."""
         d = dataclasses.asdict(self)
         d.pop("output", None)
-        d["style_weight"] = self.beta
+        d["style_weight"], d["tv_weight"] = self.beta, self.tv
         return d
 
 
@@ -417,43 +424,53 @@ def _layer_shapes(h: int, w: int, upto: str):
     return out
 
 
-# Calibrated against tracemalloc (tests/test_gatys.py::test_memory_estimate_is_calibrated):
-# the forward keeps every ReLU output for the backward; the backward's transients at the
-# widest layer (the incoming gradient, its channels-last padded copy, the conv's dx) add a
-# few layer-sized arrays on top.
-_BACKWARD_TRANSIENT_LAYERS = 4.0
 VGG16_PARAMS = 14_714_688  # weights and biases of the 13 convolutions
+# Calibrated with tracemalloc on a 2-iteration L-BFGS run (default layers, float32, CPU),
+# tests/test_gatys.py::test_memory_estimate_is_calibrated. Measured bytes per pixel over
+# what was allocated before: 3819 at 256², 3593 at 384², 3580 at 1024². The model:
+# device = _KEPT_FACTOR × (the ReLU outputs the forward keeps for the backward: 1064 B/px
+# up to relu5_1) — the factor covers the features handed to the losses, their gradients
+# and the backward's layer-sized transients — plus the targets; host = L-BFGS-B's float64
+# arrays, (2m + 5) vectors of workspace and ~8 more (x, g, bounds, scipy's copies), plus
+# our float32/float64 copies at the scipy boundary (~3 vectors).
+_KEPT_FACTOR = 2.6
+_LBFGS_EXTRA_VECTORS = 8 + 3
+_OVERHEAD = 16 * 2**20  # small arrays, Python objects
+# The CPU convolutions keep each frozen layer's Winograd-transformed kernels (forward and
+# input gradient), allocated on first use: 135.5 MB measured, 2.4× the weights.
+_WINOGRAD_FACTOR = 2.4
 
 
 def estimate_memory(h: int, w: int, content_layers=DEFAULT_CONTENT_LAYERS,
                     style_layers=DEFAULT_STYLE_LAYERS, style_hw=(), optimizer: str = "lbfgs",
-                    lbfgs_memory: int = 10, itemsize: int = 4) -> dict:
-    """Peak bytes of one stylisation at (h, w): ``{"device": …, "host": …, "total": …}``.
+                    lbfgs_memory: int = 10, device: str = "cpu", itemsize: int = 4) -> dict:
+    """Peak bytes of one stylisation at (h, w): ``{"fixed", "device", "host", "total"}``.
 
-    device: the VGG16 weights, the ReLU outputs the forward keeps for the backward, a few
-    layer-sized transients in the backward, the targets; also the style images' own
-    forwards (at ``style_hw`` sizes), whichever is larger. host: L-BFGS-B's float64
-    workspace (2m + 11 vectors of 3·h·w values) or Adam's three image-sized moments.
+    fixed: the VGG16 weights (and, on the CPU, their Winograd transforms), allocated once
+    per network. device: fixed, plus the larger of the pastiche's forward + backward (the
+    kept ReLU outputs times a calibrated factor, the targets) and the forward of the
+    largest style image (``style_hw`` sizes). host: the optimiser's state — L-BFGS-B's
+    float64 vectors, or Adam's moments.
     """
     layers = list(content_layers) + list(style_layers)
     upto = max(layers, key=LAYER_NAMES.index)
 
-    def forward_bytes(hh, ww):
-        shapes = _layer_shapes(hh, ww, upto)
-        kept = sum(c * a * b for name, c, a, b in shapes if name.startswith("relu"))
-        widest = max(c * a * b for _, c, a, b in shapes)
-        return kept, widest
+    def kept(hh, ww):
+        return sum(c * a * b for name, c, a, b in _layer_shapes(hh, ww, upto) if name.startswith("relu"))
 
-    kept, widest = forward_bytes(h, w)
-    pastiche = (kept + _BACKWARD_TRANSIENT_LAYERS * widest) * itemsize
-    targets = sum(c * a * b for name, c, a, b in _layer_shapes(h, w, upto) if name in content_layers)
-    targets += sum(c * c for name, c, _, _ in _layer_shapes(h, w, upto) if name in style_layers)
-    styles = max([sum(forward_bytes(a, b)) * itemsize for a, b in style_hw] or [0])
-    weights = VGG16_PARAMS * itemsize
-    device = weights + targets * itemsize + max(pastiche, styles) + 8 * 3 * h * w * itemsize
+    shapes = _layer_shapes(h, w, upto)
+    targets = sum(c * a * b for name, c, a, b in shapes if name in content_layers)
+    targets += sum(c * c for name, c, _, _ in shapes if name in style_layers)
+    pastiche = (_KEPT_FACTOR * kept(h, w) + targets) * itemsize
+    styles = max([1.6 * kept(a, b) * itemsize for a, b in style_hw] or [0])  # forward only
+    fixed = VGG16_PARAMS * itemsize * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))
     n = 3 * h * w
-    host = (2 * lbfgs_memory + 11) * n * 8 if optimizer == "lbfgs" else 0
-    return {"device": int(device), "host": int(host), "total": int(device + host)}
+    if optimizer == "lbfgs":
+        host = (2 * lbfgs_memory + 5 + _LBFGS_EXTRA_VECTORS) * n * 8
+    else:
+        host = 4 * n * itemsize  # Adam's m and v, the best image, the gradient
+    dev = fixed + max(pastiche, styles) + _OVERHEAD
+    return {"fixed": int(fixed), "device": int(dev), "host": int(host), "total": int(dev + host)}
 
 
 def available_memory() -> int | None:
@@ -531,7 +548,9 @@ class _Tracker:
         self.best_by_iteration = []
         self.reason = None
 
-    def evaluate(self, img):
+    def evaluate(self, img, owned: bool = False):
+        """The objective at ``img``; remembers it if it is the best so far (a copy unless
+        ``owned``: the caller will not modify it)."""
         if self.deadline is not None and time.perf_counter() > self.deadline and self.it > 0:
             raise _Stop("time budget")
         loss, grad = self.obj.loss_and_grad(img)
@@ -542,7 +561,7 @@ class _Tracker:
                                      f"{self.it + 1}; the weights may be too large")
         if loss < self.best_loss:
             self.best_loss = loss
-            self.best_x = xp.array(img, dtype=self.obj.dtype, copy=True)
+            self.best_x = img if owned else xp.array(img, dtype=self.obj.dtype, copy=True)
         return loss, grad
 
     def end_iteration(self):
@@ -562,14 +581,14 @@ class _Tracker:
 
 
 def _run_lbfgs(tracker: _Tracker, x0, lbfgs_memory: int) -> str:
-    from scipy.optimize import Bounds, minimize
+    from scipy.optimize import minimize
 
     obj = tracker.obj
     shape = obj.shape
 
     def fun(z):
-        img = obj.xp.asarray(z.reshape(shape), dtype=obj.dtype)
-        loss, grad = tracker.evaluate(img)
+        img = obj.xp.array(z.reshape(shape), dtype=obj.dtype)  # a copy: scipy reuses z
+        loss, grad = tracker.evaluate(img, owned=True)
         return loss, to_host(grad).astype(np.float64).ravel()
 
     def callback(intermediate_result):  # scipy ≥ 1.11 passes the iterate under this name
@@ -579,8 +598,11 @@ def _run_lbfgs(tracker: _Tracker, x0, lbfgs_memory: int) -> str:
             raise StopIteration
 
     z0 = to_host(x0).astype(np.float64).ravel()
+    # scipy turns a Bounds object into a list of n fresh (lo, hi) tuples (~100 bytes per
+    # pixel value, alive for the whole run); a list of n references to one tuple costs 8.
+    bounds = [(0.0, 1.0)] * z0.size
     try:
-        res = minimize(fun, z0, method="L-BFGS-B", jac=True, bounds=Bounds(0.0, 1.0), callback=callback,
+        res = minimize(fun, z0, method="L-BFGS-B", jac=True, bounds=bounds, callback=callback,
                        options={"maxiter": tracker.iterations, "maxfun": 3 * tracker.iterations + 20,
                                 "maxcor": lbfgs_memory})
     except _Stop as e:
@@ -600,8 +622,7 @@ def _run_adam(tracker: _Tracker, x0, lr: float) -> str:
         while True:
             _, grad = tracker.evaluate(x)
             opt.step({"image": grad})
-            np_or_cp = tracker.obj.xp
-            np_or_cp.clip(x, 0.0, 1.0, out=x)  # projected: the pixels stay in [0, 1]
+            tracker.obj.xp.clip(x, 0.0, 1.0, out=x)  # projected: the pixels stay in [0, 1]
             reason = tracker.end_iteration()
             if reason:
                 return reason
@@ -665,7 +686,6 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
     total = cfg.iterations * len(sizes)
     history, done, evaluations = [], 0, 0
     best_raw, best_loss, reason = None, math.inf, "iterations"
-    content_s = None
 
     def result(img_raw, loss, why):
         img_raw = to_host(img_raw).astype(np.float32)
@@ -675,51 +695,57 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                              seconds=time.perf_counter() - t0, history=history)
 
     for k, size in enumerate(sizes):
-        content_s = images.resize(content, size=size)
-        h, w = content_s.shape[:2]
-        styles_s = [images.resize(s, size=cfg.style_size(size)) for s in styles]
-        obj = Objective(to_device(content_s, dev), [to_device(s, dev) for s in styles_s],
-                        content_layers=cfg.content_layers, style_layers=cfg.style_layers,
-                        style_layer_weights=cfg.style_layer_weights,
-                        style_blend_weights=cfg.style_blend_weights, alpha=cfg.content_weight,
-                        beta=cfg.beta, tv_weight=cfg.tv_weight, pooling=cfg.pooling,
-                        normalization=cfg.normalization, net=net)
-        if k == 0:
-            x0 = _init_image(cfg, content_s, init_image, cfg.seed)
-        else:
-            x0 = images.resize(to_host(best_raw), shape=(h, w))
-        x0 = to_device(x0, dev)
-        deadline = None
-        if budget_end is not None:  # share what is left by the scales' cost (pixels × iterations)
-            costs = [_fit_longest(*content.shape[:2], s) for s in sizes[k:]]
-            share = (costs[0][0] * costs[0][1]) / sum(a * b for a, b in costs)
-            deadline = time.perf_counter() + max(0.0, budget_end - time.perf_counter()) * share
-
-        def on_iteration(tr, k=k, size_hw=(h, w), content_s=content_s):
-            nonlocal done
-            done += 1
-            terms = tr.obj.last
-            entry = {"iteration": done, "scale": k, "size": list(size_hw), "loss": terms.total,
-                     "content": terms.content, "style": terms.style, "tv": terms.tv,
-                     "best": tr.best_loss, "seconds": round(time.perf_counter() - t0, 4),
-                     "style_layers": terms.style_layers}
-            history.append(entry)
-            if callback is not None:
-                callback(Progress(done, total, k, size_hw, terms, tr.best_loss, time.perf_counter() - t0,
-                                  lambda: _preserve(cfg, content_s, to_host(tr.best_x).astype(np.float32)),
-                                  entry))
-
-        tracker = _Tracker(obj, x0, cfg.iterations, deadline, cfg.tol, on_iteration)
+        tracker = None
         try:
+            content_s = images.resize(content, size=size)
+            h, w = content_s.shape[:2]
+            styles_s = [images.resize(s, size=cfg.style_size(size)) for s in styles]
+            obj = Objective(to_device(content_s, dev), [to_device(s, dev) for s in styles_s],
+                            content_layers=cfg.content_layers, style_layers=cfg.style_layers,
+                            style_layer_weights=cfg.style_layer_weights,
+                            style_blend_weights=cfg.style_blend_weights, alpha=cfg.content_weight,
+                            beta=cfg.beta, tv_weight=cfg.tv, pooling=cfg.pooling,
+                            normalization=cfg.normalization, net=net)
+            if k == 0:
+                x0 = _init_image(cfg, content_s, init_image, cfg.seed)
+            else:
+                x0 = images.resize(to_host(best_raw), shape=(h, w))
+            x0 = to_device(x0, dev)
+            deadline = None
+            if budget_end is not None:  # share what is left by the scales' cost (pixels × iterations)
+                costs = [_fit_longest(*content.shape[:2], s) for s in sizes[k:]]
+                share = (costs[0][0] * costs[0][1]) / sum(a * b for a, b in costs)
+                deadline = time.perf_counter() + max(0.0, budget_end - time.perf_counter()) * share
+
+            def on_iteration(tr, k=k, size_hw=(h, w), content_s=content_s):
+                nonlocal done
+                done += 1
+                terms = tr.obj.last
+                entry = {"iteration": done, "scale": k, "size": list(size_hw), "loss": terms.total,
+                         "content": terms.content, "style": terms.style, "tv": terms.tv,
+                         "best": tr.best_loss, "seconds": round(time.perf_counter() - t0, 4),
+                         "style_layers": terms.style_layers}
+                history.append(entry)
+                if callback is not None:
+                    callback(Progress(done, total, k, size_hw, terms, tr.best_loss,
+                                      time.perf_counter() - t0,
+                                      lambda: _preserve(cfg, content_s, to_host(tr.best_x).astype(np.float32)),
+                                      entry))
+
+            tracker = _Tracker(obj, x0, cfg.iterations, deadline, cfg.tol, on_iteration)
             if cfg.optimizer == "lbfgs":
                 reason = _run_lbfgs(tracker, x0, cfg.lbfgs_memory)
             else:
                 reason = _run_adam(tracker, x0, cfg.learning_rate)
         except KeyboardInterrupt:
-            evaluations += obj.evaluations
-            raise StylizeInterrupted(result(tracker.best_x, tracker.best_loss, "interrupted")) from None
+            if tracker is not None and (tracker.best_loss < math.inf or k > 0):
+                evaluations += tracker.obj.evaluations
+                raise StylizeInterrupted(result(tracker.best_x, tracker.best_loss, "interrupted")) from None
+            if best_raw is not None:  # between scales: the previous scale's result
+                raise StylizeInterrupted(result(best_raw, best_loss, "interrupted")) from None
+            raise  # nothing evaluated yet: nothing to keep
         except NonFiniteLossError as e:
-            evaluations += obj.evaluations
+            evaluations += tracker.obj.evaluations
             good = tracker.best_loss < math.inf or k > 0
             e.result = result(tracker.best_x, tracker.best_loss, "non-finite loss") if good else None
             raise
@@ -802,10 +828,12 @@ def build_parser():
                    help="one weight w_l per style layer (default: equal, summing to 1)")
     g.add_argument("--content-weight", type=_float, default=1.0, help="α")
     g.add_argument("--style-weight", type=_float, default=None,
-                   help=f"β (default {DEFAULT_STYLE_WEIGHT['gatys']:g} for gatys, "
-                        f"{DEFAULT_STYLE_WEIGHT['johnson']:g} for johnson)")
-    g.add_argument("--tv-weight", type=_float, default=0.0,
-                   help="total-variation weight λ (smooths; pixels in [0, 1])")
+                   help=f"β (default {DEFAULT_STYLE_WEIGHT['gatys']:g} with gatys, "
+                        f"{DEFAULT_STYLE_WEIGHT['johnson']:g} with johnson; with gatys, scale it with the "
+                        f"pixel count for the same look at another size)")
+    g.add_argument("--tv-weight", type=_float, default=None,
+                   help=f"total-variation weight λ, smooths (default {DEFAULT_TV_WEIGHT['gatys']:g} with "
+                        f"gatys, {DEFAULT_TV_WEIGHT['johnson']:g} with johnson)")
     g.add_argument("--normalization", choices=losses.NORMALIZATIONS, default="gatys",
                    help="gatys: ½Σ(F−P)² and Σ(G−A)²/(4N²M²); johnson: both divided by C·H·W")
     g.add_argument("--pooling", choices=("avg", "max"), default="avg",
@@ -855,10 +883,12 @@ def config_from_args(argv) -> tuple[GatysConfig, bool]:
         raise UsageError(str(e)) from None
     if args.scales is not None and not scales:
         raise UsageError("--scales needs at least one size")
-    first_run_defaults = args.content is None and not args.style
-    size = args.size if args.size is not None else (DEMO_SIZE if first_run_defaults else 512)
-    iterations = args.iterations if args.iterations is not None else (
-        DEMO_ITERATIONS if first_run_defaults else 500)
+    demo = args.content is None and not args.style  # the demo's own size, length and β
+    size = args.size if args.size is not None else (DEMO_SIZE if demo else 512)
+    iterations = args.iterations if args.iterations is not None else (DEMO_ITERATIONS if demo else 500)
+    style_weight = args.style_weight
+    if style_weight is None and demo and args.normalization == "gatys" and not scales:
+        style_weight = DEFAULT_STYLE_WEIGHT["gatys"] * (size / 512) ** 2
     init = args.init or ("image" if args.init_image else "noise")
     if args.init_image and init != "image":
         raise UsageError(f"--init-image goes with --init image, not --init {init}")
@@ -866,13 +896,13 @@ def config_from_args(argv) -> tuple[GatysConfig, bool]:
         content=args.content, style=list(args.style), style_blend_weights=blend, output=args.output,
         size=scales[-1] if scales else size, style_scale=args.style_scale, content_layers=content_layers,
         style_layers=style_layers, style_layer_weights=layer_w, content_weight=args.content_weight,
-        style_weight=args.style_weight, tv_weight=args.tv_weight, normalization=args.normalization,
+        style_weight=style_weight, tv_weight=args.tv_weight, normalization=args.normalization,
         pooling=args.pooling, init=init, init_image=args.init_image, seed=args.seed,
         iterations=iterations, optimizer=args.optimizer, learning_rate=args.learning_rate,
         lbfgs_memory=args.lbfgs_memory, print_every=args.print_every, save_every=args.save_every,
         preserve_colors=args.preserve_colors, scales=scales, time_budget=args.time_budget,
         tol=args.tol, device=args.device or os.environ.get("MINNST_DEVICE") or "auto", quiet=args.quiet)
-    return cfg.validate(), first_run_defaults
+    return cfg.validate(), demo
 
 
 def demo_content_path() -> Path:
@@ -991,22 +1021,22 @@ def _say(cfg, msg):
         print(msg, file=sys.stderr)
 
 
-def _estimate_for(content_hw, cfg: GatysConfig, styles, size: int) -> dict:
+def _estimate_for(content_hw, cfg: GatysConfig, styles, size: int, device: str = "cpu") -> dict:
     h, w = _fit_longest(*content_hw, size)
     style_hw = [_fit_longest(*s.shape[:2], cfg.style_size(size)) for s in styles]
     return estimate_memory(h, w, cfg.content_layers, cfg.style_layers, style_hw, cfg.optimizer,
-                           cfg.lbfgs_memory)
+                           cfg.lbfgs_memory, device)
 
 
 def _largest_fitting_size(content_hw, cfg, styles, device: str, where: str, have: int) -> int | None:
     """The largest output size (a multiple of 16) whose estimate fits in ``have`` bytes."""
     part = "device" if (device == "gpu" and where == "GPU") else ("host" if device == "gpu" else "total")
     lo, hi = images.MIN_SIZE // 16, cfg.sizes[-1] // 16
-    if _estimate_for(content_hw, cfg, styles, lo * 16)[part] > have:
+    if _estimate_for(content_hw, cfg, styles, lo * 16, device)[part] > have:
         return None
     while lo < hi:  # the estimate grows with the size
         mid = (lo + hi + 1) // 2
-        if _estimate_for(content_hw, cfg, styles, mid * 16)[part] <= have:
+        if _estimate_for(content_hw, cfg, styles, mid * 16, device)[part] <= have:
             lo = mid
         else:
             hi = mid - 1
@@ -1037,12 +1067,13 @@ def _main(argv) -> int:
     paths = _output_paths(cfg, content_path.stem, style_names)
     if demo_defaults:
         _say(cfg, f"minnst demo: {content_path.name} in the style of minnst's procedural stained glass, "
-                  f"{cfg.size} px, {cfg.iterations} iterations (about two minutes on 2 CPU cores)")
+                  f"{cfg.size} px, {cfg.iterations} iterations, style weight {cfg.beta:g} "
+                  f"(about two minutes on 2 CPU cores)")
 
     # Memory: estimate the largest scale, refuse if it cannot fit.
     device = select_device(cfg.device)
     h, w = _fit_longest(*content.shape[:2], cfg.sizes[-1])
-    est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1])
+    est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
     avail = available_memory()
     if device.name == "gpu":
         free = gpu_free_memory()

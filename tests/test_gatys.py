@@ -43,7 +43,7 @@ def psnr(a, b):
 
 
 def cfg(**kw):
-    base = dict(device="cpu", quiet=True, iterations=20)
+    base = dict(device="cpu", quiet=True, iterations=20, tv_weight=0.0)
     base.update(kw)
     return gatys.GatysConfig(**base)
 
@@ -155,8 +155,8 @@ def test_content_reconstruction_hierarchy(vgg16_f32):
 
 
 def test_style_only_synthesis_lowers_style_loss_100x(vgg16_f32):
-    c, s = photo(32, 32), style_img(48)
-    r = gatys.stylize(c, [s], cfg(size=32, content_layers=[], iterations=40, seed=3), net=vgg16_f32)
+    c, s = photo(32, 32), style_img(32)  # measured: ×187 after 80 iterations (×107 after 60)
+    r = gatys.stylize(c, [s], cfg(size=32, content_layers=[], iterations=80, seed=3), net=vgg16_f32)
     obj = gatys.Objective(c, [images.resize(s, size=32)], content_layers=[], net=vgg16_f32)
     noise = np.random.default_rng(3).random(c.shape, dtype=np.float32)  # stylize's noise start
     start = obj.loss_and_grad(noise)[0]
@@ -187,7 +187,7 @@ def test_best_iterate_is_kept_and_reported(vgg16_f32):
     assert len(r.history) == 12 and [h["iteration"] for h in r.history] == list(range(1, 13))
     assert r.loss <= min(h["loss"] for h in r.history)
     assert all(b2 <= b1 for b1, b2 in zip([h["best"] for h in r.history], [h["best"] for h in r.history][1:]))
-    obj = gatys.Objective(c, [s], beta=gatys.GatysConfig().beta, net=vgg16_f32, **CHEAP)
+    obj = gatys.Objective(c, [s], beta=gatys.GatysConfig().beta, net=vgg16_f32, **CHEAP)  # tv 0 as in cfg()
     assert obj.loss_and_grad(r.raw_image)[0] == pytest.approx(r.loss, rel=1e-4)
     assert r.image.dtype == np.float32 and r.image.shape == c.shape
     assert 0.0 <= r.image.min() and r.image.max() <= 1.0
@@ -207,7 +207,7 @@ def test_stop_rules(vgg16_f32):
     r = gatys.stylize(c, [s], cfg(size=32, iterations=50, time_budget=1e-3, **CHEAP), net=vgg16_f32)
     assert r.stop_reason == "time budget" and r.iterations == 1
     r = gatys.stylize(c, [s], cfg(size=32, iterations=200, tol=0.5, **CHEAP), net=vgg16_f32)
-    assert r.stop_reason.startswith("converged") and r.iterations == gatys.TOL_WINDOW + 1
+    assert r.stop_reason.startswith("converged") and gatys.TOL_WINDOW < r.iterations < 200
 
 
 def test_adam_lowers_the_loss_and_stays_in_bounds(vgg16_f32):
@@ -286,27 +286,31 @@ def test_overflowing_weights_are_reported_not_saved(vgg16_f32):
 
 
 def test_memory_estimate_is_calibrated(vgg16_f32):
-    """The estimate (less the weights, already loaded here) against tracemalloc's peak of a
-    short real run: within [0.8, 1.6] of it, i.e. a little pessimistic, never optimistic."""
-    c, s = photo(96, 96), style_img(96)
+    """The estimate, less the network's one-off allocations (made here before tracing),
+    against tracemalloc's peak of a short real run: within [0.95, 1.25] of it. (Measured
+    when the constants were set: 256² +3.6%, 384² +5.6%, 1024² +2.8%.)"""
+    c, s = photo(128, 128), style_img(128)
+    gatys.Objective(c[:32, :32], [s[:32, :32]], net=vgg16_f32).loss_and_grad(c[:32, :32])  # warm
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        gatys.stylize(c, [s], cfg(size=96, iterations=2), net=vgg16_f32)
+        gatys.stylize(c, [s], cfg(size=128, iterations=2), net=vgg16_f32)
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    est = gatys.estimate_memory(96, 96, style_hw=[(96, 96)])
-    est_wo_weights = est["total"] - gatys.VGG16_PARAMS * 4
-    assert 0.8 * peak <= est_wo_weights <= 1.6 * peak, (peak / 2**20, est_wo_weights / 2**20)
+    est = gatys.estimate_memory(128, 128, style_hw=[(128, 128)])
+    run = est["total"] - est["fixed"]
+    assert 0.95 * peak <= run <= 1.25 * peak, (peak / 2**20, run / 2**20)
 
 
 def test_memory_estimate_grows_with_size():
     small, big = gatys.estimate_memory(256, 256), gatys.estimate_memory(1024, 1024)
-    assert big["total"] > 10 * (small["total"] - gatys.VGG16_PARAMS * 4)
+    assert big["total"] - big["fixed"] > 12 * (small["total"] - small["fixed"])
     assert big["total"] < 4 * 2**30  # the issue's target: 1024² within 4 GB
     adam = gatys.estimate_memory(1024, 1024, optimizer="adam")
     assert adam["host"] < big["host"]
+    gpu = gatys.estimate_memory(1024, 1024, device="gpu")
+    assert gpu["fixed"] < big["fixed"]  # no Winograd kernels on the GPU
 
 
 # ------------------------------------------------------------------------ GPU

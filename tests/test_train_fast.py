@@ -221,3 +221,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(files, tmp_path, vgg16_path, mo
     assert read_checkpoint(run / "checkpoint.h5")[3]["step"] == 2  # the step in flight completed
     assert not (run / "m.h5").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_defaults_are_the_papers():
+    c = TrainConfig()
+    assert (c.image_size, c.batch_size, c.iterations, c.lr) == (256, 4, 40000, 1e-3)
+    assert c.content_layer == "relu2_2" and c.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+    assert (c.pooling, c.norm, c.upsample, c.width, c.crop_size) == ("max", "instance", "nearest", 1.0, 0)
