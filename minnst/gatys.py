@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from . import images, losses
-from .backend import get_xp, is_gpu_array, to_host
+from .backend import get_xp, to_host
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
@@ -52,15 +52,16 @@ DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("noise", "content", "image")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
-# Default weights per normalisation, for the default 512-pixel output (α = 1). Under the
-# Gatys normalisation the content term grows with the pixel count M while the style term
-# does not, so the same look at another size needs β ∝ M (the demo scales it that way);
-# the Johnson losses are size-independent. docs/gatys.md, "Choosing the weights", has the
-# measurements and the conversion between the two.
-DEFAULT_STYLE_WEIGHT = {"gatys": 1e6, "johnson": 0.25}
+# Default weights per normalisation, for the default 512-pixel output (α = 1), chosen by
+# eye on tubingen × starry_night (docs/gatys.md, "Choosing the weights"). Under the Gatys
+# normalisation the content term grows with the pixel count M while the style term does
+# not, so the same balance at another size needs β ∝ M; the Johnson losses are
+# size-independent, and 0.7 is 3e6 converted at 512 px.
+DEFAULT_STYLE_WEIGHT = {"gatys": 3e6, "johnson": 0.7}
 DEFAULT_TV_WEIGHT = {"gatys": 1.0, "johnson": 1e-6}
 TOL_WINDOW = 20  # --tol compares the best loss with the one TOL_WINDOW iterations before
 DEMO_SIZE, DEMO_ITERATIONS = 256, 150  # the no-argument demo: about two minutes on 2 cores
+DEMO_STYLE_WEIGHT = 2.5e5  # the stained glass is a loud style: balanced at 256 px with this β
 DEMO_STYLE_NAME = "stained_glass"
 PROG = "python -m minnst.gatys"
 
@@ -175,9 +176,9 @@ class Objective:
             if not (isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{what} must be a finite number ≥ 0, got {v!r}")
         self.style_layer_weights = _check_weights(style_layer_weights, len(self.style_layers),
-                                                  "style layer weights", normalize=False, items="style layers")
+                                                  "style layer weights", False, "style layers")
         self.style_blend_weights = _check_weights(style_blend_weights, len(styles),
-                                                  "style blend weights", normalize=True, items="style images")
+                                                  "style blend weights", True, "style images")
         self.alpha, self.beta, self.tv_weight = float(alpha), float(beta), float(tv_weight)
         self.normalization = normalization
         if net is None:
@@ -309,7 +310,7 @@ class GatysConfig:
     preserve_colors: str = "none"     # "none", "luminance" (keep the content's colours) or "histogram"
     scales: list | None = None        # coarse-to-fine sizes, e.g. [256, 512]; the last is the output size
     time_budget: float | None = None  # seconds for the whole run (None: no limit)
-    tol: float | None = None          # stop a scale when the best loss fell by < tol (relative) in TOL_WINDOW iterations
+    tol: float | None = None          # stop a scale once the best loss fell < tol·loss over TOL_WINDOW steps
     device: str = "auto"              # "cpu", "gpu" or "auto"
     quiet: bool = False               # no progress bar or printed losses
 
@@ -336,12 +337,14 @@ class GatysConfig:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok or (v <= lo if strict else v < lo):
                 cmp = ">" if strict else "≥"
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number {cmp} {lo:g}, got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number {cmp} {lo:g}, "
+                                 f"got {v!r}")
 
         def integer(name, lo, hi):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise UsageError(f"--{name.replace('_', '-')} must be a whole number in [{lo}, {hi}], got {v!r}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number in [{lo}, {hi}], "
+                                 f"got {v!r}")
 
         try:
             for s in self.sizes:
@@ -727,10 +730,11 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                          "style_layers": terms.style_layers}
                 history.append(entry)
                 if callback is not None:
+                    def best_image(tr=tr, content_s=content_s):
+                        return _preserve(cfg, content_s, to_host(tr.best_x).astype(np.float32))
+
                     callback(Progress(done, total, k, size_hw, terms, tr.best_loss,
-                                      time.perf_counter() - t0,
-                                      lambda: _preserve(cfg, content_s, to_host(tr.best_x).astype(np.float32)),
-                                      entry))
+                                      time.perf_counter() - t0, best_image, entry))
 
             tracker = _Tracker(obj, x0, cfg.iterations, deadline, cfg.tol, on_iteration)
             if cfg.optimizer == "lbfgs":
@@ -797,73 +801,85 @@ def build_parser():
 
     p = ArgumentParser(
         prog=PROG,
-        description="Neural style transfer by optimisation (Gatys et al.): the pastiche's pixels "
-                    "are optimised so its VGG16 features match the content image and its Gram "
-                    "matrices match the style image(s). With no arguments: a demo "
-                    f"({DEMO_SIZE} px, {DEMO_ITERATIONS} iterations) into ./minnst_out/.",
-)
+        description="Neural style transfer by optimisation (Gatys et al.): the pixels of a new image are "
+                    "optimised until VGG16 sees the content photo's features in it and the style "
+                    "images' Gram matrices. With no arguments: a demo (Grace Hopper in stained glass, "
+                    f"{DEMO_SIZE} px, {DEMO_ITERATIONS} iterations) into ./minnst_out/.",
+        epilog="Lists take commas or spaces (--style-layers relu1_1,relu2_1 or relu1_1 relu2_1). "
+               "Exit codes: 0 done, 2 bad input, 130 interrupted (the best image so far is saved). "
+               "The maths and the choice of weights: docs/gatys.md.")
     g = p.add_argument_group("images")
-    g.add_argument("--content", metavar="PATH", help="content image (default: matplotlib's grace_hopper.jpg)")
+    g.add_argument("--content", metavar="PATH", help="content photo (default: matplotlib's grace_hopper.jpg)")
     g.add_argument("--style", nargs="+", metavar="PATH", default=[],
                    help="one or more style images (default: minnst's procedural stained glass)")
     g.add_argument("--style-blend-weights", nargs="+", metavar="W",
-                   help="one weight per style image (commas or spaces), normalised to sum 1; default equal")
+                   help="one weight per style image, normalised to sum 1 (default: equal)")
     g.add_argument("--output", "-o", metavar="PATH",
                    help="output .png or .jpg (default: minnst_out/<content>_<style>.png); the loss log "
                         "(.losses.jsonl) and loss curve (.losses.png) go next to it")
-    g.add_argument("--size", type=_int, default=None,
-                   help=f"longest side of the output in pixels (default 512; the demo: {DEMO_SIZE})")
-    g.add_argument("--style-scale", type=_float, default=1.0,
-                   help="style images are resized to style-scale × size (longest side)")
+    g.add_argument("--size", type=_int, default=None, metavar="N",
+                   help=f"longest side of the output in pixels (default 512; the demo {DEMO_SIZE})")
+    g.add_argument("--style-scale", type=_float, default=1.0, metavar="S",
+                   help="style images are resized to S × size, longest side (default 1)")
     g.add_argument("--scales", nargs="+", metavar="N",
-                   help="coarse-to-fine sizes, e.g. 256,512: optimise at each, upsampling the result as "
-                        "the next start; the last is the output size (replaces --size)")
+                   help="coarse-to-fine sizes, e.g. 256,512: optimise at each size, starting from the "
+                        "previous result upsampled; the last is the output size")
 
     g = p.add_argument_group("loss")
-    g.add_argument("--content-layers", nargs="+", metavar="L", default=["relu4_2"],
-                   help="VGG16 layers for the content loss (commas or spaces)")
-    g.add_argument("--style-layers", nargs="+", metavar="L",
-                   default=[",".join(DEFAULT_STYLE_LAYERS)], help="VGG16 layers for the style loss")
+    g.add_argument("--content-layers", nargs="+", metavar="LAYER", default=list(DEFAULT_CONTENT_LAYERS),
+                   help=f"VGG16 layers of the content loss (default {','.join(DEFAULT_CONTENT_LAYERS)})")
+    g.add_argument("--style-layers", nargs="+", metavar="LAYER", default=list(DEFAULT_STYLE_LAYERS),
+                   help=f"VGG16 layers of the style loss (default {','.join(DEFAULT_STYLE_LAYERS)})")
     g.add_argument("--style-layer-weights", nargs="+", metavar="W",
-                   help="one weight w_l per style layer (default: equal, summing to 1)")
-    g.add_argument("--content-weight", type=_float, default=1.0, help="α")
-    g.add_argument("--style-weight", type=_float, default=None,
-                   help=f"β (default {DEFAULT_STYLE_WEIGHT['gatys']:g} with gatys, "
+                   help="one weight per style layer (default: equal, summing to 1)")
+    g.add_argument("--content-weight", type=_float, default=1.0, metavar="ALPHA",
+                   help="content weight α (default 1)")
+    g.add_argument("--style-weight", type=_float, default=None, metavar="BETA",
+                   help=f"style weight β (default {DEFAULT_STYLE_WEIGHT['gatys']:g} with gatys, "
                         f"{DEFAULT_STYLE_WEIGHT['johnson']:g} with johnson; with gatys, scale it with the "
                         f"pixel count for the same look at another size)")
-    g.add_argument("--tv-weight", type=_float, default=None,
+    g.add_argument("--tv-weight", type=_float, default=None, metavar="LAMBDA",
                    help=f"total-variation weight λ, smooths (default {DEFAULT_TV_WEIGHT['gatys']:g} with "
-                        f"gatys, {DEFAULT_TV_WEIGHT['johnson']:g} with johnson)")
+                        f"gatys, {DEFAULT_TV_WEIGHT['johnson']:g} with johnson; 0: off)")
     g.add_argument("--normalization", choices=losses.NORMALIZATIONS, default="gatys",
-                   help="gatys: ½Σ(F−P)² and Σ(G−A)²/(4N²M²); johnson: both divided by C·H·W")
+                   help="gatys (default): ½Σ(F−P)² and Σ(G−A)²/(4N²M²), as in the paper; johnson: "
+                        "‖F−P‖²/(NM) and ‖G/(NM) − A‖², independent of the image size")
     g.add_argument("--pooling", choices=("avg", "max"), default="avg",
-                   help="VGG16 pooling: avg (Gatys et al.: smoother gradients) or max")
+                   help="VGG16 pooling: avg (default; Gatys et al.: smoother gradients) or max")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--init", choices=INITS, default=None,
-                   help="start from noise, the content photo, or --init-image (default noise)")
-    g.add_argument("--init-image", metavar="PATH", help="start image (implies --init image)")
-    g.add_argument("--seed", type=_int, default=0, help="random seed of the noise start")
-    g.add_argument("--iterations", type=_int, default=None,
-                   help=f"iterations per scale (default 500; the demo: {DEMO_ITERATIONS})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs", help="L-BFGS-B or Adam")
-    g.add_argument("--learning-rate", type=_float, default=0.02, help="Adam's step size (pixels in [0, 1])")
-    g.add_argument("--lbfgs-memory", type=_int, default=10,
-                   help="L-BFGS history length (more: faster convergence, 48 bytes per pixel each)")
+                   help="start from noise (default), the content photo, or --init-image")
+    g.add_argument("--init-image", metavar="PATH",
+                   help="start image, resized to the output (implies --init image)")
+    g.add_argument("--seed", type=_int, default=0, metavar="N",
+                   help="seed of the noise start (default 0); the same seed gives the same image")
+    g.add_argument("--iterations", type=_int, default=None, metavar="N",
+                   help=f"iterations per scale (default 500; the demo {DEMO_ITERATIONS})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs",
+                   help="lbfgs (default: scipy's L-BFGS-B, pixels bounded to [0, 1]) or adam")
+    g.add_argument("--learning-rate", type=_float, default=0.02, metavar="LR",
+                   help="Adam's step size, pixels in [0, 1] (default 0.02)")
+    g.add_argument("--lbfgs-memory", type=_int, default=10, metavar="M",
+                   help="L-BFGS history length (default 10; each pair costs 48 bytes per pixel)")
     g.add_argument("--time-budget", type=_float, default=None, metavar="SECONDS",
                    help="stop after this many seconds and keep the best image")
-    g.add_argument("--tol", type=_float, default=None,
-                   help=f"stop a scale once the best loss fell by less than this fraction over "
+    g.add_argument("--tol", type=_float, default=None, metavar="T",
+                   help=f"stop a scale once the best loss fell by less than the fraction T over "
                         f"{TOL_WINDOW} iterations")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None,
-                   help="where VGG16 runs (default: $MINNST_DEVICE or auto)")
+                   help="where VGG16 runs (default: $MINNST_DEVICE, else auto: the GPU if CuPy can use one)")
 
     g = p.add_argument_group("output")
-    g.add_argument("--print-every", type=_int, default=50, help="print the losses every N iterations (0: never)")
-    g.add_argument("--save-every", type=_int, default=0, help="save the current best image every N iterations")
+    g.add_argument("--print-every", type=_int, default=50, metavar="N",
+                   help="print the losses every N iterations (default 50; 0: never)")
+    g.add_argument("--save-every", type=_int, default=0, metavar="N",
+                   help="also save the best image so far every N iterations as <output>_<N>.png "
+                        "(default 0: no)")
     g.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
-                   help="luminance: stylise brightness only, keep the content's colours; "
-                        "histogram: recolour the style images to the content's colour statistics first")
+                   help="luminance: keep the photo's colours, take the result's luminance (YIQ); "
+                        "histogram: recolour the style images to the photo's colour mean and covariance "
+                        "first (default none)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or loss lines")
     return p
 
@@ -876,19 +892,26 @@ def config_from_args(argv) -> tuple[GatysConfig, bool]:
     try:
         content_layers = _split(args.content_layers, str, "--content-layers")
         style_layers = _split(args.style_layers, str, "--style-layers")
-        blend = _split(args.style_blend_weights, _float, "--style-blend-weights") if args.style_blend_weights else None
-        layer_w = _split(args.style_layer_weights, _float, "--style-layer-weights") if args.style_layer_weights else None
-        scales = _split(args.scales, _int, "--scales") if args.scales else None
+        blend = layer_w = scales = None
+        if args.style_blend_weights:
+            blend = _split(args.style_blend_weights, _float, "--style-blend-weights")
+        if args.style_layer_weights:
+            layer_w = _split(args.style_layer_weights, _float, "--style-layer-weights")
+        if args.scales:
+            scales = _split(args.scales, _int, "--scales")
     except argparse.ArgumentTypeError as e:
         raise UsageError(str(e)) from None
     if args.scales is not None and not scales:
         raise UsageError("--scales needs at least one size")
+    if scales and args.size is not None and args.size != scales[-1]:
+        raise UsageError(f"--size {args.size} and --scales {','.join(map(str, scales))} disagree: "
+                         f"the last scale is the output size")
     demo = args.content is None and not args.style  # the demo's own size, length and β
     size = args.size if args.size is not None else (DEMO_SIZE if demo else 512)
     iterations = args.iterations if args.iterations is not None else (DEMO_ITERATIONS if demo else 500)
     style_weight = args.style_weight
     if style_weight is None and demo and args.normalization == "gatys" and not scales:
-        style_weight = DEFAULT_STYLE_WEIGHT["gatys"] * (size / 512) ** 2
+        style_weight = DEMO_STYLE_WEIGHT * (size / DEMO_SIZE) ** 2  # β ∝ M
     init = args.init or ("image" if args.init_image else "noise")
     if args.init_image and init != "image":
         raise UsageError(f"--init-image goes with --init image, not --init {init}")

@@ -313,6 +313,24 @@ def test_memory_estimate_grows_with_size():
     assert gpu["fixed"] < big["fixed"]  # no Winograd kernels on the GPU
 
 
+# ------------------------------------------------------------------------ the demo's style image
+
+
+def test_procedural_stained_glass_is_deterministic_and_painterly():
+    a = procedural.stained_glass(96, 128, seed=0)
+    assert a.shape == (96, 128, 3) and a.dtype == np.float32
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert np.array_equal(a, procedural.stained_glass(96, 128, seed=0))
+    assert not np.array_equal(a, procedural.stained_glass(96, 128, seed=1))
+    dark = (a.max(-1) < 0.15).mean()  # the lead lines
+    assert 0.05 < dark < 0.5
+    sat = (a.max(-1) - a.min(-1)).mean()  # jewel colours, not grey
+    assert sat > 0.3
+    assert procedural.stained_glass(16, 2000).shape == (16, 2000, 3)  # extreme shapes are fine
+    with pytest.raises(ValueError):
+        procedural.stained_glass(8, 8)
+
+
 # ------------------------------------------------------------------------ GPU
 
 

@@ -118,7 +118,7 @@ def test_no_arguments_means_the_demo():
 
 
 def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(gatys, "available_memory", lambda: 200 * 2**20)
+    monkeypatch.setattr(gatys, "available_memory", lambda: 600 * 2**20)
     code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--size", "2048",
                              "--output", tmp_path / "o.png", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "memory", "--size", "--scales")
@@ -240,3 +240,31 @@ def test_subprocess_bad_input_and_help(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "missing.jpg" in p.stderr
     p = run("--help")
     assert p.returncode == 0 and "--style-blend-weights" in p.stdout and "--preserve-colors" in p.stdout
+
+
+def test_real_ctrl_c_saves_the_best_image(pics, tmp_path, vgg16_path):
+    """SIGINT to a running process: exit 130, the image and the log are there."""
+    import os
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sig.png"
+    log = tmp_path / "sig.losses.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    p = subprocess.Popen([sys.executable, "-m", "minnst.gatys", "--content", str(pics["content"]),
+                          "--style", str(pics["style"]), "--output", str(out), *FAST, "--iterations", "100000"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "saved the best image" in err
+    assert out.is_file() and len(log.read_text().splitlines()) >= 2
