@@ -205,8 +205,11 @@ def avgpool2d_naive(x, kernel=2, stride=None):
 
 # --------------------------------------------------------------------------------- layers
 
-class MaxPool2d(Layer):
-    """Max pooling over k×k windows with stride s (``stride=None``: s = k); no parameters."""
+class _Pool2d(Layer):
+    """Pooling over k×k windows with stride s (``stride=None``: s = k); no parameters.
+    Subclasses name their functional pair."""
+
+    _forward = _backward = None
 
     def __init__(self, kernel=2, stride=None):
         super().__init__()
@@ -214,28 +217,20 @@ class MaxPool2d(Layer):
         self.stride = kernel if stride is None else stride
 
     def forward(self, x):
-        return maxpool2d_forward(x, self.kernel, self.stride)
+        return type(self)._forward(x, self.kernel, self.stride)
 
     def backward(self, dy, cache):
-        return maxpool2d_backward(dy, cache), {}
+        return type(self)._backward(dy, cache), {}
 
     def __repr__(self):
-        return f"MaxPool2d(kernel={self.kernel}, stride={self.stride})"
+        return f"{self.__class__.__name__}(kernel={self.kernel}, stride={self.stride})"
 
 
-class AvgPool2d(Layer):
-    """Average pooling over k×k windows with stride s (``stride=None``: s = k); no parameters."""
+class MaxPool2d(_Pool2d):
+    """Max pooling: each window's first maximum."""
+    _forward, _backward = staticmethod(maxpool2d_forward), staticmethod(maxpool2d_backward)
 
-    def __init__(self, kernel=2, stride=None):
-        super().__init__()
-        self.kernel = kernel
-        self.stride = kernel if stride is None else stride
 
-    def forward(self, x):
-        return avgpool2d_forward(x, self.kernel, self.stride)
-
-    def backward(self, dy, cache):
-        return avgpool2d_backward(dy, cache), {}
-
-    def __repr__(self):
-        return f"AvgPool2d(kernel={self.kernel}, stride={self.stride})"
+class AvgPool2d(_Pool2d):
+    """Average pooling."""
+    _forward, _backward = staticmethod(avgpool2d_forward), staticmethod(avgpool2d_backward)
