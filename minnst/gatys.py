@@ -1073,7 +1073,6 @@ def _main(argv) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg, demo_defaults = config_from_args(argv)
-    keep_freed_memory()
 
     # Inputs first, so that a bad file fails before anything slow.
     content_path = Path(cfg.content) if cfg.content else demo_content_path()
@@ -1112,6 +1111,11 @@ def _main(argv) -> int:
                              f"{_gb(have)} is available: {hint}")
     _say(cfg, f"{w}×{h} pastiche on the {device.name.upper()}: estimated peak memory {_gb(est['total'])}"
               + (f" ({_gb(avail)} available)" if avail else ""))
+    # Keeping freed blocks in the heap makes the per-iteration allocations cheaper (17% less
+    # wall time at 1024²) but fragments: peak RSS at 1024² went from 3.7 to 4.4 GB. Only
+    # where memory is plentiful.
+    if avail is not None and est["total"] * 2 < avail:
+        keep_freed_memory()
 
     net = VGG16.load(pooling=cfg.pooling, xp=device.xp)
     meta_config = cfg.to_json()

@@ -198,7 +198,8 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m minnst.procedural OUT.png [SIZE=512] [SEED=0]")
+        print("usage: python -m minnst.procedural OUT.png [SIZE=512] [SEED=0]",
+              file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     try:
         size = images.check_size(int(argv[1])) if len(argv) > 1 else 512
