@@ -36,9 +36,18 @@ def _check_norm(normalization):
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
+def _channels_last(F) -> bool:
+    """Whether F's memory is channels-last (what the CPU convolutions produce)."""
+    return F.shape[1] == 1 or F.strides[1] == F.itemsize
+
+
 def _as_matrices(F):
+    """F as a batch of matrices without copying: (N, M, C) for channels-last memory
+    (then G = FᵀF), else (N, C, M) (then G = F Fᵀ). Returns (matrices, channels_last)."""
     N, C, H, W = F.shape
-    return F.reshape(N, C, H * W)  # (N, C, M); a view for contiguous features
+    if _channels_last(F):
+        return F.transpose(0, 2, 3, 1).reshape(N, H * W, C), True
+    return F.reshape(N, C, H * W), False
 
 
 # --------------------------------------------------------------------------- content
@@ -63,8 +72,8 @@ def gram_matrix(F, normalization: str = GATYS):
     """G (N, C, C) = F Fᵀ per image, divided by C·H·W for Johnson's normalisation."""
     _check_norm(normalization)
     N, C, H, W = F.shape
-    Fm = _as_matrices(F)
-    G = Fm @ Fm.transpose(0, 2, 1)
+    Fm, cl = _as_matrices(F)
+    G = Fm.transpose(0, 2, 1) @ Fm if cl else Fm @ Fm.transpose(0, 2, 1)
     if normalization == JOHNSON:
         G = G / (C * H * W)
     return G
@@ -98,15 +107,20 @@ def style_loss(F, A, normalization: str = GATYS):
     G = gram_matrix(F, normalization)
     D = G - A  # (N, C, C), symmetric
     sq = float((D * D).sum())
-    Fm = _as_matrices(F)
+    Fm, cl = _as_matrices(F)
     if normalization == GATYS:
         scale = 1.0 / (C * C * M * M)
         value = sq * scale / 4.0
     else:
         scale = 4.0 / (C * M * N)
         value = sq / N
-    grad = (D @ Fm) * scale  # (N, C, M)
-    return value, grad.reshape(F.shape).astype(F.dtype, copy=False)
+    D = D.astype(F.dtype, copy=False)
+    if cl:  # (N, M, C) @ D: the gradient keeps the features' channels-last memory
+        grad = (Fm @ D).reshape(N, H, W, C).transpose(0, 3, 1, 2)
+    else:
+        grad = (D @ Fm).reshape(F.shape)
+    grad *= F.dtype.type(scale)
+    return value, grad
 
 
 # --------------------------------------------------------------------------- total variation

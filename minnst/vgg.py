@@ -113,7 +113,6 @@ class VGG16:
         check_layer_names(layers)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"VGG16 expects (N, 3, H, W) input, got shape {tuple(x.shape)}")
-        xp = get_xp(x)
         wanted = set(layers)
         last = max(LAYER_NAMES.index(n) for n in layers) if layers else -1
         feats, cache = {}, []
@@ -133,7 +132,7 @@ class VGG16:
                 h, c = avgpool2d_forward(h, 2, 2)
             cache.append((name, c))
             if name in wanted:
-                feats[name] = xp.ascontiguousarray(h)
+                feats[name] = h  # in the layers' memory order (channels-last on the CPU)
         return feats, cache
 
     def backward(self, grads: dict, cache):

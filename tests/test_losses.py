@@ -92,3 +92,17 @@ def test_unknown_normalization_is_rejected(rng):
     F = rng.standard_normal((1, 2, 2, 2))
     with pytest.raises(ValueError):
         losses.style_loss(F, F, "vgg")
+
+
+@pytest.mark.parametrize("norm", losses.NORMALIZATIONS)
+def test_channels_last_features_give_the_same_values(rng, norm):
+    """The CPU layers hand out NCHW views of channels-last memory; the losses must not care."""
+    F = rng.standard_normal((2, 5, 4, 3))
+    F_cl = np.ascontiguousarray(F.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert F_cl.strides[1] == F_cl.itemsize and np.array_equal(F, F_cl)
+    A = losses.style_target(rng.standard_normal((1, 5, 3, 3)), norm)
+    v0, g0 = losses.style_loss(F, A, norm)
+    v1, g1 = losses.style_loss(F_cl, A, norm)
+    assert v0 == pytest.approx(v1, rel=1e-12) and rel_error(g0, g1) < 1e-12
+    assert g1.strides[1] == g1.itemsize  # the gradient keeps the channels-last memory
+    assert rel_error(losses.gram_matrix(F, norm), losses.gram_matrix(F_cl, norm)) < 1e-12
