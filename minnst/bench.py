@@ -135,6 +135,46 @@ def torch_vgg(torch, net, upto="relu5_1"):
     return forward
 
 
+def torch_gatys(torch, obj):
+    """A PyTorch function ``img -> (loss, grad)`` for the same objective as ``obj``
+    (``gatys.Objective``: same targets, layers, weights, normalisation)."""
+    from . import images
+
+    tnet = torch_vgg(torch, obj.net, upto=obj.layers[-1])
+    mean = torch.from_numpy(images.IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.from_numpy(images.IMAGENET_STD).reshape(1, 3, 1, 1)
+    P = {l: torch.from_numpy(np.asarray(t)) for l, t in obj.content_targets.items()}
+    A = {l: torch.from_numpy(np.asarray(t)) for l, t in obj.style_targets.items()}
+    style_w = dict(zip(obj.style_layers, obj.style_layer_weights))
+
+    def loss_and_grad(img):
+        xt = torch.from_numpy(img).requires_grad_(True)
+        feats = tnet((xt.permute(2, 0, 1)[None] - mean) / std)
+        total = 0.0
+        for l in obj.layers:
+            F = feats[l]
+            N, C, H, W = F.shape
+            if l in P:
+                d = F - P[l]
+                total = total + obj.alpha * (0.5 * (d * d).sum() if obj.normalization == "gatys"
+                                             else (d * d).sum() / (N * C * H * W))
+            if l in A:
+                Fm = F.reshape(N, C, H * W)
+                G = Fm @ Fm.transpose(1, 2)
+                if obj.normalization == "gatys":
+                    e = ((G - A[l]) ** 2).sum() / (4 * C * C * (H * W) ** 2)
+                else:
+                    e = ((G / (C * H * W) - A[l]) ** 2).sum() / N
+                total = total + obj.beta * style_w[l] * e
+        if obj.tv_weight:
+            tv = ((xt[1:] - xt[:-1]) ** 2).sum() + ((xt[:, 1:] - xt[:, :-1]) ** 2).sum()
+            total = total + obj.tv_weight * tv
+        total.backward()
+        return float(total), xt.grad
+
+    return loss_and_grad
+
+
 # --------------------------------------------------------------------------- workloads
 
 def _row(name, size, seconds, flops, peak, torch_seconds=None):
@@ -185,8 +225,9 @@ def bench_gatys(sizes, repeat, torch=None):
     """One L-BFGS-B iteration of the Gatys objective (content relu4_2, style relu1_1 … relu5_1,
     TV): the best of ``repeat`` iterations, timed after the first three (whose line searches
     may take extra evaluations), each from scipy's callback to the next; peak memory of a
-    2-iteration run (targets, L-BFGS-B workspace, forward + backward). ``torch`` (the
-    reference comparison of ``bench_vgg``) has no Gatys counterpart and is ignored."""
+    2-iteration run (targets, L-BFGS-B workspace, forward + backward). Also one
+    evaluation of the loss and its gradient (``gatys_loss_and_grad``), the workload that
+    ``torch`` (when given) repeats for the comparison."""
     from . import gatys, procedural, vgg
 
     net = vgg.VGG16.load(pooling="avg")
@@ -202,6 +243,19 @@ def bench_gatys(sizes, repeat, torch=None):
         flops = 2 * vgg.forward_flops(s, s, "relu5_1")
         mb = peak_mb(lambda: gatys.stylize(content, [style], gatys.GatysConfig(
             size=s, iterations=2, device="cpu", quiet=True), net=net))
+        obj = gatys.Objective(content, [style], net=net)
+        x = np.random.default_rng(0).random((s, s, 3), dtype=np.float32)
+        t_eval = best_time(lambda: obj.loss_and_grad(x), repeat)
+        t_torch = None
+        if torch:
+            t_fn = torch_gatys(torch, obj)
+            ref_loss, ref_grad = t_fn(x)
+            loss, grad = obj.loss_and_grad(x)
+            err = float(np.abs(grad - ref_grad.numpy()).max() / np.abs(ref_grad.numpy()).max())
+            if abs(loss - ref_loss) > 1e-3 * abs(ref_loss) or err > 1e-3:
+                raise RuntimeError(f"PyTorch twin disagrees: loss {loss} vs {ref_loss}, grad error {err:.1e}")
+            t_torch = best_time(lambda: t_fn(x), repeat)
+        rows.append(_row("gatys_loss_and_grad", s, t_eval, flops, peak_mb(lambda: obj.loss_and_grad(x)), t_torch))
         rows.append(_row("gatys_lbfgs_iteration", s, t, flops, mb))
     return rows
 
