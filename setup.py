@@ -9,6 +9,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["minnst", "minnst.*"]),
     package_data={"minnst": ["kernels/*.cu", "kernels/*.h"]},
+    # the project's trained style models (VGG16 itself is fetched, never shipped)
+    data_files=[("share/minnst", ["weights/starry_night.h5"])],
     install_requires=[
         "numpy>=1.22",
         "scipy>=1.8",

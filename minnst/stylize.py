@@ -39,8 +39,10 @@ OUTPUT_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def default_model_path() -> Path:
     """The shipped model: ``<checkout>/weights/starry_night.h5`` in a source checkout, else
+    where ``pip install`` put it (``<prefix>/share/minnst/``), else
     ``$MINNST_HOME/starry_night.h5`` (default ``~/.cache/minnst``)."""
-    for d in (_checkout_weights_dir(), _cache_dir()):
+    installed = Path(sys.prefix) / "share" / "minnst"
+    for d in (_checkout_weights_dir(), installed, _cache_dir()):
         if d is not None and (d / DEFAULT_MODEL).is_file():
             return d / DEFAULT_MODEL
     raise ModelFileError(f"the default model {DEFAULT_MODEL} is not in weights/ of a source checkout "
