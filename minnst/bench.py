@@ -27,7 +27,7 @@ import numpy as np
 
 from .backend import keep_freed_memory
 
-WORKLOADS = ("vgg", "gatys")
+WORKLOADS = ("vgg", "gatys", "fast")
 
 
 # --------------------------------------------------------------------------- machine
@@ -175,6 +175,85 @@ def torch_gatys(torch, obj):
     return loss_and_grad
 
 
+def torch_layer(torch, layer, params):
+    """A PyTorch function mirroring a minnst layer tree (the transformer's building
+    blocks); ``params`` maps each minnst parameter array's id to its torch tensor."""
+    from .layers import (BatchNorm2d, Conv2d, ConvTranspose2d, InstanceNorm2d, ReLU, Residual,
+                         ScaledTanh, Sequential, Upsample)
+
+    F = torch.nn.functional
+    p = {k: params[id(v)] for k, v in layer.params.items()}
+    if isinstance(layer, Residual):
+        body = torch_layer(torch, layer.layers["body"], params)
+        return lambda x: x + body(x)
+    if isinstance(layer, Sequential):
+        fns = [torch_layer(torch, child, params) for child in layer.layers.values()]
+
+        def seq(x):
+            for fn in fns:
+                x = fn(x)
+            return x
+        return seq
+    if isinstance(layer, Conv2d):
+        mode = "reflect" if layer.pad_mode == "reflect" else "constant"
+        pad = (layer.padding,) * 4
+        return lambda x: F.conv2d(F.pad(x, pad, mode=mode) if layer.padding else x,
+                                  p["weight"], p.get("bias"), stride=layer.stride)
+    if isinstance(layer, ConvTranspose2d):
+        return lambda x: F.conv_transpose2d(x, p["weight"], p.get("bias"), stride=layer.stride,
+                                            padding=layer.padding, output_padding=layer.output_padding)
+    if isinstance(layer, InstanceNorm2d):
+        return lambda x: F.instance_norm(x, weight=p.get("weight"), bias=p.get("bias"), eps=layer.eps)
+    if isinstance(layer, BatchNorm2d):
+        return lambda x: F.batch_norm(x, None, None, p["weight"], p["bias"], training=True, eps=layer.eps)
+    if isinstance(layer, ReLU):
+        return F.relu
+    if isinstance(layer, Upsample):
+        return lambda x: F.interpolate(x, scale_factor=layer.scale, mode="nearest")
+    if isinstance(layer, ScaledTanh):
+        return lambda x: layer.offset + layer.scale * torch.tanh(x)
+    raise TypeError(f"no PyTorch twin for {type(layer).__name__}")
+
+
+def torch_train_step(torch, net, loss):
+    """A PyTorch function ``batch -> total`` doing what ``train_fast.train_step`` does:
+    the transformer, the perceptual loss (same VGG16, targets, weights), backward, Adam."""
+    from . import images
+
+    params = {id(v): torch.from_numpy(np.array(v)).requires_grad_(True) for v in net.params.values()}
+    tnet = torch_layer(torch, net, params)
+    tvgg = torch_vgg(torch, loss.vgg, upto=loss.layers[-1])
+    opt = torch.optim.Adam(list(params.values()), lr=1e-3)
+    mean = torch.from_numpy(images.IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.from_numpy(images.IMAGENET_STD).reshape(1, 3, 1, 1)
+    A = {l: torch.from_numpy(np.asarray(t)) for l, t in loss.targets.items()}
+
+    def step(batch):
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32))
+        N = x.shape[0]
+        with torch.no_grad():
+            pc = tvgg((x / 255.0 - mean) / std)[loss.content_layer]
+        y = tnet(x)
+        feats = tvgg((y / 255.0 - mean) / std)
+        Fc = feats[loss.content_layer]
+        total = loss.content_weight * ((Fc - pc) ** 2).sum() / Fc.numel()
+        for l in loss.style_layers:
+            f = feats[l]
+            n, C, H, W = f.shape
+            fm = f.reshape(n, C, H * W)
+            G = fm @ fm.transpose(1, 2) / (C * H * W)
+            total = total + loss.style_weight * loss.layer_weights[l] / (C * C) * ((G - A[l]) ** 2).sum() / n
+        yi = y / 255.0
+        tv = ((yi[:, :, 1:] - yi[:, :, :-1]) ** 2).sum() + ((yi[:, :, :, 1:] - yi[:, :, :, :-1]) ** 2).sum()
+        total = total + loss.tv_weight * tv / N
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        return float(total.detach())
+
+    return step
+
+
 # --------------------------------------------------------------------------- workloads
 
 def _row(name, size, seconds, flops, peak, torch_seconds=None):
@@ -263,7 +342,64 @@ def bench_gatys(sizes, repeat, torch=None):
     return rows
 
 
-RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys}
+def bench_fast(sizes, repeat, torch=None):
+    """The feed-forward method with Johnson's full-width network (random weights):
+    stylisation of one image at each size (and its speed-up over 500 L-BFGS iterations
+    at that size, from one Gatys loss+gradient evaluation per iteration), and one
+    training step, batch 4 at 256² (the size is fixed by the method)."""
+    from . import gatys, procedural, vgg
+    from .optim import Adam
+    from .train_fast import PerceptualLoss, train_step
+    from .transformer import TransformerConfig, TransformerNet
+
+    rows = []
+    net = TransformerNet(TransformerConfig(width=1.0), seed=0)
+    tinfer = None
+    if torch:
+        params = {id(v): torch.from_numpy(np.array(v)) for v in net.params.values()}
+        tinfer = torch_layer(torch, net, params)
+    vnet = vgg.VGG16.load(pooling="avg")
+    for s in sizes:
+        x = np.random.default_rng(0).uniform(0, 255, (1, 3, s, s)).astype(np.float32)
+        t = best_time(lambda: net.infer(x), repeat)
+        tt = None
+        if torch:
+            with torch.no_grad():
+                ref = tinfer(torch.from_numpy(x)).numpy()
+                # pixels in [0, 255]; float32 rounding alone moves them by ~0.004 at 256²
+                diff = float(np.abs(net.infer(x) - ref).max())
+                if diff > 0.05:
+                    raise RuntimeError(f"PyTorch twin of the transformer disagrees by {diff:.3g}")
+                tt = best_time(lambda: tinfer(torch.from_numpy(x)), repeat)
+        row = _row("transformer_stylize", s, t, None, peak_mb(lambda: net.infer(x)), tt)
+        content = np.random.default_rng(1).random((s, s, 3), dtype=np.float32)
+        obj = gatys.Objective(content, [procedural.stained_glass(s, s, seed=0)], net=vnet)
+        t_eval = best_time(lambda: obj.loss_and_grad(content), 1)
+        row["speedup_vs_500_lbfgs"] = 500 * t_eval / t
+        rows.append(row)
+        del obj
+    # one training step, batch 4 at 256², the loss network as in train_fast (max pooling)
+    lossnet = vgg.VGG16.load(pooling="max")
+    style = procedural.stained_glass(256, 256, seed=0)
+    loss = PerceptualLoss(lossnet, style)
+    batch = np.random.default_rng(2).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    tnet = TransformerNet(TransformerConfig(width=1.0), seed=0)
+    opt = Adam(tnet.params, lr=1e-3)
+    t = best_time(lambda: train_step(tnet, opt, loss, batch, np), repeat)
+    tt = None
+    if torch:
+        step = torch_train_step(torch, TransformerNet(TransformerConfig(width=1.0), seed=0), loss)
+        ours = train_step(TransformerNet(TransformerConfig(width=1.0), seed=0),
+                          Adam(TransformerNet(TransformerConfig(width=1.0), seed=0).params), loss, batch, np)[0]
+        theirs = step(batch)
+        if abs(ours - theirs) > 1e-3 * abs(theirs):
+            raise RuntimeError(f"PyTorch twin of the training step disagrees: {ours} vs {theirs}")
+        tt = best_time(lambda: step(batch), repeat)
+    rows.append(_row("train_step_b4_256", 256, t, None, peak_mb(lambda: train_step(tnet, opt, loss, batch, np)), tt))
+    return rows
+
+
+RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys, "fast": bench_fast}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -337,6 +473,10 @@ def main(argv=None):
     for r in rows:
         r["fraction_of_matmul"] = r["gflops"] / mm if r.get("gflops") else None
     print_table(info, mm, rows)
+    for r in rows:
+        if r.get("speedup_vs_500_lbfgs"):
+            print(f"# stylising {r['size']}² in one pass is {r['speedup_vs_500_lbfgs']:.0f}× faster "
+                  f"than 500 L-BFGS iterations at that size")
     fb = [r for r in rows if r["workload"] == "vgg16_forward_backward" and r["size"] == 512]
     if fb:
         print(f"# VGG16 forward+backward at 512²: {fb[0]['fraction_of_matmul']:.2f} of the matmul rate "
