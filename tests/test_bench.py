@@ -1,0 +1,39 @@
+"""The benchmark runs end to end and writes the documented JSON keys."""
+import json
+
+import pytest
+
+from minnst import bench
+
+
+def test_vgg_benchmark_writes_json(tmp_path, vgg16_path, capsys):
+    out = tmp_path / "b.json"
+    assert bench.main(["vgg", "--sizes", "32", "--repeat", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["matmul_gflops"] > 0 and data["machine"]["threads"] >= 1
+    names = {r["workload"] for r in data["results"]}
+    assert names == {"vgg16_forward", "vgg16_forward_backward"}
+    for r in data["results"]:
+        assert r["seconds"] > 0 and r["gflops"] > 0 and r["peak_mb"] > 0
+        assert 0 < r["fraction_of_matmul"]
+    assert "vgg16_forward_backward" in capsys.readouterr().out
+
+
+def test_torch_twins_agree_and_report_ratios(tmp_path, vgg16_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "b.json"
+    assert bench.main(["vgg", "gatys", "--sizes", "32", "--repeat", "1", "--compare-torch",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    compared = [r for r in rows if "torch_seconds" in r]
+    assert {r["workload"] for r in compared} == {"vgg16_forward", "vgg16_forward_backward",
+                                                 "gatys_loss_and_grad"}
+    for r in compared:
+        assert r["ratio_vs_torch"] == pytest.approx(r["seconds"] / r["torch_seconds"])
+
+
+def test_bad_arguments_exit_2(capsys):
+    assert bench.main(["warp"]) == 2
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--sizes", "abc"])
+    assert e.value.code == 2
