@@ -23,21 +23,23 @@ def rel_error(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
+def _central_difference(f, x, i, h: float) -> float:
+    """``(f(x + h e_i) − f(x − h e_i)) / 2h``, restoring ``x[i]`` afterwards."""
+    old = x[i]
+    x[i] = old + h
+    fp = float(f(x))
+    x[i] = old - h
+    fm = float(f(x))
+    x[i] = old
+    return (fp - fm) / (2 * h)
+
+
 def eval_numerical_gradient(f, x, h: float = 1e-5) -> np.ndarray:
     """``∂f/∂x`` by central differences; ``f`` maps an array like ``x`` to a float."""
     x = np.array(x, dtype=np.float64)
     grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    while not it.finished:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + h
-        fp = float(f(x))
-        x[i] = old - h
-        fm = float(f(x))
-        x[i] = old
-        grad[i] = (fp - fm) / (2 * h)
-        it.iternext()
+    for i in np.ndindex(x.shape):
+        grad[i] = _central_difference(f, x, i, h)
     return grad
 
 
@@ -56,14 +58,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks: int = 20, h: float = 1e-5
     worst = 0.0
     for _ in range(num_checks):
         i = tuple(int(rng.integers(n)) for n in x.shape)
-        old = x[i]
-        x[i] = old + h
-        fp = float(f(x))
-        x[i] = old - h
-        fm = float(f(x))
-        x[i] = old
-        numeric = (fp - fm) / (2 * h)
-        worst = max(worst, rel_error(numeric, analytic_grad[i]))
+        worst = max(worst, rel_error(_central_difference(f, x, i, h), analytic_grad[i]))
     return worst
 
 

@@ -131,8 +131,8 @@ def maxpool2d_backward(dy, cache):
     return dxt.transpose(0, 3, 1, 2)
 
 
-def maxpool2d_naive(x, kernel=2, stride=None):
-    """Loop reference for ``maxpool2d_forward`` (output only; slow)."""
+def _pool_naive(x, kernel, stride, reduce):
+    """Loops over every output pixel, ``reduce`` applied to each window (tests only)."""
     stride, OH, OW = _check(x, kernel, stride)
     xp = get_xp(x)
     N, C = x.shape[:2]
@@ -141,9 +141,14 @@ def maxpool2d_naive(x, kernel=2, stride=None):
         for c in range(C):
             for i in range(OH):
                 for j in range(OW):
-                    window = x[n, c, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
-                    y[n, c, i, j] = window.max()
+                    y[n, c, i, j] = reduce(x[n, c, i * stride:i * stride + kernel,
+                                             j * stride:j * stride + kernel])
     return y
+
+
+def maxpool2d_naive(x, kernel=2, stride=None):
+    """Loop reference for ``maxpool2d_forward`` (output only; slow)."""
+    return _pool_naive(x, kernel, stride, lambda w: w.max())
 
 
 # ----------------------------------------------------------------------- average pooling
@@ -190,17 +195,7 @@ def avgpool2d_backward(dy, cache):
 
 def avgpool2d_naive(x, kernel=2, stride=None):
     """Loop reference for ``avgpool2d_forward`` (output only; slow)."""
-    stride, OH, OW = _check(x, kernel, stride)
-    xp = get_xp(x)
-    N, C = x.shape[:2]
-    y = xp.empty((N, C, OH, OW), dtype=x.dtype)
-    for n in range(N):
-        for c in range(C):
-            for i in range(OH):
-                for j in range(OW):
-                    window = x[n, c, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
-                    y[n, c, i, j] = window.sum() / (kernel * kernel)
-    return y
+    return _pool_naive(x, kernel, stride, lambda w: w.sum() / (kernel * kernel))
 
 
 # --------------------------------------------------------------------------------- layers
