@@ -254,7 +254,9 @@ def test_real_ctrl_c_saves_the_best_image(pics, tmp_path, vgg16_path):
     env = dict(os.environ, PYTHONPATH=str(root))
     p = subprocess.Popen([sys.executable, "-m", "minnst.gatys", "--content", str(pics["content"]),
                           "--style", str(pics["style"]), "--output", str(out), *FAST, "--iterations", "100000"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         # a shell's background job ignores SIGINT, and children inherit that
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
