@@ -81,4 +81,31 @@ def test_dispatcher_ignores_winograd_where_it_does_not_apply(rng):
     w = rng.standard_normal((64, 64, 3, 3))
     wino = winograd_transform(w)
     assert conv2d_forward(x, w, None, 2, 1, wino=wino)[1].method == "im2col"       # stride 2
-    assert conv2d_forward(x, w, None, 1, 1, "reflect", wino=wino)[1].method == "shifted"
+    assert conv2d_forward(x, w, None, 1, 2, wino=wino)[1].method == "shifted"      # pad 2
+
+
+@pytest.mark.parametrize("H,W", [(6, 6), (7, 9), (5, 4)])
+def test_reflection_padding_matches_naive(rng, H, W):
+    x = rng.standard_normal((2, 3, H, W))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    y = winograd_conv3x3(x, winograd_weights(w), b, "reflect")
+    assert rel_error(y, conv2d_naive(x, w, b, 1, 1, "reflect")) < 1e-10
+
+
+def test_conv_layer_with_reflection_uses_winograd_and_its_gradients_hold(rng, monkeypatch):
+    """The transformer's residual convolutions: Winograd forward, shifted-GEMM backward."""
+    from minnst.layers import Conv2d
+
+    monkeypatch.setattr(convmod, "WINOGRAD_MIN_CHANNELS", 4)
+    conv = Conv2d(5, 4, 3, padding=1, pad_mode="reflect", rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 5, 5, 7))
+    y, cache = conv.forward(x)
+    assert cache.method == "winograd"
+    assert rel_error(y, conv2d_naive(x, conv.params["weight"], conv.params["bias"], 1, 1, "reflect")) < 1e-10
+    dy = rng.standard_normal(y.shape)
+    dx, grads = conv.backward(dy, cache)
+    f = lambda z: conv2d_naive(z, conv.params["weight"], conv.params["bias"], 1, 1, "reflect")  # noqa: E731
+    assert rel_error(dx, eval_numerical_gradient_array(f, x, dy, h=1e-2)) < 1e-8
+    g = lambda z: conv2d_naive(x, z, conv.params["bias"], 1, 1, "reflect")  # noqa: E731
+    assert rel_error(grads["weight"], eval_numerical_gradient_array(g, conv.params["weight"], dy, h=1e-2)) < 1e-8

@@ -34,7 +34,7 @@ import numpy as np
 from ..backend import get_xp, is_gpu_array
 from .base import Layer
 from .padding import pad2d, pad2d_backward, padded_rows_cl
-from .winograd import winograd_conv3x3
+from .winograd import winograd_conv3x3, winograd_transform
 
 MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
 
@@ -305,9 +305,9 @@ WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for th
 
 
 def _winograd_fits(x, w, stride, pad, pad_mode) -> bool:
-    """3×3, stride 1, zero padding 1, on the CPU: VGG's convolutions."""
+    """3×3, stride 1, padding 1 (zero: VGG; reflection: the transformer), on the CPU."""
     return (get_xp(x) is np and w.shape[2:] == (3, 3) and stride == 1 and pad == 1
-            and pad_mode == "zero" and x.dtype in (np.float32, np.float64))
+            and x.dtype in (np.float32, np.float64))
 
 
 def _use_shifted(x, stride) -> bool:
@@ -342,7 +342,7 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     bias = None if b is None else b.astype(x.dtype, copy=False)
     if wino is not None and _winograd_fits(x, w, stride, pad, pad_mode) and C >= WINOGRAD_MIN_CHANNELS:
         method = "winograd"
-        y = winograd_conv3x3(x, wino.forward.astype(x.dtype, copy=False), bias)
+        y = winograd_conv3x3(x, wino.forward.astype(x.dtype, copy=False), bias, pad_mode)
     elif _use_shifted(x, stride):
         method = "shifted"
         y = _conv_shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
@@ -360,8 +360,11 @@ def conv2d_backward(dy, cache: ConvCache):
     N, C, H, W = cache.x_shape
     p = cache.pad
     F = cache.w.shape[0]
-    if cache.wino is not None and cache.method != "im2col" and min(F, C) >= WINOGRAD_MIN_CHANNELS:
-        # the input gradient of a 3×3 "same" convolution is one too (rotated kernel)
+    if (cache.wino is not None and cache.method != "im2col" and cache.pad_mode == "zero"
+            and min(F, C) >= WINOGRAD_MIN_CHANNELS):
+        # the input gradient of a zero-padded 3×3 "same" convolution is one too (rotated
+        # kernel); with reflection the border gradients fold back, so that takes the
+        # shifted GEMM below
         dx = winograd_conv3x3(dy, cache.wino.input_grad.astype(dy.dtype, copy=False))
         dw = None
         if cache.x is not None:
@@ -484,8 +487,14 @@ class Conv2d(Layer):
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
 
     def forward(self, x):
-        return conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                              self.stride, self.padding, self.pad_mode)
+        w = self.params["weight"]
+        wino = None
+        if (_winograd_fits(x, w, self.stride, self.padding, self.pad_mode)
+                and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
+            # the weights change every training step: transform them per call (~1 ms)
+            wino = winograd_transform(w.astype(x.dtype, copy=False))
+        return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding,
+                              self.pad_mode, wino=wino)
 
     def backward(self, dy, cache):
         dx, dw, db = conv2d_backward(dy, cache)

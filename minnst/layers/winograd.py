@@ -98,9 +98,11 @@ def _tile_bands(TH, TW, C):
     return [(t, min(TH, t + rows)) for t in range(0, TH, rows)]
 
 
-def winograd_conv3x3(x, U, b=None):
-    """3×3 convolution, stride 1, zero padding 1. x (N, C, H, W), U from
-    ``winograd_weights`` (16, C, F). Returns (N, F, H, W), channels-last memory."""
+def winograd_conv3x3(x, U, b=None, pad_mode="zero"):
+    """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
+    ``winograd_weights`` (16, C, F). Returns (N, F, H, W), channels-last memory.
+    (Tiles that stick out past an odd edge read padding beyond the image; their outputs
+    are cropped, so what is there does not matter.)"""
     N, C, H, W = x.shape
     F = U.shape[2]
     TH, TW = (H + 1) // 2, (W + 1) // 2
@@ -108,7 +110,7 @@ def winograd_conv3x3(x, U, b=None):
     extra = 2 * TW + 2 - (W + 2)  # one zero column more when W is odd
     for n in range(N):
         for t0, t1 in _tile_bands(TH, TW, C):
-            xb = padded_rows_cl(x[n:n + 1], 2 * t0, 2 * t1 + 2, 1, "zero")[0]
+            xb = padded_rows_cl(x[n:n + 1], 2 * t0, 2 * t1 + 2, 1, pad_mode)[0]
             if extra:
                 xb = np.concatenate([xb, np.zeros_like(xb[:, :extra])], axis=1)
             T = (t1 - t0) * TW
