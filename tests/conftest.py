@@ -5,6 +5,18 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_blas_thread():
+    """Tests use tiny arrays: one BLAS thread avoids OpenBLAS's threads waiting on each
+    other when the machine is busy (a 16-px VGG16 forward took 6.6 s instead of 0.11 s).
+    SciPy's BLAS loads lazily, so it is imported first to fall under the limit."""
+    import scipy.linalg.blas  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def vgg16_path():
     from minnst import weights
