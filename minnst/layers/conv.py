@@ -34,7 +34,7 @@ import numpy as np
 from ..backend import get_xp, is_gpu_array
 from .base import Layer
 from .padding import pad2d, pad2d_backward, padded_rows_cl
-from .winograd import winograd_conv3x3, winograd_transform
+from .winograd import WinogradWeights, winograd_conv3x3, winograd_transform, winograd_weights
 
 MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
 
@@ -491,8 +491,11 @@ class Conv2d(Layer):
         wino = None
         if (_winograd_fits(x, w, self.stride, self.padding, self.pad_mode)
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-            # the weights change every training step: transform them per call (~1 ms)
-            wino = winograd_transform(w.astype(x.dtype, copy=False))
+            # the weights change every training step: transform them per call (~1 ms);
+            # reflection padding takes its input gradient elsewhere, so skip that transform
+            wx = w.astype(x.dtype, copy=False)
+            wino = (winograd_transform(wx) if self.pad_mode == "zero"
+                    else WinogradWeights(winograd_weights(wx), None))
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding,
                               self.pad_mode, wino=wino)
 
