@@ -1,0 +1,565 @@
+"""The notes' findings as experiments, one command each: ``python -m minnst.experiments NAME``.
+
+Each experiment runs the current code on the images of a data folder (default
+``../shared/data`` beside the checkout; ``--data DIR`` with ``content/`` and ``styles/``),
+then writes a figure ``NAME.jpg`` and a record ``NAME.json`` (the command, image size,
+iterations, weights, seconds, and the numbers the figure shows) to ``--output-dir``.
+The figure carries the same facts in its footer. ``docs/experiments.md`` presents them.
+
+    content       content reconstructions from noise at relu1_1 … relu5_1, with PSNR
+    style         style reconstructions from the layer sets {relu1_1}, …, {relu1_1 … relu5_1}
+    tradeoff      the α/β trade-off: more content to more style, with both losses
+    pooling       average vs max pooling: results and loss curves
+    content-layer relu2_2 vs relu4_2 as the content layer
+    fast          the fast network's one-pass loss vs L-BFGS per iteration (same objective)
+    gallery       a few Gatys results and the shipped fast model on held-out photos
+    all           every one of the above, in that order
+
+Gatys runs use ``gatys.stylize`` (L-BFGS-B from white noise, average pooling, the Gatys
+normalisation); ``fast`` uses the training objective of ``train_fast.PerceptualLoss``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .cli import ArgumentParser, UsageError, run
+
+LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+MAX_JPEG_BYTES = 300_000
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+# --------------------------------------------------------------------------- running
+
+@dataclass
+class Context:
+    """What every experiment reads: the settings, the data, shared nets, a progress bar."""
+
+    name: str
+    data: Path
+    out_dir: Path
+    size: int
+    iterations: int
+    content: str             # content photo file name in data/content
+    style: str               # style image file name in data/styles
+    seed: int = 0
+    quiet: bool = False
+    command: str = ""
+    _nets: dict = field(default_factory=dict)
+    _bar: object = None
+
+    def image(self, folder: str, name: str, size: int | None = None):
+        path = self.data / folder / name
+        if not path.is_file():
+            raise UsageError(f"{path} not found (pass --data DIR with content/ and styles/)")
+        return images.load_image(path, size=size)
+
+    def vgg(self, pooling: str = "avg"):
+        from .vgg import VGG16
+
+        if pooling not in self._nets:
+            self._nets[pooling] = VGG16.load(pooling=pooling)
+        return self._nets[pooling]
+
+    def progress(self, total: int):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit="it", disable=self.quiet, dynamic_ncols=True,
+                         file=sys.stderr, desc=self.name)
+        return self._bar
+
+    def step(self, label: str, **postfix):
+        if self._bar is not None:
+            self._bar.set_description(f"{self.name}: {label}", refresh=False)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(1)
+
+    def say(self, msg: str):
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+
+def gatys_run(ctx: Context, label: str, content, styles, **options):
+    """``gatys.stylize`` at ``ctx.size`` for ``ctx.iterations`` from white noise (seed
+    ``ctx.seed``), advancing the progress bar; ``options`` override GatysConfig fields."""
+    from .gatys import GatysConfig, stylize
+
+    settings = dict(size=ctx.size, iterations=ctx.iterations, seed=ctx.seed, init="noise",
+                    pooling="avg", quiet=True, device="cpu")
+    settings.update(options)
+    cfg = GatysConfig(**settings)
+    return stylize(content, styles, cfg, net=ctx.vgg(cfg.pooling),
+                   callback=lambda p: ctx.step(label, loss=f"{p.terms.total:.3g}"))
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1]: 10·log10(1 / MSE)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def square(img, size: int):
+    """Centre crop to a square, then resize to size × size."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return images.resize(img[top:top + s, left:left + s], shape=(size, size))
+
+
+# --------------------------------------------------------------------------- figures
+
+def new_figure(rows: int, cols: int, panel: float = 2.4, extra_height: float = 0.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(cols * panel, rows * panel * 1.05 + 0.55 + extra_height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def show(ax, img, title: str = ""):
+    ax.imshow(np.clip(np.asarray(img), 0, 1), interpolation="lanczos")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def footer(ctx: Context, seconds: float, weights: str) -> str:
+    return (f"{ctx.command}   |   {ctx.size} px, {ctx.iterations} iterations, {weights}   |   "
+            f"{seconds:.0f} s on this machine")
+
+
+def save_figure(fig, path: Path, note: str) -> Path:
+    """Figure → JPEG under MAX_JPEG_BYTES (lowering the quality if needed), atomically."""
+    from .weights import atomic_write
+
+    fig.text(0.5, 0.006, note, ha="center", va="bottom", fontsize=6.5, color="0.25", wrap=True)
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
+    for quality in (88, 80, 70, 60, 50):
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="jpeg", pil_kwargs={"quality": quality, "optimize": True})
+        if path.stat().st_size <= MAX_JPEG_BYTES:
+            break
+    return path
+
+
+def write_record(ctx: Context, seconds: float, weights: dict, results, **extra) -> Path:
+    from .weights import atomic_write
+
+    record = {"experiment": ctx.name, "command": ctx.command, "size": ctx.size,
+              "iterations": ctx.iterations, "seed": ctx.seed, "content": ctx.content,
+              "style": ctx.style, "weights": weights, "seconds": round(seconds, 1),
+              "date": time.strftime("%Y-%m-%d"), "results": results, **extra}
+    path = ctx.out_dir / f"{ctx.name}.json"
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _plot_curves(ax, history, title: str):
+    it = [h["iteration"] for h in history]
+    for key, style in (("loss", "k-"), ("content", "C0-"), ("style", "C3-")):
+        ys = [h[key] if h[key] > 0 else np.nan for h in history]
+        ax.plot(it, ys, style, lw=1.1, label="total" if key == "loss" else key)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+
+
+# --------------------------------------------------------------------------- experiments
+
+def exp_content(ctx: Context):
+    """Content reconstructions: α·½Σ(F_l − P_l)² alone, from white noise, per layer."""
+    photo = ctx.image("content", ctx.content)
+    target = images.resize(photo, size=ctx.size)
+    ctx.progress(len(LAYERS) * ctx.iterations)
+    t0 = time.perf_counter()
+    results, panels = [], []
+    for layer in LAYERS:
+        r = gatys_run(ctx, layer, photo, [], content_layers=[layer], style_layers=[],
+                      tv_weight=0.0)
+        db = psnr(r.image, target)
+        results.append({"layer": layer, "psnr_db": round(db, 2), "loss": r.loss,
+                        "seconds": round(r.seconds, 1)})
+        panels.append((r.image, f"{layer}: {db:.1f} dB"))
+        ctx.say(f"{layer}: PSNR {db:.2f} dB, loss {r.loss:.4g}, {r.seconds:.0f} s")
+    seconds = time.perf_counter() - t0
+    fig = new_figure(1, len(LAYERS) + 1)
+    show(fig.add_subplot(1, len(LAYERS) + 1, 1), target, "photo")
+    for k, (img, title) in enumerate(panels):
+        show(fig.add_subplot(1, len(LAYERS) + 1, k + 2), img, title)
+    weights = {"content_weight": 1.0, "style_weight": 0.0, "tv_weight": 0.0, "pooling": "avg"}
+    save_figure(fig, ctx.out_dir / "content.jpg", footer(ctx, seconds, "content loss only, avg pooling"))
+    write_record(ctx, seconds, weights, results)
+
+
+def exp_style(ctx: Context):
+    """Style reconstructions: Σ_l w_l E_l alone (equal w_l), from white noise, per layer set."""
+    canvas = ctx.image("content", ctx.content)  # fixes the pastiche's size only
+    style = ctx.image("styles", ctx.style)
+    ctx.progress(len(LAYERS) * ctx.iterations)
+    t0 = time.perf_counter()
+    results, panels = [], []
+    for k in range(1, len(LAYERS) + 1):
+        layers = list(LAYERS[:k])
+        label = "+".join(l.replace("relu", "") for l in layers)
+        r = gatys_run(ctx, label, canvas, [style], content_layers=[], style_layers=layers,
+                      content_weight=0.0, tv_weight=0.0)
+        results.append({"style_layers": layers, "loss": r.loss, "seconds": round(r.seconds, 1)})
+        panels.append((r.image, f"relu1_1 … {layers[-1]}" if k > 1 else "relu1_1"))
+        ctx.say(f"{layers[-1]}: loss {r.loss:.4g}, {r.seconds:.0f} s")
+    seconds = time.perf_counter() - t0
+    fig = new_figure(1, len(LAYERS) + 1)
+    show(fig.add_subplot(1, len(LAYERS) + 1, 1), images.resize(style, size=ctx.size), "style image")
+    for k, (img, title) in enumerate(panels):
+        show(fig.add_subplot(1, len(LAYERS) + 1, k + 2), img, title)
+    weights = {"content_weight": 0.0, "style_weight": "3e6 (default; scale-free here)",
+               "style_layer_weights": "equal, summing to 1", "tv_weight": 0.0, "pooling": "avg"}
+    save_figure(fig, ctx.out_dir / "style.jpg", footer(ctx, seconds, "style loss only, avg pooling"))
+    write_record(ctx, seconds, weights, results)
+
+
+TRADEOFF_BETAS = (3e4, 3e5, 3e6, 3e7, 3e8)
+
+
+def exp_tradeoff(ctx: Context):
+    """The same content and style with β growing ×10 per column (α = 1)."""
+    from .gatys import DEFAULT_TV_WEIGHT
+
+    photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
+    ctx.progress(len(TRADEOFF_BETAS) * ctx.iterations)
+    t0 = time.perf_counter()
+    results, panels = [], []
+    for beta in TRADEOFF_BETAS:
+        r = gatys_run(ctx, f"beta {beta:.0e}", photo, [style], style_weight=beta)
+        last = r.history[-1]
+        c_raw, s_raw = last["content"], last["style"] / beta
+        results.append({"alpha": 1.0, "beta": beta, "alpha_over_beta": 1.0 / beta,
+                        "content_loss": c_raw, "style_loss": s_raw, "seconds": round(r.seconds, 1)})
+        panels.append((r.image, f"α/β = {1 / beta:.0e}\ncontent {c_raw:.3g}  style {s_raw:.3g}"))
+        ctx.say(f"beta {beta:.0e}: content {c_raw:.4g}, style {s_raw:.4g}, {r.seconds:.0f} s")
+    seconds = time.perf_counter() - t0
+    n = len(TRADEOFF_BETAS)
+    fig = new_figure(1, n)
+    for k, (img, title) in enumerate(panels):
+        show(fig.add_subplot(1, n, k + 1), img, title)
+    tv = DEFAULT_TV_WEIGHT["gatys"]
+    weights = {"content_weight": 1.0, "style_weights": list(TRADEOFF_BETAS), "tv_weight": tv,
+               "content_layers": ["relu4_2"], "style_layers": list(LAYERS), "pooling": "avg"}
+    save_figure(fig, ctx.out_dir / "tradeoff.jpg",
+                footer(ctx, seconds, f"α = 1, β = {TRADEOFF_BETAS[0]:.0e} … {TRADEOFF_BETAS[-1]:.0e}, "
+                       f"λ_tv = {tv:g}; losses unweighted"))
+    write_record(ctx, seconds, weights, results)
+
+
+def exp_pooling(ctx: Context):
+    """The default Gatys run twice: VGG16 with average pooling, then with max pooling."""
+    photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
+    ctx.progress(2 * ctx.iterations)
+    t0 = time.perf_counter()
+    runs = {}
+    for pooling in ("avg", "max"):
+        runs[pooling] = gatys_run(ctx, pooling, photo, [style], pooling=pooling)
+        r = runs[pooling]
+        ctx.say(f"{pooling}: loss {r.loss:.4g} (from {r.history[0]['loss']:.4g}), {r.seconds:.0f} s")
+    seconds = time.perf_counter() - t0
+    fig = new_figure(2, 3, panel=3.0)
+    both = fig.add_subplot(2, 3, 6)
+    for k, (pooling, r) in enumerate(runs.items()):
+        h = r.history
+        show(fig.add_subplot(2, 3, k + 1), r.image,
+             f"{pooling} pooling: loss {h[0]['loss']:.3g} → {r.loss:.3g} (÷{h[0]['loss'] / r.loss:.0f})")
+        _plot_curves(fig.add_subplot(2, 3, k + 4), h, f"{pooling} pooling: weighted losses")
+        both.plot([e["iteration"] for e in h], [e["loss"] / h[0]["loss"] for e in h], f"C{k}-",
+                  lw=1.2, label=pooling)
+    show(fig.add_subplot(2, 3, 3), images.resize(photo, size=ctx.size), "photo")
+    both.set_yscale("log")
+    both.set_xlabel("iteration", fontsize=8)
+    both.set_title("total loss / its first value", fontsize=8)
+    both.grid(True, which="both", alpha=0.3)
+    both.tick_params(labelsize=7)
+    both.legend(fontsize=7)
+    results = [{"pooling": p, "first_loss": r.history[0]["loss"], "final_loss": r.loss,
+                "final_content": r.history[-1]["content"], "final_style": r.history[-1]["style"],
+                "seconds": round(r.seconds, 1),
+                "loss_curve": [round(h["loss"], 6) for h in r.history]} for p, r in runs.items()]
+    weights = {"content_weight": 1.0, "style_weight": 3e6, "tv_weight": 1.0, "pooling": ["avg", "max"]}
+    save_figure(fig, ctx.out_dir / "pooling.jpg", footer(ctx, seconds, "α = 1, β = 3e6, λ_tv = 1 (defaults)"))
+    write_record(ctx, seconds, weights, results)
+
+
+def exp_content_layer(ctx: Context):
+    """The default Gatys run with relu2_2, then relu4_2, as the content layer."""
+    photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
+    ctx.progress(2 * ctx.iterations)
+    t0 = time.perf_counter()
+    results, panels = [], []
+    for layer in ("relu2_2", "relu4_2"):
+        r = gatys_run(ctx, layer, photo, [style], content_layers=[layer])
+        last = r.history[-1]
+        results.append({"content_layer": layer, "content": last["content"], "style": last["style"],
+                        "loss": r.loss, "seconds": round(r.seconds, 1)})
+        panels.append((r.image, f"content at {layer}"))
+        ctx.say(f"{layer}: content {last['content']:.4g}, style {last['style']:.4g}, {r.seconds:.0f} s")
+    seconds = time.perf_counter() - t0
+    fig = new_figure(1, 3, panel=3.2)
+    show(fig.add_subplot(1, 3, 1), images.resize(photo, size=ctx.size), "photo")
+    for k, (img, title) in enumerate(panels):
+        show(fig.add_subplot(1, 3, k + 2), img, title)
+    weights = {"content_weight": 1.0, "style_weight": 3e6, "tv_weight": 1.0,
+               "content_layers": ["relu2_2", "relu4_2"], "pooling": "avg"}
+    save_figure(fig, ctx.out_dir / "content-layer.jpg", footer(ctx, seconds, "α = 1, β = 3e6, λ_tv = 1"))
+    write_record(ctx, seconds, weights, results)
+
+
+FAST_PHOTOS = ("tubingen.jpg", "taj_mahal.jpg", "cat.jpg")
+
+
+def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
+    """Minimise the training objective ``loss`` (a ``PerceptualLoss``) over the pixels of
+    one image ``y`` (1, 3, H, W) in [0, 255], from ``y0``, with L-BFGS-B (bounds [0, 255]).
+    ``on_iteration(k, loss, y)`` runs after each iteration; returns the loss per iteration."""
+    from scipy.optimize import minimize
+
+    batch = photo[None].astype(np.float32)  # (1, H, W, 3) in [0, 1]: the content targets
+    curve = []
+
+    def fun(z):
+        total, _, dy = loss(z.reshape(y0.shape).astype(np.float32), batch)
+        return float(total), dy.astype(np.float64).ravel()
+
+    def callback(intermediate_result):
+        curve.append(float(intermediate_result.fun))
+        on_iteration(len(curve), curve[-1], intermediate_result.x)
+
+    minimize(fun, y0.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
+             bounds=[(0.0, 255.0)] * y0.size, callback=callback,
+             options={"maxiter": iterations, "maxfun": 3 * iterations + 20, "maxcor": 10})
+    return curve
+
+
+def exp_fast(ctx: Context, model_path=None):
+    """The fast network's loss in one pass against L-BFGS on the same objective per
+    iteration, from white noise, on held-out photos at size × size (the paper's Fig. 5)."""
+    from .stylize import default_model_path, load_network
+    from .train_fast import PerceptualLoss
+
+    net = load_network(model_path or default_model_path())
+    train = net.meta.get("train", {})
+    if not train:
+        raise UsageError("the model file does not record its training settings")
+    style = ctx.image("styles", Path(train["style"]).name, size=train.get("style_size") or ctx.size)
+    weights = {k: train[k] for k in ("content_weight", "style_weight", "tv_weight", "content_layer",
+                                     "style_layers", "pooling")}
+    loss = PerceptualLoss(ctx.vgg(train["pooling"]), style, train["content_layer"], train["style_layers"],
+                          train["content_weight"], train["style_weight"], train["tv_weight"],
+                          train.get("style_layer_weights") or None)
+    ctx.progress(len(FAST_PHOTOS) * ctx.iterations)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(ctx.seed)
+    results, rows = [], []
+    for name in FAST_PHOTOS:
+        photo = square(ctx.image("content", name), ctx.size)
+        x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
+        t = time.perf_counter()
+        y_fast = net.infer(x)
+        fast_seconds = time.perf_counter() - t
+        fast_loss = float(loss(y_fast, photo[None])[0])
+        y0 = rng.uniform(0.0, 255.0, size=x.shape).astype(np.float32)
+        seen = {"cross": None, "cross_img": None, "cross_seconds": None, "final_img": y0}
+        start = time.perf_counter()
+
+        def on_iteration(k, value, z, name=name, fast_loss=fast_loss, seen=seen, start=start):
+            ctx.step(Path(name).stem, loss=f"{value:.3g}", fast=f"{fast_loss:.3g}")
+            seen["final_img"] = z.reshape(x.shape).copy()
+            if seen["cross"] is None and value <= fast_loss:
+                seen.update(cross=k, cross_img=z.reshape(x.shape).copy(),
+                            cross_seconds=time.perf_counter() - start)
+
+        curve = lbfgs_pixels(loss, photo, y0, ctx.iterations, on_iteration)
+        lbfgs_seconds = time.perf_counter() - start
+        results.append({"photo": name, "fast_loss": fast_loss, "fast_seconds": round(fast_seconds, 3),
+                        "lbfgs_iterations_to_match": seen["cross"],
+                        "lbfgs_seconds_to_match": None if seen["cross_seconds"] is None
+                        else round(seen["cross_seconds"], 1),
+                        "lbfgs_final_loss": curve[-1], "lbfgs_iterations": len(curve),
+                        "lbfgs_seconds": round(lbfgs_seconds, 1),
+                        "lbfgs_curve": [round(v, 5) for v in curve]})
+        rows.append((photo, y_fast, seen, curve))
+        ctx.say(f"{name}: network {fast_loss:.4g} in {fast_seconds:.2f} s; L-BFGS matches it at "
+                f"iteration {seen['cross']} and reaches {curve[-1]:.4g} after {len(curve)} "
+                f"({lbfgs_seconds:.0f} s)")
+    seconds = time.perf_counter() - t0
+    _fast_curve_figure(ctx, results, seconds, weights, net)
+    _fast_gallery_figure(ctx, rows, results, seconds)
+    write_record(ctx, seconds, weights, results, model=str(model_path or "shipped default"),
+                 model_iterations=net.meta.get("iterations"))
+
+
+def _fast_curve_figure(ctx, results, seconds, weights, net):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, r in enumerate(results):
+        c = f"C{k}"
+        ax.plot(range(1, len(r["lbfgs_curve"]) + 1), r["lbfgs_curve"], color=c, lw=1.2,
+                label=f"L-BFGS, {Path(r['photo']).stem}")
+        ax.axhline(r["fast_loss"], color=c, ls="--", lw=1.0)
+        if r["lbfgs_iterations_to_match"]:
+            ax.plot([r["lbfgs_iterations_to_match"]], [r["fast_loss"]], "o", color=c, ms=5)
+    ax.plot([], [], "k--", lw=1.0, label="fast network, one pass")
+    ax.set_yscale("log")
+    ax.set_xlabel("L-BFGS iteration")
+    ax.set_ylabel("training objective (λ_c ℓ_c + λ_s Σ ℓ_s + λ_tv TV)")
+    ax.set_title(f"Fast network ({net.meta.get('iterations')} training steps) vs L-BFGS from noise, "
+                 f"{ctx.size}×{ctx.size}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    w = (f"λ_c = {weights['content_weight']:g}, λ_s = {weights['style_weight']:g}, "
+         f"λ_tv = {weights['tv_weight']:g}, {weights['pooling']} pooling")
+    save_figure(fig, ctx.out_dir / "fast.jpg", footer(ctx, seconds, w))
+
+
+def _fast_gallery_figure(ctx, rows, results, seconds):
+    fig = new_figure(len(rows), 4, panel=2.4)
+    def to_img(y):  # (1, 3, S, S) or flat, in [0, 255] -> (S, S, 3) in [0, 1]
+        return np.asarray(y, np.float32).reshape(3, ctx.size, ctx.size).transpose(1, 2, 0) / 255
+
+    for i, ((photo, y_fast, seen, curve), r) in enumerate(zip(rows, results)):
+        show(fig.add_subplot(len(rows), 4, 4 * i + 1), photo, "photo (held out)")
+        show(fig.add_subplot(len(rows), 4, 4 * i + 2), to_img(y_fast),
+             f"fast: loss {r['fast_loss']:.3g}, {r['fast_seconds']:.2f} s")
+        ax = fig.add_subplot(len(rows), 4, 4 * i + 3)
+        if seen["cross_img"] is not None:
+            show(ax, to_img(seen["cross_img"]),
+                 f"L-BFGS it. {seen['cross']}: {r['lbfgs_seconds_to_match']:.0f} s")
+        else:
+            show(ax, np.ones((ctx.size, ctx.size, 3)), "L-BFGS never matched")
+        show(fig.add_subplot(len(rows), 4, 4 * i + 4), to_img(seen["final_img"]),
+             f"L-BFGS it. {len(curve)}: loss {curve[-1]:.3g}, {r['lbfgs_seconds']:.0f} s")
+    save_figure(fig, ctx.out_dir / "fast-gallery.jpg", footer(ctx, seconds, "weights as in fast.jpg"))
+
+
+GALLERY = (("tubingen.jpg", "starry_night.jpg"), ("golden_gate.jpg", "great_wave.jpg"),
+           ("stata_center.jpg", "composition_vii.jpg"), ("cat.jpg", "the_scream.jpg"))
+
+
+def exp_gallery(ctx: Context):
+    """Four content × style pairs by optimisation, and the shipped fast model on the photos."""
+    from .stylize import default_model_path, load_network
+
+    net = load_network(default_model_path())
+    ctx.progress(len(GALLERY) * ctx.iterations)
+    t0 = time.perf_counter()
+    cols, results = [], []
+    for content, style in GALLERY:
+        photo, style_img = ctx.image("content", content), ctx.image("styles", style)
+        r = gatys_run(ctx, Path(content).stem, photo, [style_img])
+        small = images.resize(photo, size=ctx.size)
+        t = time.perf_counter()
+        fast = net.stylize(small)
+        fast_seconds = time.perf_counter() - t
+        cols.append((small, images.resize(style_img, size=ctx.size), r.image, fast))
+        results.append({"content": content, "style": style, "gatys_seconds": round(r.seconds, 1),
+                        "gatys_loss": r.loss, "fast_seconds": round(fast_seconds, 3)})
+    seconds = time.perf_counter() - t0
+    n = len(cols)
+    fig = new_figure(4, n)
+    titles = ("photo", "style", "Gatys ({:.0f} s)", "fast, Starry Night ({:.2f} s)")
+    for j, (col, r) in enumerate(zip(cols, results)):
+        for i, img in enumerate(col):
+            t = titles[i].format(r["gatys_seconds"] if i == 2 else r["fast_seconds"])
+            show(fig.add_subplot(4, n, i * n + j + 1), img, t)
+    weights = {"content_weight": 1.0, "style_weight": 3e6, "tv_weight": 1.0, "pooling": "avg",
+               "fast_model": f"weights/starry_night.h5 ({net.meta.get('iterations')} steps)"}
+    save_figure(fig, ctx.out_dir / "gallery.jpg", footer(ctx, seconds, "α = 1, β = 3e6, λ_tv = 1 (defaults)"))
+    write_record(ctx, seconds, weights, results)
+
+
+EXPERIMENTS = {
+    "content": (exp_content, 200),
+    "style": (exp_style, 200),
+    "tradeoff": (exp_tradeoff, 200),
+    "pooling": (exp_pooling, 200),
+    "content-layer": (exp_content_layer, 200),
+    "fast": (exp_fast, 300),
+    "gallery": (exp_gallery, 200),
+}
+
+
+# --------------------------------------------------------------------------- command line
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m minnst.experiments",
+                       description="Re-run one of the notes' experiments and draw its figure "
+                                   "(docs/experiments.md shows them all).")
+    p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="which experiment")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="folder with content/ and styles/ (default: ../shared/data beside the checkout)")
+    p.add_argument("--output-dir", type=Path, default=Path("minnst_out/experiments"),
+                   help="where NAME.jpg and NAME.json go (default: minnst_out/experiments)")
+    p.add_argument("--size", type=int, default=256, help="image size, pixels (default: 256)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="L-BFGS iterations per run (default: 200; 300 for fast)")
+    p.add_argument("--content", default="tubingen.jpg", help="content photo in DATA/content (tubingen.jpg)")
+    p.add_argument("--style", default="starry_night.jpg", help="style image in DATA/styles (starry_night.jpg)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    images.check_size(args.size)
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError("--iterations must be ≥ 1")
+    if not args.data.is_dir():
+        raise UsageError(f"data folder {args.data} not found (pass --data DIR with content/ and styles/)")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    nets = {}
+    for name in names:
+        fn, default_iterations = EXPERIMENTS[name]
+        ctx = Context(name=name, data=args.data, out_dir=args.output_dir, size=args.size,
+                      iterations=args.iterations or default_iterations, content=args.content,
+                      style=args.style, seed=args.seed, quiet=args.quiet, _nets=nets,
+                      command="python -m minnst.experiments " + " ".join([name, *argv[1:]]))
+        t0 = time.perf_counter()
+        try:
+            fn(ctx)
+        finally:
+            if ctx._bar is not None:
+                ctx._bar.close()
+        print(f"{name}: wrote {args.output_dir / (name + '.jpg')} and {name}.json "
+              f"({time.perf_counter() - t0:.0f} s)")
+
+
+def main(argv=None) -> int:
+    return run(_main, argv, prog="minnst.experiments")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
