@@ -25,7 +25,8 @@ reflect-pads any image to a multiple of 4 and crops the result back.
 
     net = TransformerNet(TransformerConfig(width=0.5), seed=0)
     y, cache = net.forward(x)              # x, y: (N, 3, H, W) in [0, 255]
-    dx, grads = net.backward(dy, cache)    # grads keyed like net.params
+    dx, grads = net.backward(dy, cache)    # grads keyed like net.params; dx is None
+                                           # unless built with input_grad=True
     img = net.stylize(photo)               # (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]
     net.save("model.h5", meta={...});  TransformerNet.load("model.h5")
 """
@@ -83,11 +84,11 @@ def _norm(kind, C, dtype):
     return InstanceNorm2d(C, affine=True, dtype=dtype) if kind == "instance" else BatchNorm2d(C, dtype=dtype)
 
 
-def _conv_block(cin, cout, k, stride, cfg, rng, dtype):
+def _conv_block(cin, cout, k, stride, cfg, rng, dtype, input_grad=True):
     """conv (reflection pad k//2, no bias) → norm → ReLU."""
     return Sequential({
         "conv": Conv2d(cin, cout, k, stride=stride, padding=k // 2, pad_mode="reflect",
-                       bias=False, rng=rng, dtype=dtype),
+                       bias=False, rng=rng, dtype=dtype, input_grad=input_grad),
         "norm": _norm(cfg.norm, cout, dtype),
         "relu": ReLU(),
     })
@@ -129,15 +130,21 @@ def _infer(layer: Layer, x):
 
 class TransformerNet(Sequential):
     """The feed-forward stylisation network; a ``Sequential`` of named blocks
-    (``down1``…``down3``, ``res1``…``res5``, ``up1``, ``up2``, ``out``, ``tanh``)."""
+    (``down1``…``down3``, ``res1``…``res5``, ``up1``, ``up2``, ``out``, ``tanh``).
 
-    def __init__(self, config: TransformerConfig | None = None, seed: int = 0, dtype=np.float32):
+    ``input_grad``: whether ``backward`` returns the gradient with respect to the input
+    images. Training never needs it (the input is the data), and skipping it saves the
+    first 9×9 layer's input-gradient product (~1/4 of that layer's backward), so it is off
+    by default and ``backward`` returns ``dx = None``."""
+
+    def __init__(self, config: TransformerConfig | None = None, seed: int = 0, dtype=np.float32,
+                 input_grad: bool = False):
         self.config = config = config or TransformerConfig()
         self.meta: dict = {}  # what ``load`` read from the file (style, training settings)
         rng = np.random.default_rng(seed)
         c1, c2, c3 = config.channels
         blocks = {
-            "down1": _conv_block(3, c1, 9, 1, config, rng, dtype),
+            "down1": _conv_block(3, c1, 9, 1, config, rng, dtype, input_grad=input_grad),
             "down2": _conv_block(c1, c2, 3, 2, config, rng, dtype),
             "down3": _conv_block(c2, c3, 3, 2, config, rng, dtype),
         }

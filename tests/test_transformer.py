@@ -29,9 +29,10 @@ OPTIONS = [("nearest", "instance"), ("transpose", "batch"), ("nearest", "batch")
 TOL = 1e-6  # float64, whole network: a composition of ~40 layers
 
 
-def tiny(upsample="nearest", norm="instance", dtype=np.float64, seed=1, blocks=2):
+def tiny(upsample="nearest", norm="instance", dtype=np.float64, seed=1, blocks=2, input_grad=True):
     return TransformerNet(TransformerConfig(width=0.125, norm=norm, upsample=upsample,
-                                            residual_blocks=blocks), seed=seed, dtype=dtype)
+                                            residual_blocks=blocks), seed=seed, dtype=dtype,
+                          input_grad=input_grad)
 
 
 @pytest.mark.parametrize("upsample,norm", OPTIONS)
@@ -255,3 +256,19 @@ def test_batch_norm_eval_uses_running_statistics():
     y1, _ = net.forward(x[:1])
     y2, _ = net.forward(np.concatenate([x[:1], x[1:] * 0.1]))
     np.testing.assert_allclose(y1[0], y2[0], atol=1e-10)  # per-sample: batch does not matter
+
+
+def test_input_gradient_is_skipped_by_default():
+    """Training needs no ∂/∂images: by default backward returns dx = None, and the very
+    same parameter gradients as a network built with input_grad=True."""
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0, 255, (1, 3, 16, 16))
+    default = TransformerNet(TransformerConfig(width=0.125, residual_blocks=1), seed=1, dtype=np.float64)
+    full = tiny(blocks=1)
+    y, cache = default.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx, grads = default.backward(dy, cache)
+    dx_full, grads_full = full.backward(dy, full.forward(x)[1])
+    assert dx is None and dx_full.shape == x.shape
+    for k in grads:
+        assert np.array_equal(grads[k], grads_full[k]), k

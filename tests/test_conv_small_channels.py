@@ -1,0 +1,167 @@
+"""The thin-channel lowerings of the CPU convolution (9×9 layers with 3 channels on one
+side, the transformer's first and last): im2col + one GEMM when the input is thin,
+output-side shifting when the output is thin. Each against the naive loop twin and by
+central differences in float64; banding, float32, memory, and the skipped input gradient."""
+import numpy as np
+import pytest
+
+from minnst.gradcheck import eval_numerical_gradient_array, rel_error
+from minnst.layers import conv as convmod
+from minnst.layers.conv import Conv2d, conv2d_backward, conv2d_forward, conv2d_naive
+
+# (N, C, H, W, F, K, pad, mode, method): odd and non-square sizes, both paddings
+CASES = [
+    (2, 3, 10, 9, 4, 9, 4, "reflect", "thin_input"),    # the transformer's first layer
+    (1, 4, 11, 10, 3, 9, 4, "reflect", "thin_output"),  # ... and its last
+    (2, 3, 7, 8, 6, 5, 2, "zero", "thin_input"),
+    (1, 7, 8, 6, 2, 5, 1, "zero", "thin_output"),       # padding smaller than the kernel's half
+    (1, 3, 6, 7, 3, 5, 0, "zero", "thin_output"),       # valid convolution, both sides thin
+    (2, 12, 9, 9, 3, 7, 3, "reflect", "thin_output"),
+]
+
+
+def _ids(case):
+    N, C, H, W, F, K, p, m, meth = case
+    return f"{meth}_N{N}C{C}_{H}x{W}_F{F}k{K}p{p}{m[0]}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _data(rng, case, dtype=np.float64):
+    N, C, H, W, F, K, p, mode, _ = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, K, K)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_matches_naive(rng, case):
+    x, w, b = _data(rng, case)
+    p, mode, method = case[6:]
+    y, cache = conv2d_forward(x, w, b, 1, p, mode)
+    assert cache.method == method
+    assert rel_error(y, conv2d_naive(x, w, b, 1, p, mode)) < 1e-10
+    y0, _ = conv2d_forward(x, w, None, 1, p, mode)
+    assert rel_error(y0, conv2d_naive(x, w, None, 1, p, mode)) < 1e-10
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_gradients_match_finite_differences(rng, case):
+    x, w, b = _data(rng, case)
+    p, mode, _ = case[6:]
+    y, cache = conv2d_forward(x, w, b, 1, p, mode)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv2d_backward(dy, cache)
+    h = 1e-2  # a linear map: central differences are exact up to rounding
+    f = conv2d_forward
+    assert rel_error(dx, eval_numerical_gradient_array(lambda z: f(z, w, b, 1, p, mode)[0], x, dy, h)) < 1e-6
+    assert rel_error(dw, eval_numerical_gradient_array(lambda z: f(x, z, b, 1, p, mode)[0], w, dy, h)) < 1e-6
+    assert rel_error(db, eval_numerical_gradient_array(lambda z: f(x, w, z, 1, p, mode)[0], b, dy, h)) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=_ids)
+def test_agrees_with_the_shifted_gemm(rng, monkeypatch, case):
+    """The same numbers as the path these layers took before (forward and backward)."""
+    x, w, b = _data(rng, case)
+    p, mode, _ = case[6:]
+    y, cache = conv2d_forward(x, w, b, 1, p, mode)
+    dy = rng.standard_normal(y.shape)
+    grads = conv2d_backward(dy, cache)
+    monkeypatch.setattr(convmod, "_thin_method", lambda C, F, KH, KW: None)
+    y1, c1 = conv2d_forward(x, w, b, 1, p, mode)
+    assert c1.method == "shifted"
+    assert rel_error(y, y1) < 1e-12
+    for a, b_ in zip(grads, conv2d_backward(dy, c1)):
+        assert rel_error(a, b_) < 1e-12
+
+
+def test_three_by_three_layers_keep_the_shifted_gemm():
+    assert convmod._thin_method(3, 64, 3, 3) is None       # VGG conv1_1
+    assert convmod._thin_method(64, 64, 9, 9) is None
+    assert convmod._thin_method(3, 32, 9, 9) == "thin_input"
+    assert convmod._thin_method(32, 3, 9, 9) == "thin_output"
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=_ids)
+def test_banding_does_not_change_results(rng, monkeypatch, case):
+    """A one-byte band limit: one row per band, every band boundary exercised."""
+    x, w, b = _data(rng, case)
+    p, mode, _ = case[6:]
+    y0, c0 = conv2d_forward(x, w, b, 1, p, mode)
+    dy = rng.standard_normal(y0.shape)
+    g0 = conv2d_backward(dy, c0)
+    monkeypatch.setattr(convmod, "THIN_BAND_BYTES", 1)
+    y1, c1 = conv2d_forward(x, w, b, 1, p, mode)
+    assert rel_error(y0, y1) < 1e-12
+    for a, b_ in zip(g0, conv2d_backward(dy, c1)):
+        assert rel_error(a, b_) < 1e-12
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=_ids)
+def test_float32_runs_and_keeps_dtype(rng, case):
+    x, w, b = _data(rng, case)
+    p, mode, _ = case[6:]
+    y32, cache = conv2d_forward(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), 1, p, mode)
+    assert y32.dtype == np.float32
+    y64, c64 = conv2d_forward(x, w, b, 1, p, mode)
+    assert np.max(np.abs(y32 - y64)) < 1e-4 * np.max(np.abs(y64))
+    dy = rng.standard_normal(y64.shape)
+    g32 = conv2d_backward(dy.astype(np.float32), cache)
+    for a, ref in zip(g32, conv2d_backward(dy, c64)):
+        assert a.dtype == np.float32
+        assert np.max(np.abs(a - ref)) < 1e-4 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("C,F", [(3, 16), (16, 3)])
+def test_temporaries_do_not_grow_with_the_image(monkeypatch, C, F):
+    """A 9×9 layer at 1024² allocates little beyond its result, forward and backward (the
+    weight gradient's shifted GEMM with 2 MB bands, as in test_conv.py)."""
+    import tracemalloc
+
+    monkeypatch.setattr(convmod, "BAND_BYTES", 2 * 2**20)
+    x = np.ones((1, C, 1024, 1024), np.float32)
+    w = np.ones((F, C, 9, 9), np.float32) / (81 * C)
+    out_bytes = F * 1024 * 1032 * 4      # the result, with the scratch columns of its rows
+    dxpad_bytes = C * 1032 * 1032 * 4    # the padded input gradient
+    tracemalloc.start()
+    y, cache = conv2d_forward(x, w, None, 1, 4, "reflect")
+    fwd_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    conv2d_backward(y, cache)
+    bwd_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fwd_peak < out_bytes + 16 * 2**20
+    assert bwd_peak < out_bytes + dxpad_bytes + 16 * 2**20
+
+
+@pytest.mark.parametrize("method", ["shifted", "thin_input", "thin_output", "im2col"])
+def test_skipping_the_input_gradient(rng, monkeypatch, method):
+    """need_dx=False returns dx = None and the very same dw, db, whatever the path."""
+    C, F, K = {"shifted": (5, 6, 3), "thin_input": (3, 6, 9), "thin_output": (6, 3, 9),
+               "im2col": (5, 6, 3)}[method]
+    if method == "im2col":
+        monkeypatch.setattr(convmod, "_use_shifted", lambda x, stride: False)
+    x = rng.standard_normal((2, C, 10, 11))
+    w = rng.standard_normal((F, C, K, K))
+    b = rng.standard_normal(F)
+    y, cache = conv2d_forward(x, w, b, 1, K // 2, "reflect")
+    assert cache.method == method
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv2d_backward(dy, cache)
+    none, dw1, db1 = conv2d_backward(dy, cache, need_dx=False)
+    assert none is None
+    assert rel_error(dw, dw1) < 1e-12 and rel_error(db, db1) < 1e-12
+
+
+def test_conv2d_layer_without_input_gradient(rng):
+    layer = Conv2d(3, 5, 9, padding=4, pad_mode="reflect", rng=rng, dtype=np.float64, input_grad=False)
+    x = rng.standard_normal((1, 3, 12, 10))
+    y, cache = layer.forward(x)
+    dx, grads = layer.backward(np.ones_like(y), cache)
+    assert dx is None and set(grads) == {"weight", "bias"}
+    ref = conv2d_backward(np.ones_like(y), cache)
+    assert rel_error(grads["weight"], ref[1]) < 1e-12
