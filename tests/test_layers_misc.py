@@ -282,6 +282,21 @@ def test_upsample_nearest(rng, scale):
     check_layer_grads(Upsample(scale), x, dy)
 
 
+@pytest.mark.parametrize("scale", [2, 3])
+def test_upsample_keeps_channels_last_memory(rng, scale):
+    """An NCHW view of channels-last memory (what the convolutions return) is upsampled in
+    that memory order, with the same values and the same gradient as a plain NCHW array."""
+    x = rng.standard_normal((2, 3, 5, 6)).transpose(0, 3, 1, 2)  # (2, 6, 3, 5), channels-last memory
+    assert not x.flags.c_contiguous
+    y, cache = upsample_nearest2d_forward(x, scale)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(y, np.repeat(np.repeat(x, scale, axis=2), scale, axis=3))
+    dy = rng.standard_normal(y.shape[:1] + y.shape[2:] + y.shape[1:2]).transpose(0, 3, 1, 2)
+    dx = upsample_nearest2d_backward(dy, cache)
+    ref = upsample_nearest2d_backward(np.ascontiguousarray(dy), cache)
+    assert dx.shape == x.shape and rel_error(dx, ref) < 1e-12  # another summation order
+
+
 # ---------------------------------------------------------------------------------- float32
 
 FLOAT32_LAYERS = {
