@@ -60,15 +60,19 @@ def test_float32_accuracy(rng):
     assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-5
 
 
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
 @pytest.mark.parametrize("keep_input", [False, True])
-def test_dispatcher_uses_winograd_and_agrees(rng, monkeypatch, keep_input):
+@pytest.mark.parametrize("H,W", [(9, 8), (7, 5)])
+def test_dispatcher_uses_winograd_and_agrees(rng, monkeypatch, keep_input, mode, H, W):
+    """Forward and input gradient by Winograd (with reflection: the full correlation of dy,
+    then the fold) agree with the shifted GEMM, odd sizes included."""
     monkeypatch.setattr(convmod, "WINOGRAD_MIN_CHANNELS", 4)
-    x = rng.standard_normal((2, 6, 9, 8))
+    x = rng.standard_normal((2, 6, H, W))
     w = rng.standard_normal((5, 6, 3, 3))
     b = rng.standard_normal(5)
-    y, cache = conv2d_forward(x, w, b, 1, 1, keep_input=keep_input, wino=winograd_transform(w))
+    y, cache = conv2d_forward(x, w, b, 1, 1, mode, keep_input=keep_input, wino=winograd_transform(w))
     assert cache.method == "winograd"
-    y0, cache0 = conv2d_forward(x, w, b, 1, 1, keep_input=keep_input)
+    y0, cache0 = conv2d_forward(x, w, b, 1, 1, mode, keep_input=keep_input)
     assert cache0.method == "shifted"
     assert rel_error(y, y0) < 1e-10
     dy = rng.standard_normal(y.shape)
@@ -94,7 +98,8 @@ def test_reflection_padding_matches_naive(rng, H, W):
 
 
 def test_conv_layer_with_reflection_uses_winograd_and_its_gradients_hold(rng, monkeypatch):
-    """The transformer's residual convolutions: Winograd forward, shifted-GEMM backward."""
+    """The transformer's residual convolutions: Winograd forward and input gradient (the
+    full correlation folded back), shifted-GEMM weight gradient."""
     from minnst.layers import Conv2d
 
     monkeypatch.setattr(convmod, "WINOGRAD_MIN_CHANNELS", 4)

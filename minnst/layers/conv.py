@@ -483,12 +483,19 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
         return dx, dw, db
     if not need_dx and cache.method != "im2col":
         return None, _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None), db
-    if (cache.wino is not None and cache.method != "im2col" and cache.pad_mode == "zero"
-            and min(F, C) >= WINOGRAD_MIN_CHANNELS):
+    if (cache.wino is not None and cache.wino.input_grad is not None and need_dx
+            and cache.method != "im2col" and min(F, C) >= WINOGRAD_MIN_CHANNELS):
         # the input gradient of a zero-padded 3×3 "same" convolution is one too (rotated
-        # kernel); with reflection the border gradients fold back, so that takes the
-        # shifted GEMM below
-        dx = winograd_conv3x3(dy, cache.wino.input_grad.astype(dy.dtype, copy=False))
+        # kernel). With reflection, the gradient of the *padded* input is wanted (its
+        # border folds back onto the pixels it copied): the full correlation of dy with
+        # the rotated kernel, i.e. the same "same" convolution of dy zero-padded by one.
+        U = cache.wino.input_grad.astype(dy.dtype, copy=False)
+        if cache.pad_mode == "zero":
+            dx = winograd_conv3x3(dy, U)
+        else:
+            dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
+            dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
+            dx = pad2d_backward(dxpad, p, cache.pad_mode, overwrite=True)
         dw = None
         if cache.x is not None:
             dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None)
@@ -617,10 +624,9 @@ class Conv2d(Layer):
         wino = None
         if (_winograd_fits(x, w, self.stride, self.padding, self.pad_mode)
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-            # the weights change every training step: transform them per call (~1 ms);
-            # reflection padding takes its input gradient elsewhere, so skip that transform
+            # the weights change every training step: transform them per call (~1 ms)
             wx = w.astype(x.dtype, copy=False)
-            wino = (winograd_transform(wx) if self.pad_mode == "zero"
+            wino = (winograd_transform(wx) if self.input_grad
                     else WinogradWeights(winograd_weights(wx), None))
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding,
                               self.pad_mode, wino=wino)
