@@ -121,11 +121,12 @@ def square(img, size: int):
 
 # --------------------------------------------------------------------------- figures
 
-def new_figure(rows: int, cols: int, panel: float = 2.4, extra_height: float = 0.0):
+def new_figure(rows: int, cols: int, panel: float = 2.4, aspect: float = 1.0):
+    """A grid figure of panels ``panel`` inches wide and ``aspect`` × that high (+ titles)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(cols * panel, rows * panel * 1.05 + 0.55 + extra_height), dpi=100)
+    fig = Figure(figsize=(cols * panel, rows * (panel * aspect + 0.35) + 0.3), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
@@ -153,7 +154,8 @@ def save_figure(fig, path: Path, note: str) -> Path:
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     for quality in (88, 80, 70, 60, 50):
         with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="jpeg", pil_kwargs={"quality": quality, "optimize": True})
+            fig.savefig(tmp, format="jpeg", bbox_inches="tight", pad_inches=0.08,
+                        pil_kwargs={"quality": quality, "optimize": True})
         if path.stat().st_size <= MAX_JPEG_BYTES:
             break
     return path
@@ -203,7 +205,7 @@ def exp_content(ctx: Context):
         panels.append((r.image, f"{layer}: {db:.1f} dB"))
         ctx.say(f"{layer}: PSNR {db:.2f} dB, loss {r.loss:.4g}, {r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
-    fig = new_figure(1, len(LAYERS) + 1)
+    fig = new_figure(1, len(LAYERS) + 1, aspect=target.shape[0] / target.shape[1])
     show(fig.add_subplot(1, len(LAYERS) + 1, 1), target, "photo")
     for k, (img, title) in enumerate(panels):
         show(fig.add_subplot(1, len(LAYERS) + 1, k + 2), img, title)
@@ -228,7 +230,7 @@ def exp_style(ctx: Context):
         panels.append((r.image, f"relu1_1 … {layers[-1]}" if k > 1 else "relu1_1"))
         ctx.say(f"{layers[-1]}: loss {r.loss:.4g}, {r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
-    fig = new_figure(1, len(LAYERS) + 1)
+    fig = new_figure(1, len(LAYERS) + 1, aspect=canvas.shape[0] / canvas.shape[1])
     show(fig.add_subplot(1, len(LAYERS) + 1, 1), images.resize(style, size=ctx.size), "style image")
     for k, (img, title) in enumerate(panels):
         show(fig.add_subplot(1, len(LAYERS) + 1, k + 2), img, title)
@@ -259,7 +261,7 @@ def exp_tradeoff(ctx: Context):
         ctx.say(f"beta {beta:.0e}: content {c_raw:.4g}, style {s_raw:.4g}, {r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
     n = len(TRADEOFF_BETAS)
-    fig = new_figure(1, n)
+    fig = new_figure(1, n, aspect=photo.shape[0] / photo.shape[1] + 0.1)
     for k, (img, title) in enumerate(panels):
         show(fig.add_subplot(1, n, k + 1), img, title)
     tv = DEFAULT_TV_WEIGHT["gatys"]
@@ -321,7 +323,7 @@ def exp_content_layer(ctx: Context):
         panels.append((r.image, f"content at {layer}"))
         ctx.say(f"{layer}: content {last['content']:.4g}, style {last['style']:.4g}, {r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
-    fig = new_figure(1, 3, panel=3.2)
+    fig = new_figure(1, 3, panel=3.2, aspect=photo.shape[0] / photo.shape[1])
     show(fig.add_subplot(1, 3, 1), images.resize(photo, size=ctx.size), "photo")
     for k, (img, title) in enumerate(panels):
         show(fig.add_subplot(1, 3, k + 2), img, title)
@@ -486,7 +488,7 @@ def exp_gallery(ctx: Context):
                         "gatys_loss": r.loss, "fast_seconds": round(fast_seconds, 3)})
     seconds = time.perf_counter() - t0
     n = len(cols)
-    fig = new_figure(4, n)
+    fig = new_figure(4, n, aspect=0.8)
     titles = ("photo", "style", "Gatys ({:.0f} s)", "fast, Starry Night ({:.2f} s)")
     for j, (col, r) in enumerate(zip(cols, results)):
         for i, img in enumerate(col):
