@@ -24,6 +24,9 @@ Three implementations, one signature:
   copy at all: in a channels-last padded image flattened to (N·Hp·Wp, C), the input
   rows that tap (u, v) needs for every output are one contiguous slice, so the
   convolution is KH·KW matrix products accumulated in place by BLAS (``beta = 1``).
+* thin-channel lowerings (CPU, kernels ≥ 5×5 with ≤ 8 channels on one side: the
+  transformer's 9×9 layers with 3 channels): im2col + one GEMM with K = KH·KW·C when the
+  input is thin, "output-side shifting" when the output is thin (``_thin_method``).
 """
 from __future__ import annotations
 
