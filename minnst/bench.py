@@ -1,5 +1,6 @@
-"""Benchmarks: ``python -m minnst.bench [WORKLOAD …] [--sizes 256,512] [--json FILE]
-[--compare-torch]``.
+"""Benchmarks: ``python -m minnst.bench [WORKLOAD …] [--sizes 256,512,1024] [--json [FILE]]
+[--compare-torch]``; workloads ``vgg`` (alias ``conv``: VGG16's convolutions forward and
+forward+backward), ``gatys``, ``fast``, or ``all``.
 
 Every number is the minimum over ``--repeat`` timed runs after one warm-up run, measured
 in this process next to NumPy's own float32 matrix multiply, so the ratios (the fraction
@@ -419,11 +420,12 @@ def build_parser():
         prog="python -m minnst.bench",
         description="Time minnst's workloads against this machine's float32 matrix-multiply rate.")
     p.add_argument("workloads", nargs="*", default=["all"], metavar="WORKLOAD",
-                   help=f"any of {', '.join(WORKLOADS)}, or all (default)")
-    p.add_argument("--sizes", type=_sizes, default=[256, 512],
-                   help="image sizes (square), comma-separated (default: 256,512)")
+                   help=f"any of {', '.join(WORKLOADS)} (conv is another name for vgg), or all (default)")
+    p.add_argument("--sizes", type=_sizes, default=[256, 512, 1024],
+                   help="image sizes (square), comma-separated (default: 256,512,1024)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per number, the best is kept (default 3)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    p.add_argument("--json", metavar="FILE", nargs="?", const="bench.json",
+                   help="also write the results as JSON to FILE (default: bench.json)")
     p.add_argument("--compare-torch", action="store_true",
                    help="also time the same workloads in PyTorch (pip install torch==2.13.0)")
     return p
@@ -448,6 +450,7 @@ def print_table(info, mm, rows):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     chosen = list(WORKLOADS) if "all" in args.workloads else args.workloads
+    chosen = list(dict.fromkeys("vgg" if w == "conv" else w for w in chosen))
     for w in chosen:
         if w not in RUNNERS:
             print(f"error: unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or all",
@@ -484,6 +487,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "matmul_gflops": mm, "results": rows}, f, indent=2)
+        print(f"# wrote {args.json}")
     return 0
 
 

@@ -19,6 +19,13 @@ def test_vgg_benchmark_writes_json(tmp_path, vgg16_path, capsys):
     assert "vgg16_forward_backward" in capsys.readouterr().out
 
 
+def test_json_without_a_file_name_and_the_conv_alias(tmp_path, vgg16_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--json` alone writes ./bench.json
+    assert bench.main(["conv", "vgg", "--sizes", "32", "--repeat", "1", "--json"]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert sorted(r["workload"] for r in rows) == ["vgg16_forward", "vgg16_forward_backward"]
+
+
 def test_torch_twins_agree_and_report_ratios(tmp_path, vgg16_path):
     pytest.importorskip("torch")
     out = tmp_path / "b.json"
