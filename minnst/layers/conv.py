@@ -35,9 +35,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp, is_gpu_array
+from ..parallel import gemm, image_bands, pmap
 from .base import Layer
 from .padding import pad2d, pad2d_backward, padded_rows_cl
-from .winograd import WinogradWeights, winograd_conv3x3, winograd_transform, winograd_weights
+from .winograd import (WinogradWeights, winograd_conv3x3, winograd_input_grad_weights,
+                       winograd_weights)
 
 MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
 
@@ -168,12 +170,6 @@ def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
 BAND_BYTES = 64 * 2**20  # padded input rows per band of the shifted GEMM (one image at a time)
 
 
-def _gemm(dtype):
-    from scipy.linalg.blas import dgemm, sgemm
-
-    return sgemm if dtype == np.float32 else dgemm
-
-
 def _band_rows(C, F):
     """Output rows per BLAS call. Banding keeps a band of output (and the input rows of
     its taps) in cache across the KH·KW accumulating products; measured on 2 cores,
@@ -184,9 +180,13 @@ def _band_rows(C, F):
 
 def _image_bands(OH, Wp, C, F, itemsize):
     """Bands of output rows whose padded input (and output gradient) fit BAND_BYTES."""
-    per_row = Wp * max(C, F) * itemsize
-    rows = max(1, min(OH, BAND_BYTES // per_row))
+    rows = _image_band_rows(OH, Wp, C, F, itemsize)
     return [(i, min(OH, i + rows)) for i in range(0, OH, rows)]
+
+
+def _image_band_rows(OH, Wp, C, F, itemsize):
+    per_row = Wp * max(C, F) * itemsize
+    return max(1, min(OH, BAND_BYTES // per_row))
 
 
 def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
@@ -205,7 +205,6 @@ def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
     """
     KH, KW, F, C = wtap.shape
     P = y.shape[0]
-    gemm = _gemm(xflat.dtype)
     R = _band_rows(C, F)
     for q0 in range(0, P, R):
         q1 = min(P, q0 + R)
@@ -217,9 +216,7 @@ def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
         for u in range(KH):
             for v in range(KW):
                 off = u * Wp + v
-                # Fortran view: bandᵀ (F, R) += W_uv (F, C) @ xsliceᵀ (C, R)
-                gemm(1.0, wtap[u, v].T, xflat[q0 + off:q1 + off].T, beta=1.0, c=band.T,
-                     trans_a=1, overwrite_c=1)
+                gemm(xflat[q0 + off:q1 + off], wtap[u, v].T, band)  # (R, C) @ (C, F)
 
 
 def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
@@ -233,7 +230,6 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
     """
     KH, KW, F, C = wtap.shape
     P = dyext.shape[0]
-    gemm = _gemm(dyext.dtype)
     R = _band_rows(C, F)
     for q0 in range(0, P, R):
         q1 = min(P, q0 + R)
@@ -242,41 +238,50 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
             for v in range(KW):
                 off = u * Wp + v
                 if dxflat is not None:
-                    # Fortran view: dxᵀ (C, R) += W_uvᵀ (C, F) @ dbandᵀ (F, R)
-                    gemm(1.0, wtap[u, v].T, dband.T, beta=1.0, c=dxflat[q0 + off:q1 + off].T,
-                         overwrite_c=1)
+                    gemm(dband, wtap[u, v], dxflat[q0 + off:q1 + off])  # (R, F) @ (F, C)
                 if dwtap is not None:
-                    # Fortran view: dW_uv (F, C) += dbandᵀ (F, R) @ xslice (R, C)
-                    gemm(1.0, dband.T, xflat[q0 + off:q1 + off].T, beta=1.0, c=dwtap[u, v].T,
-                         trans_b=1, overwrite_c=1)
+                    gemm(xflat[q0 + off:q1 + off].T, dband, dwtap[u, v])  # (C, R) @ (R, F)
 
 
 def _conv_shifted_forward(x, w, b, pad, pad_mode, OH, OW):
-    """Shifted-GEMM convolution, one image and one band of rows at a time; only the
-    band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory."""
+    """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``: the
+    bands run on both cores); only a band's padded input is a temporary. Returns
+    (N, F, OH, OW), channels-last memory."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Wp = W + 2 * pad
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
     y = np.empty((N, OH, Wp, F), dtype=x.dtype)  # columns ≥ OW are scratch
-    for n in range(N):
-        for i0, i1 in _image_bands(OH, Wp, C, F, x.itemsize):
-            xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
-            yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
-            _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
+
+    def band(task):
+        n, i0, i1 = task
+        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+        yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
+        _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
+
+    pmap(band, image_bands(N, OH, _image_band_rows(OH, Wp, C, F, x.itemsize)))
     return y[:, :, :OW, :].transpose(0, 3, 1, 2)
 
 
 def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
     """Accumulates into ``dxpad`` (N, Hp, Wp, C) unless it is None; returns dw, or None
-    when x is None."""
+    when x is None. Tasks (``pmap``): whole images when dx is wanted (the bands of one
+    image overlap in dx), bands of rows when only dw is; each task returns its own part
+    of dw, and the parts are added in task order."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
-    dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if x is not None else None
-    for n in range(N):
-        for i0, i1 in _image_bands(OH, Wp, C, F, dy.itemsize):
+    band_rows = _image_band_rows(OH, Wp, C, F, dy.itemsize)
+    if dxpad is None:
+        tasks = [(n, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, band_rows)]
+    else:
+        tasks = [(n, _image_bands(OH, Wp, C, F, dy.itemsize)) for n in range(N)]
+
+    def image(task):
+        n, bands = task
+        dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if x is not None else None
+        for i0, i1 in bands:
             rows = i1 - i0
             dyext = np.empty((rows, Wp, F), dtype=dy.dtype)
             dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
@@ -287,7 +292,15 @@ def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
             if x is not None:
                 xflat = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode).reshape(-1, C)
             _shifted_gemm_backward(dyext.reshape(-1, F)[:P], wtap, dxflat, xflat, dwtap, Wp)
-    return None if dwtap is None else np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
+        return dwtap
+
+    parts = pmap(image, tasks)
+    if x is None:
+        return None
+    dwtap = parts[0]
+    for part in parts[1:]:
+        dwtap += part
+    return np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
 
 
 # --------------------------------------------------------------------------- thin-channel lowerings (CPU)
@@ -327,22 +340,24 @@ def _rot180(w):
 
 def _lowered_forward(x, w, b, pad, pad_mode, OH, OW):
     """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one small band
-    of output rows at a time. Returns (N, F, OH, OW), a view of channels-last memory."""
+    of output rows per task (``pmap``). Returns (N, F, OH, OW), a view of channels-last memory."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     K = KH * KW * C
     wmat = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(K, F))  # rows in (u, v, c) order
     y = np.empty((N, OH, OW, F), dtype=x.dtype)
-    cols = None
-    for n in range(N):
-        for i0, i1 in _thin_rows(OH, OW * K * x.itemsize):
-            xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
-            if cols is None or cols.shape[1] != i1 - i0:
-                cols = np.empty((1, i1 - i0, OW, KH, KW, C), dtype=x.dtype)
-            _im2col(xb, KH, KW, 1, 0, i1 - i0, OW, out=cols)
-            np.matmul(cols.reshape(-1, K), wmat, out=y[n, i0:i1].reshape(-1, F))  # (R, K) @ (K, F)
-    if b is not None:
-        y += b
+
+    def band(task):
+        n, i0, i1 = task
+        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+        cols = _im2col(xb, KH, KW, 1, 0, i1 - i0, OW)                       # (1, R, OW, KH, KW, C)
+        yb = y[n, i0:i1].reshape(-1, F)
+        np.matmul(cols.reshape(-1, K), wmat, out=yb)  # (R·OW, K) @ (K, F)
+        if b is not None:
+            yb += b
+
+    rows = _thin_rows(OH, OW * K * x.itemsize)[0][1]
+    pmap(band, image_bands(N, OH, rows))
     return y.transpose(0, 3, 1, 2)
 
 
@@ -355,26 +370,35 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
     for the outputs). One GEMM with the wide side N = KH·KW·F (243 for 9×9 → 3), then
     KH·KW shifted adds over F planes; each band of input rows is multiplied once and
     scattered onto every output row it reaches. Returns (N, F, OH, OW), a view of NCHW
-    memory (columns ≥ OW of each row are scratch)."""
+    memory (columns ≥ OW of each row are scratch).
+
+    A task (``pmap``) owns output rows [o0, o1) of one image and multiplies the input
+    rows they read, [o0, o1 + KH − 1): the KH − 1 rows of halo are multiplied twice when
+    an image is cut into several tasks (only when the batch is smaller than MIN_TASKS)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    Hp, Wp = OH + KH - 1, OW + KW - 1
+    Wp = OW + KW - 1
     T = KH * KW
     wall = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(T * F, C))  # rows (u, v, f)
     y = np.empty((N, F, OH * Wp), dtype=x.dtype)
-    y[...] = 0 if b is None else b.reshape(F, 1)
-    P = OH * Wp
-    for n in range(N):
-        for r0, r1 in _thin_rows(Hp, Wp * T * F * x.itemsize):
-            xb = padded_rows_cl(x[n:n + 1], r0, r1, pad, pad_mode).reshape(-1, C)  # (Pb, C)
-            z = (wall @ xb.T).reshape(T, F, -1)                                     # (T, F, Pb)
+
+    def rows_of(task):
+        n, o0, o1 = task
+        out = y[n, :, o0 * Wp:o1 * Wp]  # the task's output rows, q relative to o0·Wp
+        out[...] = 0 if b is None else b.reshape(F, 1)
+        P = out.shape[1]
+        for r0, r1 in _thin_rows(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
+            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode).reshape(-1, C)  # (Pb, C)
+            z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
             p0 = r0 * Wp
             for u in range(KH):
                 for v in range(KW):
                     off = u * Wp + v
                     q0, q1 = max(0, p0 - off), min(P, p0 + z.shape[2] - off)
                     if q1 > q0:
-                        y[n, :, q0:q1] += z[u * KW + v, :, q0 + off - p0:q1 + off - p0]
+                        out[:, q0:q1] += z[u * KW + v, :, q0 + off - p0:q1 + off - p0]
+
+    pmap(rows_of, image_bands(N, OH))
     return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
 
 
@@ -443,7 +467,8 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     itself (no copy): do not modify it in place before the backward.
     ``wino``: the layer's ``winograd.winograd_transform(w)``, computed once by a caller
     whose weights do not change (VGG16); where it applies (CPU, 3×3, stride 1, zero
-    padding 1, ≥ 64 channels) the forward and the input gradient use Winograd F(2×2, 3×3).
+    padding 1, ≥ 64 channels) the forward and the input gradient use Winograd F(2×2, 3×3);
+    ``WinogradWeights(forward, None)`` leaves the input gradient's kernel to the backward.
     """
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
@@ -486,13 +511,16 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
         return dx, dw, db
     if not need_dx and cache.method != "im2col":
         return None, _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None), db
-    if (cache.wino is not None and cache.wino.input_grad is not None and need_dx
+    if (cache.wino is not None and need_dx
             and cache.method != "im2col" and min(F, C) >= WINOGRAD_MIN_CHANNELS):
         # the input gradient of a zero-padded 3×3 "same" convolution is one too (rotated
         # kernel). With reflection, the gradient of the *padded* input is wanted (its
         # border folds back onto the pixels it copied): the full correlation of dy with
         # the rotated kernel, i.e. the same "same" convolution of dy zero-padded by one.
-        U = cache.wino.input_grad.astype(dy.dtype, copy=False)
+        U = cache.wino.input_grad
+        if U is None:  # the caller transformed only the forward kernel (Conv2d: per call)
+            U = winograd_input_grad_weights(cache.w)
+        U = U.astype(dy.dtype, copy=False)
         if cache.pad_mode == "zero":
             dx = winograd_conv3x3(dy, U)
         else:
@@ -627,10 +655,9 @@ class Conv2d(Layer):
         wino = None
         if (_winograd_fits(x, w, self.stride, self.padding, self.pad_mode)
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-            # the weights change every training step: transform them per call (~1 ms)
-            wx = w.astype(x.dtype, copy=False)
-            wino = (winograd_transform(wx) if self.input_grad
-                    else WinogradWeights(winograd_weights(wx), None))
+            # the weights change every training step: transform them per call (0.3 ms at
+            # 128 × 128 channels); the input gradient's kernel only in a backward that needs it
+            wino = WinogradWeights(winograd_weights(w.astype(x.dtype, copy=False)), None)
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding,
                               self.pad_mode, wino=wino)
 
