@@ -22,6 +22,7 @@ import numpy as np
 
 from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
+from minnst.parallel import image_bands, pmap
 
 _INSTANCE_AXES = (2, 3)
 _BATCH_AXES = (0, 2, 3)
@@ -89,6 +90,91 @@ def _normalize_backward(dy, cache):
 
 # ------------------------------------------------------------------------ instance norm
 
+def _per_image(N, tasks, parts):
+    """Add the (C,) partial sums of the tasks ``(n, r0, r1)`` per image, in task order."""
+    out = [None] * N
+    for (n, _, _), p in zip(tasks, parts):
+        out[n] = p.copy() if out[n] is None else out[n] + p
+    return np.stack(out)  # (N, C)
+
+
+def _instance_norm_forward_cpu(x, gamma, beta, eps):
+    """The forward of ``_normalize`` over (H, W), on the channels-last view (N, H, W, C)
+    (the convolutions' memory order) in bands of rows (``pmap`` tasks): the band sums of
+    x, then of (x − μ)², are added per image in task order; then the band is normalised.
+    Five passes over the data and no temporary of its size."""
+    N, C, H, W = x.shape
+    M = H * W
+    v = x.transpose(0, 2, 3, 1)
+    xhat = np.empty((N, H, W, C), dtype=x.dtype)  # channels-last, like the convolutions' output
+    y = np.empty((N, H, W, C), dtype=x.dtype)
+    tasks = image_bands(N, H)
+    mu = _per_image(N, tasks, pmap(lambda t: v[t[0], t[1]:t[2]].sum(axis=(0, 1)), tasks)) / M
+
+    def centre(task):
+        n, r0, r1 = task
+        hb, yb = xhat[n, r0:r1], y[n, r0:r1]
+        np.subtract(v[n, r0:r1], mu[n], out=hb)
+        return np.square(hb, out=yb).sum(axis=(0, 1))  # y as scratch
+
+    var = _per_image(N, tasks, pmap(centre, tasks)) / M
+    inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)  # (N, C)
+    g = None if gamma is None else _channel(gamma, x).reshape(C)
+    bt = None if beta is None else _channel(beta, x).reshape(C)
+
+    def scale(task):
+        n, r0, r1 = task
+        hb, yb = xhat[n, r0:r1], y[n, r0:r1]
+        hb *= inv_std[n]
+        if g is None:
+            yb[...] = hb
+        else:
+            np.multiply(hb, g, out=yb)
+        if bt is not None:
+            yb += bt
+
+    pmap(scale, tasks)
+    cache = NormCache(xhat.transpose(0, 3, 1, 2), inv_std.reshape(N, C, 1, 1), gamma,
+                      beta is not None, _INSTANCE_AXES)
+    return y.transpose(0, 3, 1, 2), cache
+
+
+def _instance_norm_backward_cpu(dy, cache):
+    """The backward of ``_normalize`` over (H, W) in bands of rows of the channels-last
+    view, with the means written as sums:  s1 = Σ dy,  s2 = Σ dy·x̂  (over H, W), and
+
+        dx = γ/σ · (dy − s1/M − x̂ · s2/M),   dβ = Σ_n s1,   dγ = Σ_n s2."""
+    xhat, inv_std, gamma, has_beta, axes = cache
+    N, C, H, W = dy.shape
+    M = H * W
+    d, h = dy.transpose(0, 2, 3, 1), xhat.transpose(0, 2, 3, 1)
+    dx = np.empty((N, H, W, C), dtype=dy.dtype)
+    tasks = image_bands(N, H)
+
+    def sums(task):
+        n, r0, r1 = task
+        db = d[n, r0:r1]
+        prod = np.multiply(db, h[n, r0:r1], out=dx[n, r0:r1])  # dx as scratch
+        return np.concatenate([db.sum(axis=(0, 1)), prod.sum(axis=(0, 1))])
+
+    s = _per_image(N, tasks, pmap(sums, tasks))
+    s1, s2 = s[:, :C], s[:, C:]
+    k = inv_std.reshape(N, C) * (1 if gamma is None else _channel(gamma, dy).reshape(C))
+    m1, m2 = s1 / M, s2 / M
+
+    def grad(task):
+        n, r0, r1 = task
+        xb = dx[n, r0:r1]
+        np.subtract(d[n, r0:r1], m1[n], out=xb)
+        xb -= h[n, r0:r1] * m2[n]
+        xb *= k[n]
+
+    pmap(grad, tasks)
+    dgamma = None if gamma is None else s2.sum(axis=0)
+    dbeta = s1.sum(axis=0) if has_beta else None
+    return dx.transpose(0, 3, 1, 2), dgamma, dbeta
+
+
 def instance_norm_forward(x, gamma, beta, eps=1e-5):
     """Instance normalisation: statistics per sample and channel over (H, W).
 
@@ -98,8 +184,9 @@ def instance_norm_forward(x, gamma, beta, eps=1e-5):
     if is_gpu_array(x):
         from minnst.kernels import instance_norm_forward_gpu  # the CUDA twin (kernels/norm.cu)
         return instance_norm_forward_gpu(x, gamma, beta, eps)
-    y, cache, _, _ = _normalize(x, gamma, beta, eps, _INSTANCE_AXES)
-    return y, cache
+    if x.ndim != 4:
+        raise ValueError(f"normalisation expects NCHW input, got shape {tuple(x.shape)}")
+    return _instance_norm_forward_cpu(x, gamma, beta, eps)
 
 
 def instance_norm_backward(dy, cache):
@@ -107,7 +194,7 @@ def instance_norm_backward(dy, cache):
     if is_gpu_array(dy):
         from minnst.kernels import instance_norm_backward_gpu
         return instance_norm_backward_gpu(dy, cache)
-    return _normalize_backward(dy, cache)
+    return _instance_norm_backward_cpu(dy, cache)
 
 
 # --------------------------------------------------------------------------- batch norm
