@@ -220,3 +220,12 @@ def gemm(a, b, c, alpha=1.0, beta=1.0):
     fn(_ROW_MAJOR, oa[0], ob[0], M, N, K, alpha, a.ctypes.data, oa[1], b.ctypes.data, ob[1],
        beta, c.ctypes.data, oc[1])
     return c
+
+
+def batch_slices(shape):
+    """Index tuples that cut an (N, C, H, W) array into the ``image_bands`` tasks (rows of
+    each image), for elementwise passes: ``pmap(lambda s: np.maximum(x[s], 0, out=y[s]), …)``.
+    Any other number of dimensions: one task, the whole array."""
+    if len(shape) != 4:
+        return [(Ellipsis,)]
+    return [(slice(n, n + 1), slice(None), slice(r0, r1)) for n, r0, r1 in image_bands(shape[0], shape[2])]

@@ -6,8 +6,11 @@ the input dtype.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
+from minnst.parallel import batch_slices, pmap
 
 
 def relu_forward(x):
@@ -17,7 +20,11 @@ def relu_forward(x):
         from minnst.kernels import relu_forward_gpu  # the CUDA twin (kernels/relu.cu)
         return relu_forward_gpu(x)
     xp = get_xp(x)
-    y = xp.maximum(x, 0)
+    if xp is not np:
+        y = xp.maximum(x, 0)
+        return y, y
+    y = np.empty_like(x)  # x's memory order (channels-last from a convolution)
+    pmap(lambda s: np.maximum(x[s], 0, out=y[s]), batch_slices(x.shape))  # both cores
     return y, y
 
 
@@ -30,7 +37,11 @@ def relu_backward(dy, cache):
         from minnst.kernels import relu_backward_gpu
         return relu_backward_gpu(dy, cache)
     y = cache
-    return dy * (y > 0)
+    if get_xp(dy) is not np or dy.shape != y.shape:
+        return dy * (y > 0)
+    dx = np.empty_like(dy)
+    pmap(lambda s: np.multiply(dy[s], y[s] > 0, out=dx[s]), batch_slices(dy.shape))
+    return dx
 
 
 def scaled_tanh_forward(x, scale=127.5, offset=127.5):

@@ -27,6 +27,7 @@ import numpy as np
 
 from minnst.backend import get_xp, is_gpu_array
 from minnst.layers.base import Layer
+from minnst.parallel import image_bands, pmap
 
 
 class MaxPoolCache(NamedTuple):
@@ -98,18 +99,34 @@ def maxpool2d_forward(x, kernel=2, stride=None):
         from minnst.kernels import maxpool2d_forward_gpu  # the CUDA twin (kernels/pool.cu)
         return maxpool2d_forward_gpu(x, kernel, stride)
     stride, OH, OW = _check(x, kernel, stride)
-    xp = get_xp(x)
     k = kernel
     xt = _cl(x)
-    y = xt[_offset(0, 0, stride, OH, OW)].copy()
-    idx = xp.zeros(y.shape, dtype=_index_dtype(k))
-    for p in range(1, k * k):
-        xs = xt[_offset(*divmod(p, k), stride, OH, OW)]
-        # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
-        take = (xs > y) | (xp.isnan(xs) & ~xp.isnan(y))
-        y = xp.where(take, xs, y)
-        idx = xp.where(take, idx.dtype.type(p), idx)
+    N, C = x.shape[:2]
+    y = np.empty((N, OH, OW, C), dtype=x.dtype)
+    idx = np.empty((N, OH, OW, C), dtype=_index_dtype(k))
+
+    def rows(t):  # output rows r0:r1 of image n (pmap: bands on both cores)
+        n, r0, r1 = t
+        R = r1 - r0
+        xb = xt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
+        yb, ib = y[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
+        yb[...] = xb[_offset(0, 0, stride, R, OW)]
+        ib[...] = 0
+        for p in range(1, k * k):
+            xs = xb[_offset(*divmod(p, k), stride, R, OW)]
+            # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
+            take = (xs > yb) | (np.isnan(xs) & ~np.isnan(yb))
+            np.copyto(yb, xs, where=take)
+            np.copyto(ib, ib.dtype.type(p), where=take)
+
+    pmap(rows, image_bands(N, OH))
     return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride)
+
+
+def _backward_tasks(N, OH, k, stride):
+    """Bands of output rows write disjoint input rows only when the windows do not
+    overlap (stride ≥ kernel); otherwise one task per image."""
+    return image_bands(N, OH) if stride >= k else [(n, 0, OH) for n in range(N)]
 
 
 def maxpool2d_backward(dy, cache):
@@ -118,16 +135,23 @@ def maxpool2d_backward(dy, cache):
     if is_gpu_array(dy):
         from minnst.kernels import maxpool2d_backward_gpu
         return maxpool2d_backward_gpu(dy, cache)
-    xp = get_xp(dy)
     idx, x_shape, k, stride = cache
     zero = dy.dtype.type(0)
     OH, OW = dy.shape[2:]
     dyt = _cl(dy)
-    dxt = _zeros_cl(xp, x_shape, dy.dtype)
-    for p in range(k * k):
-        # within one offset the targets are distinct, so += on the strided slice is a
-        # scatter-add; overlapping windows accumulate across offsets
-        dxt[_offset(*divmod(p, k), stride, OH, OW)] += xp.where(idx == p, dyt, zero)
+    dxt = _zeros_cl(np, x_shape, dy.dtype)
+
+    def rows(t):
+        n, r0, r1 = t
+        R = r1 - r0
+        db, ib = dyt[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
+        dxb = dxt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
+        for p in range(k * k):
+            # within one offset the targets are distinct, so += on the strided slice is a
+            # scatter-add; overlapping windows accumulate across offsets
+            dxb[_offset(*divmod(p, k), stride, R, OW)] += np.where(ib == p, db, zero)
+
+    pmap(rows, _backward_tasks(dy.shape[0], OH, k, stride))
     return dxt.transpose(0, 3, 1, 2)
 
 
@@ -164,13 +188,23 @@ def avgpool2d_forward(x, kernel=2, stride=None):
     stride, OH, OW = _check(x, kernel, stride)
     k = kernel
     xt = _cl(x)
-    if k == stride:
-        y = _blocks(xt, k, OH, OW).mean(axis=(2, 4))
-    else:
-        y = xt[_offset(0, 0, stride, OH, OW)].copy()
+    N, C = x.shape[:2]
+    y = np.empty((N, OH, OW, C), dtype=x.dtype)
+
+    def rows(t):  # output rows r0:r1 of image n (pmap)
+        n, r0, r1 = t
+        R = r1 - r0
+        xb = xt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
+        yb = y[n:n + 1, r0:r1]
+        if k == stride:
+            _blocks(xb, k, R, OW).mean(axis=(2, 4), out=yb)
+            return
+        yb[...] = xb[_offset(0, 0, stride, R, OW)]
         for p in range(1, k * k):
-            y = y + xt[_offset(*divmod(p, k), stride, OH, OW)]
-        y = y / (k * k)
+            yb += xb[_offset(*divmod(p, k), stride, R, OW)]
+        yb /= k * k
+
+    pmap(rows, image_bands(N, OH))
     return y.transpose(0, 3, 1, 2), AvgPoolCache(tuple(x.shape), k, stride)
 
 
@@ -180,16 +214,23 @@ def avgpool2d_backward(dy, cache):
     if is_gpu_array(dy):
         from minnst.kernels import avgpool2d_backward_gpu
         return avgpool2d_backward_gpu(dy, cache)
-    xp = get_xp(dy)
     x_shape, k, stride = cache
-    g = _cl(dy) / (k * k)  # (N, OH, OW, C)
     OH, OW = dy.shape[2:]
-    dxt = _zeros_cl(xp, x_shape, dy.dtype)
-    if k == stride:
-        _blocks(dxt, k, OH, OW)[...] = g[:, :, None, :, None, :]  # splitting H, W: a view
-    else:
+    dyt = _cl(dy)
+    dxt = _zeros_cl(np, x_shape, dy.dtype)
+
+    def rows(t):
+        n, r0, r1 = t
+        R = r1 - r0
+        g = dyt[n:n + 1, r0:r1] / (k * k)  # (1, R, OW, C)
+        dxb = dxt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
+        if k == stride:
+            _blocks(dxb, k, R, OW)[...] = g[:, :, None, :, None, :]  # splitting H, W: a view
+            return
         for p in range(k * k):
-            dxt[_offset(*divmod(p, k), stride, OH, OW)] += g
+            dxb[_offset(*divmod(p, k), stride, R, OW)] += g
+
+    pmap(rows, _backward_tasks(dy.shape[0], OH, k, stride))
     return dxt.transpose(0, 3, 1, 2)
 
 
