@@ -257,7 +257,7 @@ def exp_tradeoff(ctx: Context):
         c_raw, s_raw = last["content"], last["style"] / beta
         results.append({"alpha": 1.0, "beta": beta, "alpha_over_beta": 1.0 / beta,
                         "content_loss": c_raw, "style_loss": s_raw, "seconds": round(r.seconds, 1)})
-        panels.append((r.image, f"α/β = {1 / beta:.0e}\ncontent {c_raw:.3g}  style {s_raw:.3g}"))
+        panels.append((r.image, f"β = {beta:.0e} (α/β = {1 / beta:.1e})\ncontent {c_raw:.3g}  style {s_raw:.3g}"))
         ctx.say(f"beta {beta:.0e}: content {c_raw:.4g}, style {s_raw:.4g}, {r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
     n = len(TRADEOFF_BETAS)
