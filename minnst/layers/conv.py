@@ -443,13 +443,19 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
         for r0, r1 in _thin_rows(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
             xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode).reshape(-1, C)  # (Pb, C)
             z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
-            p0 = r0 * Wp
+            p0, Pb = r0 * Wp, z.shape[2]
+            sT, sF, sP = z.strides
             for u in range(KH):
-                for v in range(KW):
-                    off = u * Wp + v
-                    q0, q1 = max(0, p0 - off), min(P, p0 + z.shape[2] - off)
-                    if q1 > q0:
-                        out[:, q0:q1] += z[u * KW + v, :, q0 + off - p0:q1 + off - p0]
+                # the KW taps of row u at once: zu[v, f, q] = z[(u, v), f, q + u·Wp + v − p0].
+                # Each tap reaches q in [p0 − u·Wp − v, p0 + Pb − u·Wp − v); only the part all
+                # taps share is added: what it leaves out lies in the KW − 1 garbage columns
+                # (j ≥ OW) at the ends of output rows (band ends are row boundaries).
+                q0, q1 = max(0, p0 - u * Wp), min(P, p0 + Pb - u * Wp - (KW - 1))
+                if q1 > q0:
+                    zu = np.lib.stride_tricks.as_strided(
+                        z[u * KW, :, q0 + u * Wp - p0:], (KW, F, q1 - q0), (sT + sP, sF, sP),
+                        writeable=False)
+                    out[:, q0:q1] += zu.sum(axis=0)
 
     pmap(rows_of, image_bands(N, OH))
     return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
