@@ -41,6 +41,17 @@ _state = {"pool": None, "blas": None, "override": None}  # created on first use
 _region = threading.Lock()  # held while a pmap runs in parallel
 
 
+def _after_fork_in_child():
+    # a forked child has none of the pool's threads: start a new pool on its first pmap
+    global _region
+    _state["pool"] = None
+    _region = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _blas_libraries():
     """threadpoolctl controllers of the loaded BLAS libraries (NumPy's and SciPy's
     OpenBLAS here: SciPy's is imported first so that it is among them)."""

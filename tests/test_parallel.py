@@ -202,3 +202,22 @@ def test_elementwise_layers_same_bits_on_one_and_two_threads(rng, dtype, N):
     mu = x.mean(axis=(2, 3), keepdims=True)
     ref = (x - mu) / np.sqrt(x.var(axis=(2, 3), keepdims=True) + 1e-5) * g.reshape(1, -1, 1, 1) + bt.reshape(1, -1, 1, 1)
     assert np.abs(y - ref).max() < (1e-5 if dtype == np.float32 else 1e-12) * np.abs(ref).max()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_pmap_works_in_a_forked_child():
+    import multiprocessing as mp
+
+    with parallel.workers(2):
+        parallel.pmap(lambda t: t, range(4))  # the parent's pool exists before the fork
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and q.get(timeout=5) == [0, 2, 4, 6]
+
+
+def _child(q):
+    with parallel.workers(2):
+        q.put(parallel.pmap(lambda t: 2 * t, range(4)))
