@@ -9,7 +9,7 @@ normalisation, ReLU, resizing) run on one core whatever BLAS does. Measured on t
 than with one (residual convs' backward 1.16 s vs 0.50 s).
 
 So the layers cut their work into independent tasks themselves — images of the batch,
-bands of rows, blocks of channels, each writing its own part of the output — and
+bands of rows, each writing its own part of the output — and
 ``pmap(fn, tasks)`` runs them on ``num_workers()`` threads (the calling thread is one of
 them) while every BLAS library runs one thread. NumPy and BLAS release the GIL in their
 loops, so the threads really run at once; the Python between the calls is short.
@@ -19,11 +19,13 @@ of threads, and each task writes its own output (partial sums, as for a weight g
 are returned and added in task order). The results are therefore the same bits for any
 number of threads, 1 included, and from run to run.
 
-``num_workers()`` is the BLAS thread count of the moment (``OPENBLAS_NUM_THREADS``,
-``threadpoolctl.threadpool_limits`` and the benchmark's ``--threads`` apply to both),
-unless ``workers(n)`` says otherwise. Inside a parallel region, or while another thread
-holds the pool, ``pmap`` runs its tasks in order on the calling thread: nesting is safe.
-CuPy arrays never come here (the layers call ``pmap`` only on their NumPy paths).
+``num_workers()`` is the BLAS thread count of the moment (``OPENBLAS_NUM_THREADS`` and
+``threadpoolctl.threadpool_limits`` apply to both), unless ``workers(n)`` says otherwise.
+``gemm`` is the matrix product the tasks call where they accumulate in place: SciPy's
+BLAS wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` does not.
+Inside a parallel region, or while another thread holds the pool, ``pmap`` runs its tasks
+in order on the calling thread: nesting is safe. CuPy arrays never come here (the layers
+call ``pmap`` only on their NumPy paths).
 """
 from __future__ import annotations
 
