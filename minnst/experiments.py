@@ -309,27 +309,34 @@ def exp_pooling(ctx: Context):
     write_record(ctx, seconds, weights, results)
 
 
+CONTENT_LAYER_RUNS = (("relu4_2", 3e6), ("relu2_2", 3e6), ("relu2_2", 3e7), ("relu2_2", 3e8))
+
+
 def exp_content_layer(ctx: Context):
-    """The default Gatys run with relu2_2, then relu4_2, as the content layer."""
+    """The default Gatys run with relu4_2, then relu2_2, as the content layer; relu2_2
+    again with β ×10 and ×100, since its content term is larger at the same weights."""
     photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
-    ctx.progress(2 * ctx.iterations)
+    ctx.progress(len(CONTENT_LAYER_RUNS) * ctx.iterations)
     t0 = time.perf_counter()
     results, panels = [], []
-    for layer in ("relu2_2", "relu4_2"):
-        r = gatys_run(ctx, layer, photo, [style], content_layers=[layer])
+    for layer, beta in CONTENT_LAYER_RUNS:
+        r = gatys_run(ctx, f"{layer} beta {beta:.0e}", photo, [style], content_layers=[layer],
+                      style_weight=beta)
         last = r.history[-1]
-        results.append({"content_layer": layer, "content": last["content"], "style": last["style"],
-                        "loss": r.loss, "seconds": round(r.seconds, 1)})
-        panels.append((r.image, f"content at {layer}"))
-        ctx.say(f"{layer}: content {last['content']:.4g}, style {last['style']:.4g}, {r.seconds:.0f} s")
+        results.append({"content_layer": layer, "beta": beta, "content": last["content"],
+                        "style": last["style"], "loss": r.loss, "seconds": round(r.seconds, 1)})
+        panels.append((r.image, f"content at {layer}, β = {beta:.0e}"))
+        ctx.say(f"{layer}, beta {beta:.0e}: content {last['content']:.4g}, style {last['style']:.4g}, "
+                f"{r.seconds:.0f} s")
     seconds = time.perf_counter() - t0
-    fig = new_figure(1, 3, panel=3.2, aspect=photo.shape[0] / photo.shape[1])
-    show(fig.add_subplot(1, 3, 1), images.resize(photo, size=ctx.size), "photo")
+    n = len(panels) + 1
+    fig = new_figure(1, n, panel=2.8, aspect=photo.shape[0] / photo.shape[1])
+    show(fig.add_subplot(1, n, 1), images.resize(photo, size=ctx.size), "photo")
     for k, (img, title) in enumerate(panels):
-        show(fig.add_subplot(1, 3, k + 2), img, title)
-    weights = {"content_weight": 1.0, "style_weight": 3e6, "tv_weight": 1.0,
-               "content_layers": ["relu2_2", "relu4_2"], "pooling": "avg"}
-    save_figure(fig, ctx.out_dir / "content-layer.jpg", footer(ctx, seconds, "α = 1, β = 3e6, λ_tv = 1"))
+        show(fig.add_subplot(1, n, k + 2), img, title)
+    weights = {"content_weight": 1.0, "style_weights": [b for _, b in CONTENT_LAYER_RUNS], "tv_weight": 1.0,
+               "content_layers": [l for l, _ in CONTENT_LAYER_RUNS], "pooling": "avg"}
+    save_figure(fig, ctx.out_dir / "content-layer.jpg", footer(ctx, seconds, "α = 1, λ_tv = 1, β as shown"))
     write_record(ctx, seconds, weights, results)
 
 
