@@ -360,9 +360,13 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
         curve.append(float(intermediate_result.fun))
         on_iteration(len(curve), curve[-1], intermediate_result.x)
 
+    # gtol = ftol = 0: run the whole budget. The pixel gradient of this objective is tiny
+    # (the loss is ~10 over 255-valued pixels), so scipy's default gtol = 1e-5 would call
+    # it converged after 50–100 iterations while the loss still falls.
     minimize(fun, y0.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
              bounds=[(0.0, 255.0)] * y0.size, callback=callback,
-             options={"maxiter": iterations, "maxfun": 3 * iterations + 20, "maxcor": 10})
+             options={"maxiter": iterations, "maxfun": 3 * iterations + 20, "maxcor": 10,
+                      "gtol": 0.0, "ftol": 0.0})
     return curve
 
 
