@@ -174,19 +174,6 @@ def write_record(ctx: Context, seconds: float, weights: dict, results, **extra) 
     return path
 
 
-def _plot_curves(ax, history, title: str):
-    it = [h["iteration"] for h in history]
-    for key, style in (("loss", "k-"), ("content", "C0-"), ("style", "C3-")):
-        ys = [h[key] if h[key] > 0 else np.nan for h in history]
-        ax.plot(it, ys, style, lw=1.1, label="total" if key == "loss" else key)
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration", fontsize=8)
-    ax.set_title(title, fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-
-
 # --------------------------------------------------------------------------- experiments
 
 def exp_content(ctx: Context):
@@ -275,6 +262,8 @@ def exp_tradeoff(ctx: Context):
 
 def exp_pooling(ctx: Context):
     """The default Gatys run twice: VGG16 with average pooling, then with max pooling."""
+    from .gatys import draw_losses
+
     photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
     ctx.progress(2 * ctx.iterations)
     t0 = time.perf_counter()
@@ -290,7 +279,9 @@ def exp_pooling(ctx: Context):
         h = r.history
         show(fig.add_subplot(2, 3, k + 1), r.image,
              f"{pooling} pooling: loss {h[0]['loss']:.3g} → {r.loss:.3g} (÷{h[0]['loss'] / r.loss:.0f})")
-        _plot_curves(fig.add_subplot(2, 3, k + 4), h, f"{pooling} pooling: weighted losses")
+        curves = fig.add_subplot(2, 3, k + 4)
+        draw_losses(curves, h, fontsize=8)
+        curves.set_title(f"{pooling} pooling: weighted losses", fontsize=8)
         both.plot([e["iteration"] for e in h], [e["loss"] / h[0]["loss"] for e in h], f"C{k}-",
                   lw=1.2, label=pooling)
     show(fig.add_subplot(2, 3, 3), images.resize(photo, size=ctx.size), "photo")

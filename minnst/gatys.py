@@ -972,16 +972,9 @@ def _output_paths(cfg: GatysConfig, content_name: str, style_names: list) -> dic
             "stem": stem, "suffix": out.suffix}
 
 
-def plot_losses(history: list, path) -> Path:
-    """Loss curve (total, content, style, TV; log scale) as a PNG, without pyplot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .weights import atomic_write
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+def draw_losses(ax, history: list, fontsize=None):
+    """The weighted terms of a run's loss log (total, content, style, TV; log scale) on a
+    matplotlib axis; dashed lines where a new scale starts."""
     it = [h["iteration"] for h in history]
     for key, style in (("loss", "k-"), ("content", "C0-"), ("style", "C3-"), ("tv", "C2-")):
         ys = [h[key] for h in history]
@@ -992,10 +985,25 @@ def plot_losses(history: list, path) -> Path:
         first = next(h["iteration"] for h in history if h["scale"] == k)
         ax.axvline(first - 0.5, color="0.7", lw=0.8, ls="--")
     ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("weighted loss")
+    ax.set_xlabel("iteration", fontsize=fontsize)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right")
+    if fontsize:
+        ax.tick_params(labelsize=fontsize - 1)
+    ax.legend(loc="upper right", fontsize=fontsize)
+
+
+def plot_losses(history: list, path) -> Path:
+    """Loss curve (total, content, style, TV; log scale) as a PNG, without pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .weights import atomic_write
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_losses(ax, history)
+    ax.set_ylabel("weighted loss")
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
