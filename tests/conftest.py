@@ -17,6 +17,12 @@ def one_blas_thread():
         yield
 
 
+@pytest.fixture
+def rng():
+    """A fresh generator seeded 0 per test (files that want another seed define their own)."""
+    return np.random.default_rng(0)
+
+
 @pytest.fixture(scope="session")
 def vgg16_path():
     from minnst import weights

@@ -37,11 +37,6 @@ def _ids(case):
     return f"N{N}C{C}_{H}x{W}_F{F}k{K}s{s}p{p}{m[0]}"
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_conv2d_forward_matches_naive(rng, case, method):
     N, C, H, W, F, K, s, p, mode = case

@@ -25,11 +25,6 @@ def _ids(case):
     return f"{meth}_N{N}C{C}_{H}x{W}_F{F}k{K}p{p}{m[0]}"
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def _data(rng, case, dtype=np.float64):
     N, C, H, W, F, K, p, mode, _ = case
     x = rng.standard_normal((N, C, H, W)).astype(dtype)

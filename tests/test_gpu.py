@@ -64,11 +64,6 @@ def run_both(fn, *args, tol=1e-5, **kw):
     return got, ref
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def f32(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 

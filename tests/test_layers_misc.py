@@ -33,11 +33,6 @@ def numgrad(f, x, dy):
     return eval_numerical_gradient_array(f, x, dy, h=STEP)
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 def away_from_zero(rng, shape, lo=0.2):
     """Magnitudes in [lo, 1.5), random signs: no kink within a finite-difference step."""
     return rng.uniform(lo, 1.5, shape) * rng.choice([-1.0, 1.0], shape)

@@ -10,11 +10,6 @@ from minnst import parallel
 from minnst.layers import activations, conv, normalization, pooling, resampling, winograd
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng(0)
-
-
 # --------------------------------------------------------------------------- pmap
 
 def test_pmap_keeps_task_order_and_runs_each_task_once():
