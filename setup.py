@@ -13,7 +13,7 @@ setup(
     data_files=[("share/minnst", ["weights/starry_night.h5"])],
     install_requires=[
         "numpy>=1.22",
-        "scipy>=1.8",
+        "scipy>=1.11",
         "pillow>=9",
         "h5py>=3",
         "tqdm>=4.60",
@@ -26,10 +26,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "minnst-gatys=minnst.gatys:main",
+            "minnst-gatys=minnst.gatys.cli:main",
             "minnst-train=minnst.train_fast:main",
             "minnst-stylize=minnst.stylize:main",
-            "minnst-weights=minnst.weights:main",
+            "minnst-weights=minnst.weights.__main__:main",
             "minnst-bench=minnst.bench:main",
         ]
     },

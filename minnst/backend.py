@@ -2,8 +2,12 @@
 
 Numerical code never asks a global which device to use: it takes the array module
 from its data with ``get_xp(x)``. Only the command-line tools choose a device, once,
-with ``select_device`` (``--device`` or ``MINNST_DEVICE=cpu|gpu|auto``), and move their
-arrays there with ``to_device``. Importing minnst never imports CuPy or touches CUDA.
+with ``select_device`` (``--device``, else ``MINNST_DEVICE=cpu|gpu|auto``, which
+``default_device_name`` alone reads), and move their arrays there with ``to_device``.
+Importing minnst never imports CuPy or touches CUDA.
+
+``keep_freed_memory`` is an opt-in tuning of the C allocator for a whole process: the
+command-line tools decide whether to call it; nothing in the library does.
 """
 from __future__ import annotations
 
@@ -76,13 +80,20 @@ class Device:
         return np
 
 
+def default_device_name() -> str:
+    """The device asked for when none is named: ``$MINNST_DEVICE``, else "auto" (not
+    checked here: ``select_device`` does). The one place that reads ``MINNST_DEVICE``."""
+    return (os.environ.get("MINNST_DEVICE") or "auto").strip().lower()
+
+
 def select_device(requested: str | None = None) -> Device:
-    """Resolve ``--device`` / ``MINNST_DEVICE`` to a usable device.
+    """Resolve a device name (``--device``; None: ``default_device_name()``) to a usable
+    device.
 
     ``auto`` takes the GPU only where a kernel really runs; ``gpu`` where none works raises
     ``DeviceError`` with the reason in one line.
     """
-    choice = (requested or os.environ.get("MINNST_DEVICE") or "auto").strip().lower()
+    choice = (requested or default_device_name()).strip().lower()
     if choice not in DEVICES:
         raise DeviceError(f"unknown device {choice!r}: choose one of cpu, gpu, auto")
     if choice == "cpu":
@@ -102,13 +113,17 @@ def to_device(x, device: Device, dtype=DEFAULT_DTYPE):
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed large blocks in the heap instead of returning them to the OS.
+    """Ask glibc to keep freed large blocks in the heap instead of returning them to the
+    OS, for the rest of the process (``mallopt``: mmap threshold 1 GiB, trim threshold
+    2 GiB). Opt-in: a program calls it once at start-up; the library never does.
 
     NumPy allocates every large array with malloc; above glibc's mmap threshold each one
     is a fresh mmap, so every layer of every iteration pays page faults on its output
-    (measured here: 8.3 ms to allocate and fill 64 MB, 3.0 ms once memory is reused).
-    The command-line tools call this once at start-up; library users may too. Returns
-    False where it is not available (non-glibc systems), which is harmless.
+    (8.3 ms to allocate and fill 64 MB, 3.0 ms once memory is reused). The price is a
+    higher peak: freed blocks are reused but not returned, and fragment (a 1024² Gatys run
+    peaked at 4.4 GB instead of 3.7), so it suits a run whose memory is well under what
+    the machine has. Returns False where it is not available (non-glibc systems), which
+    is harmless.
     """
     try:
         import ctypes

@@ -350,7 +350,7 @@ def bench_fast(sizes, repeat, torch=None):
     training step, batch 4 at 256² (the size is fixed by the method)."""
     from . import gatys, procedural, vgg
     from .optim import Adam
-    from .train_fast import PerceptualLoss, train_step
+    from .train_fast import TrainingLoss, train_step
     from .transformer import TransformerConfig, TransformerNet
 
     rows = []
@@ -382,7 +382,7 @@ def bench_fast(sizes, repeat, torch=None):
     # one training step, batch 4 at 256², the loss network as in train_fast (max pooling)
     lossnet = vgg.VGG16.load(pooling="max")
     style = procedural.stained_glass(256, 256, seed=0)
-    loss = PerceptualLoss(lossnet, style)
+    loss = TrainingLoss(lossnet, style)
     batch = np.random.default_rng(2).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
     tnet = TransformerNet(TransformerConfig(width=1.0), seed=0)
     opt = Adam(tnet.params, lr=1e-3)

@@ -6,13 +6,16 @@
 * 0 success; 2 bad input or usage (one clear line on stderr, no traceback);
   1 an unexpected internal error (the traceback is shown: it is a bug to report);
   130 interrupted by Ctrl-C (the tool saves what it has before re-raising).
-* ``UsageError`` is for a tool's own checks of its arguments; ``ImageError``,
+* ``UsageError`` is for a tool's own checks of its arguments; ``errors.ConfigError`` (a
+  library setting) is reported with the setting's ``--flag``; ``ImageError``,
   ``WeightsError``, ``ModelFileError`` and ``DeviceError`` are bad input too.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .errors import ConfigError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -24,7 +27,8 @@ class UsageError(ValueError):
 def _user_errors():
     from .backend import DeviceError
     from .images import ImageError
-    from .weights import ModelFileError, WeightsError
+    from .modelfile import ModelFileError
+    from .weights import WeightsError
 
     return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError)
 
@@ -42,6 +46,8 @@ def run(fn, argv=None, prog: str = "minnst") -> int:
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ConfigError as e:  # a library setting: named by the tool's flag
+        return error(e.cli_message(), prog)
     except _user_errors() as e:
         return error(str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__, prog)
     except MemoryError:

@@ -1,7 +1,8 @@
 """The notes' findings as experiments, one command each: ``python -m minnst.experiments NAME``.
 
-Each experiment runs the current code on the images of a data folder (default
-``../shared/data`` beside the checkout; ``--data DIR`` with ``content/`` and ``styles/``),
+Each experiment runs the current code on the images of a data folder (``--data DIR`` with
+``content/`` and ``styles/``; default ``$MINNST_DATA``, else ``../shared/data`` from the
+current folder, where the project's data lies beside a checkout),
 then writes a figure ``NAME.jpg`` and a record ``NAME.json`` (the command, image size,
 iterations, weights, seconds, and the numbers the figure shows) to ``--output-dir``.
 The figure carries the same facts in its footer. ``docs/experiments.md`` presents them.
@@ -16,12 +17,13 @@ The figure carries the same facts in its footer. ``docs/experiments.md`` present
     all           every one of the above, in that order
 
 Gatys runs use ``gatys.stylize`` (L-BFGS-B from white noise, average pooling, the Gatys
-normalisation); ``fast`` uses the training objective of ``train_fast.PerceptualLoss``.
+normalisation); ``fast`` uses the training objective of ``train_fast.TrainingLoss``.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,11 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from . import images
+from .optim import lbfgs
 from .cli import ArgumentParser, UsageError, run
+from .files import atomic_write
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 MAX_JPEG_BYTES = 300_000
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def default_data() -> Path:
+    """``$MINNST_DATA``, else ``../shared/data`` relative to the current folder."""
+    return Path(os.environ.get("MINNST_DATA") or Path("..") / "shared" / "data")
 
 
 # --------------------------------------------------------------------------- running
@@ -148,8 +156,6 @@ def footer(ctx: Context, seconds: float, weights: str) -> str:
 
 def save_figure(fig, path: Path, note: str) -> Path:
     """Figure → JPEG under MAX_JPEG_BYTES (lowering the quality if needed), atomically."""
-    from .weights import atomic_write
-
     fig.text(0.5, 0.006, note, ha="center", va="bottom", fontsize=6.5, color="0.25", wrap=True)
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     for quality in (88, 80, 70, 60, 50):
@@ -162,8 +168,6 @@ def save_figure(fig, path: Path, note: str) -> Path:
 
 
 def write_record(ctx: Context, seconds: float, weights: dict, results, **extra) -> Path:
-    from .weights import atomic_write
-
     record = {"experiment": ctx.name, "command": ctx.command, "size": ctx.size,
               "iterations": ctx.iterations, "seed": ctx.seed, "content": ctx.content,
               "style": ctx.style, "weights": weights, "seconds": round(seconds, 1),
@@ -262,7 +266,7 @@ def exp_tradeoff(ctx: Context):
 
 def exp_pooling(ctx: Context):
     """The default Gatys run twice: VGG16 with average pooling, then with max pooling."""
-    from .gatys import draw_losses
+    from .plots import draw_losses
 
     photo, style = ctx.image("content", ctx.content), ctx.image("styles", ctx.style)
     ctx.progress(2 * ctx.iterations)
@@ -335,11 +339,10 @@ FAST_PHOTOS = ("tubingen.jpg", "taj_mahal.jpg", "cat.jpg")
 
 
 def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
-    """Minimise the training objective ``loss`` (a ``PerceptualLoss``) over the pixels of
-    one image ``y`` (1, 3, H, W) in [0, 255], from ``y0``, with L-BFGS-B (bounds [0, 255]).
-    ``on_iteration(k, loss, y)`` runs after each iteration; returns the loss per iteration."""
-    from scipy.optimize import minimize
-
+    """Minimise the training objective ``loss`` (a ``train_fast.TrainingLoss``) over the
+    pixels of one image ``y`` (1, 3, H, W) in [0, 255], from ``y0``, with L-BFGS-B (bounds
+    [0, 255]). ``on_iteration(k, loss, y)`` runs after each iteration; returns the loss per
+    iteration."""
     batch = photo[None].astype(np.float32)  # (1, H, W, 3) in [0, 1]: the content targets
     curve = []
 
@@ -347,17 +350,15 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
         total, _, dy = loss(z.reshape(y0.shape).astype(np.float32), batch)
         return float(total), dy.astype(np.float64).ravel()
 
-    def callback(intermediate_result):
+    def record(intermediate_result):
         curve.append(float(intermediate_result.fun))
         on_iteration(len(curve), curve[-1], intermediate_result.x)
 
     # gtol = ftol = 0: run the whole budget. The pixel gradient of this objective is tiny
     # (the loss is ~10 over 255-valued pixels), so scipy's default gtol = 1e-5 would call
     # it converged after 50–100 iterations while the loss still falls.
-    minimize(fun, y0.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
-             bounds=[(0.0, 255.0)] * y0.size, callback=callback,
-             options={"maxiter": iterations, "maxfun": 3 * iterations + 20, "maxcor": 10,
-                      "gtol": 0.0, "ftol": 0.0})
+    lbfgs(fun, y0.astype(np.float64).ravel(), 0.0, 255.0, iterations, 10, on_iteration=record,
+          gtol=0.0, ftol=0.0)
     return curve
 
 
@@ -365,7 +366,7 @@ def exp_fast(ctx: Context, model_path=None):
     """The fast network's loss in one pass against L-BFGS on the same objective per
     iteration, from white noise, on held-out photos at size × size (the paper's Fig. 5)."""
     from .stylize import default_model_path, load_network
-    from .train_fast import PerceptualLoss
+    from .train_fast import TrainingLoss
 
     net = load_network(model_path or default_model_path())
     train = net.meta.get("train", {})
@@ -374,9 +375,9 @@ def exp_fast(ctx: Context, model_path=None):
     style = ctx.image("styles", Path(train["style"]).name, size=train.get("style_size") or ctx.size)
     weights = {k: train[k] for k in ("content_weight", "style_weight", "tv_weight", "content_layer",
                                      "style_layers", "pooling")}
-    loss = PerceptualLoss(ctx.vgg(train["pooling"]), style, train["content_layer"], train["style_layers"],
-                          train["content_weight"], train["style_weight"], train["tv_weight"],
-                          train.get("style_layer_weights") or None)
+    loss = TrainingLoss(ctx.vgg(train["pooling"]), style, train["content_layer"], train["style_layers"],
+                        train["content_weight"], train["style_weight"], train["tv_weight"],
+                        train.get("style_layer_weights") or None)
     ctx.progress(len(FAST_PHOTOS) * ctx.iterations)
     t0 = time.perf_counter()
     rng = np.random.default_rng(ctx.seed)
@@ -520,8 +521,8 @@ def _parser() -> ArgumentParser:
                        description="Re-run one of the notes' experiments and draw its figure "
                                    "(docs/experiments.md shows them all).")
     p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="which experiment")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="folder with content/ and styles/ (default: ../shared/data beside the checkout)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder with content/ and styles/ (default: $MINNST_DATA, else ../shared/data)")
     p.add_argument("--output-dir", type=Path, default=Path("minnst_out/experiments"),
                    help="where NAME.jpg and NAME.json go (default: minnst_out/experiments)")
     p.add_argument("--size", type=int, default=256, help="image size, pixels (default: 256)")
@@ -540,6 +541,7 @@ def _main(argv=None):
     images.check_size(args.size)
     if args.iterations is not None and args.iterations < 1:
         raise UsageError("--iterations must be ≥ 1")
+    args.data = args.data or default_data()
     if not args.data.is_dir():
         raise UsageError(f"data folder {args.data} not found (pass --data DIR with content/ and styles/)")
     args.output_dir.mkdir(parents=True, exist_ok=True)

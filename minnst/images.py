@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from minnst.backend import get_xp, to_host
-from minnst.weights import atomic_write
+from minnst.files import atomic_write
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # RGB
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)  # RGB
@@ -225,7 +225,9 @@ def read_png_metadata(path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 
 
-def _fit_longest(h: int, w: int, size: int) -> tuple[int, int]:
+def fit_longest(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(H', W')`` of an ``h × w`` image resized so its longest side is ``size`` (aspect
+    kept, each side rounded, at least 1)."""
     scale = size / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
@@ -244,7 +246,7 @@ def resize(img, size=None, shape=None) -> np.ndarray:
     if a.ndim not in (2, 3) or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"resize needs an (H, W[, C]) image, got shape {a.shape}")
     h, w = a.shape[:2]
-    oh, ow = _fit_longest(h, w, int(size)) if size is not None else (int(shape[0]), int(shape[1]))
+    oh, ow = fit_longest(h, w, int(size)) if size is not None else (int(shape[0]), int(shape[1]))
     if oh < 1 or ow < 1:
         raise ValueError(f"cannot resize to {oh}x{ow}")
     was_uint8 = a.dtype == np.uint8

@@ -21,19 +21,72 @@ variation (on images, not features): ``Σ (x[i+1,j] − x[i,j])² + (x[i,j+1] �
 
 Every function returns ``(value, gradient)`` with ``value`` a Python float and the
 gradient shaped like its input, in the input's dtype and on its device.
+
+Each normalisation's factors are written once, in ``gram_divisor``, ``content_value`` /
+``content_grad_factor`` and ``style_value`` / ``style_grad_factor``, and used by both
+paths of each loss: ``op_cpu`` (array code, the reference) and ``op_gpu`` (the launcher
+of kernels/losses.cu), under one dispatcher ``op``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .backend import get_xp, is_gpu_array
+from .kernels import launch
 
 GATYS = "gatys"
 JOHNSON = "johnson"
 NORMALIZATIONS = (GATYS, JOHNSON)
 
 
-def _check_norm(normalization):
+def check_normalization(normalization):
+    """``ValueError`` unless ``normalization`` is one of ``NORMALIZATIONS``."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+# --------------------------------------------------------------------------- normalisations
+# S = Σ (F − P)² for the content loss and S = Σ (G − A)² for the style loss; features F
+# of shape (N, C, H, W), M = H·W.
+
+def content_value(sq: float, shape, normalization: str) -> float:
+    """The content loss from S = Σ (F − P)²: ½·S (Gatys) or S / (N·C·H·W) (Johnson)."""
+    if normalization == GATYS:
+        return 0.5 * sq
+    N, C, H, W = shape
+    return sq / (C * H * W * N)
+
+
+def content_grad_factor(shape, normalization: str) -> float:
+    """∂L/∂F = factor · (F − P): 1 (Gatys) or 2 / (N·C·H·W) (Johnson)."""
+    if normalization == GATYS:
+        return 1.0
+    N, C, H, W = shape
+    return 2.0 / (C * H * W * N)
+
+
+def gram_divisor(shape, normalization: str) -> int:
+    """G = F Fᵀ / divisor per image: 1 (Gatys) or C·H·W (Johnson)."""
+    if normalization == GATYS:
+        return 1
+    N, C, H, W = shape
+    return C * H * W
+
+
+def style_grad_factor(shape, normalization: str) -> float:
+    """∂E/∂F = factor · (G − A) F per image: 1/(C² M²) (Gatys) or 4/(C·M·N) (Johnson)."""
+    N, C, H, W = shape
+    M = H * W
+    if normalization == GATYS:
+        return 1.0 / (C * C * M * M)
+    return 4.0 / (C * M * N)
+
+
+def style_value(sq: float, shape, normalization: str) -> float:
+    """The style loss from S = Σ (G − A)²: S/(4 C² M²) (Gatys) or S / N (Johnson)."""
+    if normalization == GATYS:
+        return sq * style_grad_factor(shape, normalization) / 4.0
+    return sq / shape[0]
 
 
 def _channels_last(F) -> bool:
@@ -54,29 +107,31 @@ def _as_matrices(F):
 
 def content_loss(F, P, normalization: str = GATYS):
     """Content loss of features F against target features P (same shape, or P (1, …))."""
-    _check_norm(normalization)
     if is_gpu_array(F):
-        from .kernels import content_loss_gpu  # the CUDA twin (kernels/losses.cu)
         return content_loss_gpu(F, P, normalization)
+    return content_loss_cpu(F, P, normalization)
+
+
+def content_loss_cpu(F, P, normalization: str = GATYS):
+    """``content_loss`` in array code: D = F − P (P broadcast over the batch), the value
+    from Σ D² and the gradient factor · D."""
+    check_normalization(normalization)
     D = F - P
-    if normalization == GATYS:
-        return 0.5 * float((D * D).sum()), D
-    N, C, H, W = F.shape
-    k = C * H * W * N
-    return float((D * D).sum()) / k, D * (2.0 / k)
+    value = content_value(float((D * D).sum()), F.shape, normalization)
+    factor = content_grad_factor(F.shape, normalization)
+    return value, (D if factor == 1.0 else D * factor)
 
 
 # --------------------------------------------------------------------------- Gram / style
 
 def gram_matrix(F, normalization: str = GATYS):
-    """G (N, C, C) = F Fᵀ per image, divided by C·H·W for Johnson's normalisation."""
-    _check_norm(normalization)
-    N, C, H, W = F.shape
+    """G (N, C, C) = F Fᵀ per image, divided by ``gram_divisor`` (C·H·W for Johnson's
+    normalisation)."""
+    check_normalization(normalization)
     Fm, cl = _as_matrices(F)
     G = Fm.transpose(0, 2, 1) @ Fm if cl else Fm @ Fm.transpose(0, 2, 1)
-    if normalization == JOHNSON:
-        G = G / (C * H * W)
-    return G
+    divisor = gram_divisor(F.shape, normalization)
+    return G if divisor == 1 else G / divisor
 
 
 def style_target(F, normalization: str = GATYS, target_hw=None):
@@ -98,22 +153,22 @@ def style_loss(F, A, normalization: str = GATYS):
 
     Returns ``(E, dE/dF)``; see the module docstring for both normalisations.
     """
-    _check_norm(normalization)
     if is_gpu_array(F):
-        from .kernels import style_loss_gpu  # cuBLAS products around a residual kernel
         return style_loss_gpu(F, A, normalization)
+    return style_loss_cpu(F, A, normalization)
+
+
+def style_loss_cpu(F, A, normalization: str = GATYS):
+    """``style_loss`` in array code: the Gram matrix and the gradient (G − A)·F as batched
+    matrix products in the features' memory order."""
+    check_normalization(normalization)
     N, C, H, W = F.shape
-    M = H * W
     G = gram_matrix(F, normalization)
     D = G - A  # (N, C, C), symmetric
     sq = float((D * D).sum())
     Fm, cl = _as_matrices(F)
-    if normalization == GATYS:
-        scale = 1.0 / (C * C * M * M)
-        value = sq * scale / 4.0
-    else:
-        scale = 4.0 / (C * M * N)
-        value = sq / N
+    scale = style_grad_factor(F.shape, normalization)
+    value = style_value(sq, F.shape, normalization)
     D = D.astype(F.dtype, copy=False)
     if cl:  # (N, M, C) @ D: the gradient keeps the features' channels-last memory
         grad = (Fm @ D).reshape(N, H, W, C).transpose(0, 3, 1, 2)
@@ -134,8 +189,13 @@ def tv_loss(x, axes=(-3, -2)):
     dv, dh taken as 0 outside the image.
     """
     if is_gpu_array(x):
-        from .kernels import tv_loss_gpu
         return tv_loss_gpu(x, axes)
+    return tv_loss_cpu(x, axes)
+
+
+def tv_loss_cpu(x, axes=(-3, -2)):
+    """``tv_loss`` in array code: the differences by ``diff``, the gradient added in the
+    order +dv, −dv, +dh, −dh (which the kernel reproduces)."""
     xp = get_xp(x)
     ah, aw = (a % x.ndim for a in axes)
     dv = xp.diff(x, axis=ah)
@@ -152,4 +212,97 @@ def tv_loss(x, axes=(-3, -2)):
     grad[sl(ah, slice(None, -1))] -= 2 * dv
     grad[sl(aw, slice(1, None))] += 2 * dh
     grad[sl(aw, slice(None, -1))] -= 2 * dh
+    return value, grad
+
+
+# --------------------------------------------------------------------------- kernels
+
+def _reduce(partial) -> float:
+    """The loss value from the kernels' per-block partial sums (float64)."""
+    return float(partial.sum())
+
+
+def content_loss_gpu(F, P, normalization: str = GATYS, relu_mask: bool = False):
+    """``content_loss`` by the kernel ``content_loss`` (kernels/losses.cu): ``(value,
+    dL/dF)``, dL/dF in F's memory order. With ``relu_mask`` the gradient is also masked by
+    ``F > 0`` (F being a ReLU's output), the fused form of
+    ``relu_backward(content_loss(F, P)[1], F)``."""
+    check_normalization(normalization)
+    xp = get_xp(F)
+    dt = launch.float_dtype("content_loss_gpu", F)
+    P = xp.asarray(P, dtype=dt)
+    Fc, perm = launch.dense(F)
+    if P.shape == F.shape or (P.ndim == F.ndim and P.shape[0] == 1
+                              and P.shape[1:] == F.shape[1:] and perm[0] == 0):
+        Pc, _ = launch.dense(P, perm)   # batch outermost: P repeats every Pc.size elements
+    else:
+        Pc, _ = launch.dense(xp.broadcast_to(P, F.shape), perm)
+    n = Fc.size
+    scale = content_grad_factor(F.shape, normalization)
+    D = launch.empty(xp, Fc.shape, dt)
+    partial = launch.empty(xp, (launch.blocks_1d(n),), np.float64)
+    launch.run_1d(launch.kernel("losses.cu", "content_loss", xp, dt), n,
+                  (Fc, Pc, D, partial, launch.i64(n), launch.i64(max(1, Pc.size)),
+                   dt.type(scale), launch.i32(relu_mask)))
+    value = content_value(_reduce(partial), F.shape, normalization)
+    return value, D.transpose(launch.inverse_permutation(perm))
+
+
+def style_loss_gpu(F, A, normalization: str = GATYS):
+    """``style_loss`` with the two matrix products (G = F Fᵀ and the gradient D·F) on
+    cuBLAS through ``@`` and, between them, the kernel ``style_residual``
+    (kernels/losses.cu): D = (G / gram_divisor − A)·factor and Σ (G / gram_divisor − A)²."""
+    check_normalization(normalization)
+    xp = get_xp(F)
+    dt = launch.float_dtype("style_loss_gpu", F)
+    N, C, H, W = F.shape
+    M = H * W
+    A = xp.ascontiguousarray(xp.asarray(A, dtype=dt))
+    if A.shape not in ((1, C, C), (N, C, C)):
+        raise ValueError(f"style_loss_gpu: Gram target of shape {tuple(A.shape)} for {C} channels")
+    channels_last = not F.flags.c_contiguous and F.transpose(0, 2, 3, 1).flags.c_contiguous
+    if channels_last:
+        Ft = F.transpose(0, 2, 3, 1).reshape(N, M, C)  # (N, M, C), a view
+        G = Ft.transpose(0, 2, 1) @ Ft                  # (N, C, C)
+    else:
+        Fm = xp.ascontiguousarray(F).reshape(N, C, M)
+        G = Fm @ Fm.transpose(0, 2, 1)
+    G = xp.ascontiguousarray(G)
+    gdiv = float(gram_divisor(F.shape, normalization))
+    scale = style_grad_factor(F.shape, normalization)
+    D = launch.empty(xp, G.shape, dt)
+    partial = launch.empty(xp, (launch.blocks_1d(G.size),), np.float64)
+    launch.run_1d(launch.kernel("losses.cu", "style_residual", xp, dt), G.size,
+                  (G, A, D, partial, launch.i64(G.size), launch.i64(A.size),
+                   dt.type(gdiv), dt.type(scale)))
+    value = style_value(_reduce(partial), F.shape, normalization)
+    if channels_last:
+        grad = (Ft @ D).reshape(N, H, W, C).transpose(0, 3, 1, 2)  # D symmetric: (D F)ᵀ = Fᵀ D
+    else:
+        grad = (D @ Fm).reshape(F.shape)
+    return value, grad
+
+
+def tv_loss_gpu(x, axes=(-3, -2)):
+    """``tv_loss`` by the kernel ``tv_loss`` (kernels/losses.cu) on x viewed as
+    (B, H, K1, W, K2), C-contiguous: ``(value, grad)``."""
+    xp = get_xp(x)
+    dt = launch.float_dtype("tv_loss_gpu", x)
+    ah, aw = sorted(a % x.ndim for a in axes)  # TV is symmetric in its two axes
+    if ah == aw:
+        raise ValueError(f"tv_loss_gpu: two distinct axes, got {axes}")
+    xc = xp.ascontiguousarray(x)
+    shape = xc.shape
+    B = int(np.prod(shape[:ah]))
+    K1 = int(np.prod(shape[ah + 1:aw]))
+    K2 = int(np.prod(shape[aw + 1:]))
+    grad = launch.empty(xp, shape, dt)
+    partial = launch.empty(xp, (launch.blocks_1d(xc.size),), np.float64)
+    i32 = launch.i32
+    if xc.size:
+        launch.run_1d(launch.kernel("losses.cu", "tv_loss", xp, dt), xc.size,
+                      (xc, grad, partial, i32(B), i32(shape[ah]), i32(K1), i32(shape[aw]), i32(K2)))
+        value = _reduce(partial)
+    else:
+        value = 0.0
     return value, grad

@@ -19,7 +19,7 @@ import numpy as np
 from .cli import ArgumentParser, UsageError, run
 from .data import list_images, resize_center_crop
 from .images import ImageError, check_size, load_image
-from .weights import atomic_write
+from .files import atomic_write
 
 
 def make_dataset(images_dir, output, size: int = 256, limit: int | None = None,

@@ -1,4 +1,6 @@
-"""Adam (Kingma & Ba 2015), by hand, over a dict of arrays updated in place.
+"""The optimisers: Adam (Kingma & Ba 2015) by hand, and the one driver of scipy's L-BFGS-B.
+
+Adam, over a dict of arrays updated in place.
 
 For each parameter θ with gradient g, at step t = 1, 2, …:
 
@@ -17,6 +19,9 @@ array passes. The moments have the parameters' dtype and array module.
 ``params`` is any ``dict[str, array]`` (a network's ``params``, or a single image for the
 Gatys optimisation); the arrays are modified in place, so views held elsewhere (a layer's
 own ``params``) see the update.
+
+``lbfgs(fun, z0, lower, upper, iterations, …)`` runs scipy's L-BFGS-B with box bounds on a
+flat float64 vector; the Gatys method (``gatys.stylize``) and the experiments use it.
 """
 from __future__ import annotations
 
@@ -100,3 +105,51 @@ class Adam:
             xp = get_xp(p)
             self.m[k][...] = xp.asarray(state[f"m.{k}"], dtype=p.dtype)
             self.v[k][...] = xp.asarray(state[f"v.{k}"], dtype=p.dtype)
+
+
+# --------------------------------------------------------------------------- L-BFGS-B
+
+class StopOptimization(Exception):
+    """Raised by an objective to end an ``lbfgs`` run early; the message is the reason."""
+
+
+def lbfgs(fun, z0, lower: float, upper: float, iterations: int, memory: int = 10,
+          on_iteration=None, gtol: float | None = None, ftol: float | None = None) -> str:
+    """Minimise ``fun`` with scipy's L-BFGS-B from ``z0`` within ``[lower, upper]``.
+
+    ``fun(z) -> (float, flat float64 gradient)`` on the flat float64 vector ``z`` (scipy
+    reuses ``z``: copy it to keep it). At most ``iterations`` iterations (and
+    ``3·iterations + 20`` evaluations), ``memory`` correction pairs. After each iteration
+    ``on_iteration(intermediate_result)`` (scipy's ``OptimizeResult`` with ``x`` and
+    ``fun``) may return a reason to stop. ``gtol``/``ftol``: scipy's tolerances (None: its
+    defaults; 0 runs the whole budget). Returns why the run ended: the reason given by
+    ``on_iteration`` or a ``StopOptimization`` raised by ``fun``, else scipy's message.
+    Needs scipy ≥ 1.11 (the ``intermediate_result`` callback that may stop the run).
+    """
+    from scipy.optimize import minimize
+
+    stopped = []
+
+    def callback(intermediate_result):
+        reason = on_iteration(intermediate_result) if on_iteration is not None else None
+        if reason:
+            stopped.append(reason)
+            raise StopIteration
+
+    options = {"maxiter": iterations, "maxfun": 3 * iterations + 20, "maxcor": memory}
+    if gtol is not None:
+        options["gtol"] = gtol
+    if ftol is not None:
+        options["ftol"] = ftol
+    # scipy turns a Bounds object into a list of n fresh (lo, hi) tuples (~100 bytes per
+    # value, alive for the whole run); a list of n references to one tuple costs 8.
+    bounds = [(float(lower), float(upper))] * z0.size
+    try:
+        res = minimize(fun, z0, method="L-BFGS-B", jac=True, bounds=bounds, callback=callback,
+                       options=options)
+    except StopOptimization as e:
+        return str(e)
+    if stopped:
+        return stopped[0]
+    msg = res.message.decode() if isinstance(res.message, bytes) else str(res.message)
+    return f"L-BFGS-B: {msg.lower()}"

@@ -1,31 +1,57 @@
-"""Both cores for the CPU layers: a small persistent thread pool and one helper, ``pmap``.
+"""Both cores for the CPU layers: one persistent worker pool, ``pmap`` to run tasks on it,
+and the helpers that cut a layer's work into tasks.
 
 OpenBLAS splits one matrix product over its threads, which pays only for large, square
 products; the layers' products are small or thin (a band of 4096 rows times 128
 channels, the 16 Winograd products of a band of tiles, the weight gradient's (F, C)
 output summed over 65536 rows), and the NumPy passes between them (padding, transforms,
-normalisation, ReLU, resizing) run on one core whatever BLAS does. Measured on the
-2-core machine, a training step of the transformer ran *slower* with two BLAS threads
-than with one (residual convs' backward 1.16 s vs 0.50 s).
+normalisation, ReLU, resizing) run on one core whatever BLAS does. So the layers cut their
+work into independent tasks themselves — images of the batch, bands of rows, each writing
+its own part of the output — and ``pmap(fn, tasks)`` runs them on the pool's workers (the
+calling thread is one of them), each task's BLAS calls on one thread. NumPy and BLAS
+release the GIL in their loops, so the threads really run at once.
 
-So the layers cut their work into independent tasks themselves — images of the batch,
-bands of rows, each writing its own part of the output — and
-``pmap(fn, tasks)`` runs them on ``num_workers()`` threads (the calling thread is one of
-them) while every BLAS library runs one thread. NumPy and BLAS release the GIL in their
-loops, so the threads really run at once; the Python between the calls is short.
+The pool, and the one process-wide setting minnst makes
+--------------------------------------------------------
+The pool is made once per process: by ``start(workers)``, which a program calls when it
+wants to choose the moment and the count, else by the first ``pmap``. Then, and only then:
 
-Deterministic: how a layer cuts its work depends only on the shapes, never on the number
-of threads, and each task writes its own output (partial sums, as for a weight gradient,
-are returned and added in task order). The results are therefore the same bits for any
-number of threads, 1 included, and from run to run.
+* it decides its worker count, once: ``start``'s argument, else the thread count of the
+  loaded BLAS libraries at that moment (``OPENBLAS_NUM_THREADS``, or a
+  ``threadpoolctl.threadpool_limits`` in force), else ``os.cpu_count()``;
+* it sets every loaded BLAS library to one thread, for the rest of the process (BLAS
+  threads inside two workers' tasks would fight over the cores). From then on the
+  parallelism is the pool's. A product outside the layers that is large enough to want
+  every core (the Gram matrices of the style loss and its gradient) goes through
+  ``matmul``, which cuts it into tasks like a layer does.
 
-``num_workers()`` is the BLAS thread count of the moment (``OPENBLAS_NUM_THREADS`` and
-``threadpoolctl.threadpool_limits`` apply to both), unless ``workers(n)`` says otherwise.
-``gemm`` is the matrix product the tasks call where they accumulate in place: SciPy's
-BLAS wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` does not.
-Inside a parallel region, or while another thread holds the pool, ``pmap`` runs its tasks
-in order on the calling thread: nesting is safe. CuPy arrays never come here (the layers
-call ``pmap`` only on their NumPy paths).
+Nothing else in minnst changes BLAS settings. ``workers(n)`` changes how many threads
+``pmap`` uses inside a block (tests), without touching BLAS.
+
+Deterministic
+-------------
+How a layer cuts its work depends only on the shapes, never on the number of threads,
+and each task writes its own output (partial sums, as for a weight gradient, are returned
+and added in task order). The results are therefore the same bits for any number of
+workers, 1 included, and from run to run. Inside a task, or while another thread holds the
+pool, ``pmap`` runs its tasks in order on the calling thread: nesting is safe. CuPy arrays
+never come here (the layers call ``pmap`` only on their NumPy paths).
+
+Cutting work
+------------
+One family, from the general to the layer-specific:
+
+* ``band_rows(budget, row_bytes, rows)``: how many rows of ``row_bytes`` each fit a
+  byte budget (a cache or memory bound), at least 1 and at most ``rows``;
+* ``row_bands(rows, max_rows)``: ``range(rows)`` cut into consecutive bands of
+  ``max_rows`` rows (the last one shorter), for loops over bands inside one task;
+* ``chunks(total, parts)``: ``range(total)`` cut into ``parts`` runs of nearly equal length;
+* ``image_bands(N, rows, max_rows)``: the tasks ``(n, r0, r1)`` of a batch, every image cut
+  into nearly equal bands of at most ``max_rows`` rows, at least ``MIN_TASKS`` in all;
+* ``batch_slices(shape)``: the same tasks as index tuples, for elementwise passes.
+
+``gemm`` is the matrix product the tasks call where they accumulate in place: SciPy's BLAS
+wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` does not.
 """
 from __future__ import annotations
 
@@ -39,15 +65,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 MIN_TASKS = 4  # layers cut their work into at least this many tasks (2 workers: 2 each)
 
-_state = {"pool": None, "blas": None, "override": None}  # created on first use
+# the pool (worker count, executor), the BLAS controllers and the ``workers`` override;
+# ``gemm`` adds its ctypes functions under ("cblas", dtype char). Each made on first use.
+_state = {"workers": None, "executor": None, "blas": None, "override": None}
 _region = threading.Lock()  # held while a pmap runs in parallel
+_making = threading.Lock()  # held while the pool is made
 
 
 def _after_fork_in_child():
-    # a forked child has none of the pool's threads: start a new pool on its first pmap
-    global _region
-    _state["pool"] = None
+    # a forked child has none of the pool's threads: it keeps the worker count (its BLAS
+    # is already at one thread) and starts new threads on its first parallel pmap
+    global _region, _making
+    _state["executor"] = None
     _region = threading.Lock()
+    _making = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -59,7 +90,7 @@ def _blas_libraries():
     OpenBLAS here: SciPy's is imported first so that it is among them)."""
     if _state["blas"] is None:
         try:
-            import scipy.linalg.blas  # noqa: F401  (loads SciPy's BLAS, used by the shifted GEMM)
+            import scipy.linalg.blas  # noqa: F401  (loads SciPy's BLAS, used by ``gemm``)
             from threadpoolctl import ThreadpoolController
 
             _state["blas"] = [c for c in ThreadpoolController().lib_controllers
@@ -69,22 +100,53 @@ def _blas_libraries():
     return _state["blas"]
 
 
-def num_workers() -> int:
-    """Threads that ``pmap`` uses now: ``workers(n)`` if set, else the BLAS thread count
-    (1 inside a parallel region)."""
-    if _region.locked():
-        return 1
-    if _state["override"] is not None:
-        return _state["override"]
+def _default_workers() -> int:
+    """The worker count a pool made now takes: the BLAS libraries' thread count, else the
+    number of CPUs."""
     libs = _blas_libraries()
     if not libs:
         return os.cpu_count() or 1
     return max(1, max(c.get_num_threads() for c in libs))
 
 
+def start(workers: int | None = None) -> int:
+    """Make the pool (once per process) and return its worker count.
+
+    ``workers``: the count to use, else the BLAS libraries' thread count now (see the
+    module docstring). Making the pool sets every BLAS library to one thread for the rest
+    of the process. Calling ``start`` again returns the count already chosen; asking then
+    for another count is a ``ValueError``.
+    """
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    with _making:
+        if _state["workers"] is None:
+            count = int(workers) if workers is not None else _default_workers()
+            for c in _blas_libraries():
+                c.set_num_threads(1)
+            _state["workers"] = count
+        elif workers is not None and int(workers) != _state["workers"]:
+            raise ValueError(f"the worker pool was already made with {_state['workers']} "
+                             f"workers; it cannot change to {workers}")
+    return _state["workers"]
+
+
+def num_workers() -> int:
+    """Threads that ``pmap`` uses now: 1 inside a parallel region, the ``workers(n)``
+    override inside its block, else the pool's count (the count it would take if made
+    now, when it is not made yet)."""
+    if _region.locked():
+        return 1
+    if _state["override"] is not None:
+        return _state["override"]
+    if _state["workers"] is not None:
+        return _state["workers"]
+    return _default_workers()
+
+
 @contextlib.contextmanager
 def workers(n: int):
-    """Run ``pmap`` on ``n`` threads inside the block, whatever the BLAS setting (tests)."""
+    """Run ``pmap`` on ``n`` threads inside the block, whatever the pool's count (tests)."""
     old = _state["override"]
     _state["override"] = max(1, int(n))
     try:
@@ -93,46 +155,65 @@ def workers(n: int):
         _state["override"] = old
 
 
+def _executor() -> ThreadPoolExecutor:
+    """The pool's threads besides the caller's, made on the first parallel ``pmap``: one
+    fewer than the workers, and at least one (for ``workers(n)`` in a one-worker
+    process; more submitted work than threads just waits its turn)."""
+    if _state["executor"] is None:
+        _state["executor"] = ThreadPoolExecutor(max_workers=max(2, _state["workers"]) - 1,
+                                                thread_name_prefix="minnst")
+    return _state["executor"]
+
+
 def pmap(fn, tasks) -> list:
-    """``[fn(t) for t in tasks]``, the tasks spread over ``num_workers()`` threads with
-    BLAS at one thread each. Tasks must not write to the same memory; each result is
-    returned in task order, whichever thread computed it."""
+    """``[fn(t) for t in tasks]``, the tasks spread over ``num_workers()`` threads (the
+    caller included). Tasks must not write to the same memory; each result is returned
+    in task order, whichever thread computed it. The first call makes the pool
+    (``start``)."""
     tasks = list(tasks)
+    if _state["workers"] is None:
+        start()
     W = min(num_workers(), len(tasks))
     if W <= 1 or not _region.acquire(blocking=False):
         return [fn(t) for t in tasks]
     try:
-        libs = _blas_libraries()
-        saved = [c.get_num_threads() for c in libs]
-        for c in libs:
-            c.set_num_threads(1)
+        results = [None] * len(tasks)
+        counter = itertools.count()  # next() is atomic: each task runs exactly once
+
+        def work():
+            for i in iter(counter.__next__, None):
+                if i >= len(tasks):
+                    return
+                results[i] = fn(tasks[i])
+
+        pool = _executor()
+        futures = [pool.submit(work) for _ in range(W - 1)]
         try:
-            results = [None] * len(tasks)
-            counter = itertools.count()  # next() is atomic: each task runs exactly once
-
-            def work():
-                for i in iter(counter.__next__, None):
-                    if i >= len(tasks):
-                        return
-                    results[i] = fn(tasks[i])
-
-            if _state["pool"] is None:
-                _state["pool"] = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2) - 1,
-                                                    thread_name_prefix="minnst")
-            futures = [_state["pool"].submit(work) for _ in range(W - 1)]
-            try:
-                work()
-            finally:
-                errors = [f.exception() for f in futures]  # waits for all of them
-            for e in errors:
-                if e is not None:
-                    raise e
-            return results
+            work()
         finally:
-            for c, n in zip(libs, saved):
-                c.set_num_threads(n)
+            errors = [f.exception() for f in futures]  # waits for all of them
+        for e in errors:
+            if e is not None:
+                raise e
+        return results
     finally:
         _region.release()
+
+
+# --------------------------------------------------------------------------- cutting work
+
+def band_rows(budget: int, row_bytes: int, rows: int) -> int:
+    """Rows per band so that a band of rows of ``row_bytes`` bytes each stays within
+    ``budget`` bytes: ``budget // row_bytes``, at least 1 (a row over the budget is a band
+    of its own) and at most ``rows``."""
+    return max(1, min(rows, budget // max(1, row_bytes)))
+
+
+def row_bands(rows: int, max_rows: int):
+    """``[(r0, r1), …]``: rows ``0 … rows − 1`` in consecutive bands of ``max_rows`` rows,
+    the last one shorter when ``max_rows`` does not divide ``rows``."""
+    step = max(1, max_rows)
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
 def chunks(total: int, parts: int):
@@ -155,6 +236,15 @@ def image_bands(N: int, rows: int, max_rows: int | None = None):
     if max_rows:
         per_image = max(per_image, -(-rows // max_rows))
     return [(n, r0, r1) for n in range(N) for r0, r1 in chunks(rows, per_image)]
+
+
+def batch_slices(shape):
+    """Index tuples that cut an (N, C, H, W) array into the ``image_bands`` tasks (rows of
+    each image), for elementwise passes: ``pmap(lambda s: np.maximum(x[s], 0, out=y[s]), …)``.
+    Any other number of dimensions: one task, the whole array."""
+    if len(shape) != 4:
+        return [(Ellipsis,)]
+    return [(slice(n, n + 1), slice(None), slice(r0, r1)) for n, r0, r1 in image_bands(shape[0], shape[2])]
 
 
 # --------------------------------------------------------------------------- a GEMM that lets go of the GIL
@@ -235,10 +325,49 @@ def gemm(a, b, c, alpha=1.0, beta=1.0):
     return c
 
 
-def batch_slices(shape):
-    """Index tuples that cut an (N, C, H, W) array into the ``image_bands`` tasks (rows of
-    each image), for elementwise passes: ``pmap(lambda s: np.maximum(x[s], 0, out=y[s]), …)``.
-    Any other number of dimensions: one task, the whole array."""
-    if len(shape) != 4:
-        return [(Ellipsis,)]
-    return [(slice(n, n + 1), slice(None), slice(r0, r1)) for n, r0, r1 in image_bands(shape[0], shape[2])]
+# --------------------------------------------------------------------------- large products outside the layers
+
+MATMUL_MIN_ROWS = 64           # ``matmul`` cuts only into bands of at least this many rows …
+MATMUL_MIN_BAND = 2**22        # … and this many multiply-adds
+
+
+def matmul_bands(batch: int, M: int, K: int, N: int):
+    """The tasks ``(n, r0, r1)`` of ``matmul``: each product's M rows in nearly equal
+    bands, enough for MIN_TASKS tasks over the batch, but none under MATMUL_MIN_ROWS rows
+    or MATMUL_MIN_BAND multiply-adds (a product that small is one task). Small bands
+    would change the bits: OpenBLAS multiplies a 1-row matrix by GEMV and small products
+    by other kernels, which sum in another order; bands of the packed GEMM do not."""
+    least = max(MATMUL_MIN_ROWS, -(-MATMUL_MIN_BAND // max(1, K * N)))
+    parts = max(1, min(-(-MIN_TASKS // max(batch, 1)), M // least))
+    return [(n, r0, r1) for n in range(batch) for r0, r1 in chunks(M, parts)]
+
+
+def matmul(a, b):
+    """``a @ b`` on the pool's workers, for a large NumPy product outside the layers'
+    tasks (the style loss's gradient, (N, M, C) @ (N, C, C) with M up to 262144
+    positions), which would otherwise run on one thread (the pool holds BLAS at one).
+
+    a (M, K) or (B, M, K), b (K, N) or (B, K, N); a batch of 1 broadcasts. The rows of
+    the output are cut into bands (``matmul_bands``), one ``np.matmul`` per band. Each
+    output element stays one dot product over K, which OpenBLAS's packed GEMM sums in the
+    same order whichever band of rows it lies in: the same bits as ``np.matmul(a, b)``
+    (``tests/test_parallel.py`` checks; bands of columns would not be, in float64).
+    Returns a new C-contiguous array, (M, N) or (B, M, N).
+    """
+    A = a[None] if a.ndim == 2 else a
+    Bm = b[None] if b.ndim == 2 else b
+    if A.ndim != 3 or Bm.ndim != 3 or A.shape[2] != Bm.shape[1]:
+        raise ValueError(f"matmul: cannot multiply shapes {a.shape} and {b.shape}")
+    batch = max(A.shape[0], Bm.shape[0])
+    if A.shape[0] not in (1, batch) or Bm.shape[0] not in (1, batch):
+        raise ValueError(f"matmul: batch sizes {A.shape[0]} and {Bm.shape[0]} do not broadcast")
+    M, K, N = A.shape[1], A.shape[2], Bm.shape[2]
+    out = np.empty((batch, M, N), dtype=np.result_type(A.dtype, Bm.dtype))
+
+    def band(task):
+        n, r0, r1 = task
+        np.matmul(A[n if A.shape[0] > 1 else 0, r0:r1], Bm[n if Bm.shape[0] > 1 else 0],
+                  out=out[n, r0:r1])
+
+    pmap(band, matmul_bands(batch, M, K, N))
+    return out[0] if a.ndim == 2 and b.ndim == 2 else out

@@ -29,7 +29,8 @@ from .cli import ArgumentParser, UsageError, error, run
 from .data import IMAGE_SUFFIXES, list_images
 from .images import ImageError
 from .transformer import TransformerNet
-from .weights import ModelFileError, _cache_dir, _checkout_weights_dir
+from .modelfile import ModelFileError, load_model
+from .weights import cache_dir, checkout_weights_dir
 
 DEFAULT_MODEL = "starry_night.h5"
 DEFAULT_OUTPUT_DIR = Path("minnst_out")
@@ -42,11 +43,11 @@ def default_model_path() -> Path:
     where ``pip install`` put it (``<prefix>/share/minnst/``), else
     ``$MINNST_HOME/starry_night.h5`` (default ``~/.cache/minnst``)."""
     installed = Path(sys.prefix) / "share" / "minnst"
-    for d in (_checkout_weights_dir(), installed, _cache_dir()):
+    for d in (checkout_weights_dir(), installed, cache_dir()):
         if d is not None and (d / DEFAULT_MODEL).is_file():
             return d / DEFAULT_MODEL
     raise ModelFileError(f"the default model {DEFAULT_MODEL} is not in weights/ of a source checkout "
-                         f"nor in {_cache_dir()}; pass --model MODEL.h5")
+                         f"nor in {cache_dir()}; pass --model MODEL.h5")
 
 
 def demo_photo() -> Path:
@@ -57,8 +58,6 @@ def demo_photo() -> Path:
 
 def load_network(path) -> TransformerNet:
     """A model file, or the model inside a training checkpoint (to look at a run's progress)."""
-    from .weights import load_model
-
     _, config, _ = load_model(path)
     if config.get("kind") == "minnst-train-checkpoint":
         from .train_fast import read_checkpoint

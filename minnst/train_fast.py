@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -47,15 +48,19 @@ import numpy as np
 from . import images, losses
 from .backend import get_xp, keep_freed_memory, select_device
 from .cli import ArgumentParser, UsageError, run
+from .errors import ConfigError
 from .data import BatchSampler, open_dataset, random_crops
 from .optim import Adam
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
-from .weights import ModelFileError, load_model, save_model
+from .modelfile import ModelFileError, load_model, save_model
+from .perceptual import PerceptualLoss, mean_gram_layer_weights
+from .plots import plot_losses
 
 CHECKPOINT_KIND = "minnst-train-checkpoint"
 STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 PLOT_SECONDS = 600  # loss.png is redrawn at a checkpoint at most this often, and at the end
+PLOT_WINDOW = 50  # loss.png draws trailing means over this many steps
 
 
 @dataclass
@@ -89,31 +94,33 @@ class TrainConfig:
     quiet: bool = False                      # no progress bar
 
     def check(self):
+        """Raise ``ConfigError`` (naming the field) for a value training cannot use."""
         for name in ("image_size", "batch_size", "iterations"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+                raise ConfigError(name, f"{name.replace('_', ' ')} must be >= 1")
         if self.image_size < 16:
-            raise UsageError("--image-size must be at least 16")
+            raise ConfigError("image_size", "image size must be at least 16")
         if self.crop_size and not 16 <= self.crop_size <= self.image_size:
-            raise UsageError("--crop-size must be between 16 and --image-size (or 0: no crop)")
+            raise ConfigError("crop_size", "crop size must be between 16 and the image size (or 0: no crop)")
         if not self.lr > 0:
-            raise UsageError("--lr must be > 0")
+            raise ConfigError("lr", "lr must be > 0")
         for name in ("content_weight", "style_weight", "tv_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0")
+                raise ConfigError(name, f"{name.replace('_', ' ')} must be a finite number >= 0")
         try:
             check_layer_names([self.content_layer, *self.style_layers])
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise ConfigError("style_layers" if self.content_layer in LAYER_NAMES else "content_layer",
+                              str(e)) from None
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
-            raise UsageError(f"--style-layer-weights has {len(self.style_layer_weights)} values "
-                             f"for {len(self.style_layers)} style layers")
+            raise ConfigError("style_layer_weights", f"style layer weights has {len(self.style_layer_weights)} "
+                                                     f"values for {len(self.style_layers)} style layers")
         if self.pooling not in ("avg", "max"):
-            raise UsageError("--pooling must be avg or max")
+            raise ConfigError("pooling", "pooling must be avg or max")
         try:
             self.model_config()
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise ConfigError("width", str(e)) from None
 
     def model_config(self) -> TransformerConfig:
         return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample)
@@ -145,55 +152,47 @@ RESUMABLE_OVERRIDES = ("style", "dataset", "output", "iterations", "device", "ch
 
 # --------------------------------------------------------------------------- the loss
 
-class PerceptualLoss:
-    """Johnson's perceptual loss of a batch, with its gradient w.r.t. the network output.
+class TrainingLoss:
+    """Johnson's training objective of a batch: ``perceptual.PerceptualLoss`` with the
+    Johnson normalisation and ``mean_gram_layer_weights``, on the network's output.
 
     ``loss(y, img) -> (total, parts, dy)``: ``y`` (N, 3, H, W) the network output in
     [0, 255], ``img`` (N, H, W, 3) the input photos in [0, 1] (the content targets),
     ``parts`` = {"content", "style", "tv"} (weighted), ``dy`` = ∂total/∂y like ``y``.
+    ``objective`` holds the keyword arguments of ``gatys.Objective`` that give the same
+    loss for one image.
     """
 
     def __init__(self, vgg: VGG16, style_img, content_layer="relu2_2", style_layers=STYLE_LAYERS,
                  content_weight=1.0, style_weight=1e5, tv_weight=1e-5, style_layer_weights=None,
                  xp=np, dtype=np.float32):
-        self.vgg = vgg
-        self.content_layer = content_layer
-        self.style_layers = tuple(style_layers)
-        self.content_weight, self.style_weight, self.tv_weight = content_weight, style_weight, tv_weight
-        w = style_layer_weights or (1.0,) * len(self.style_layers)
-        self.layer_weights = dict(zip(self.style_layers, (float(v) for v in w)))
-        xs = images.preprocess(np.asarray(style_img, dtype=dtype), xp=xp)  # (1, 3, h, w)
-        feats, _ = vgg.forward(xs, self.style_layers)
-        self.targets = {l: losses.style_target(feats[l], losses.JOHNSON) for l in self.style_layers}
-        # the forward must run to the deepest layer any term needs, in LAYER_NAMES order
-        self.layers = sorted(set(self.style_layers) | {content_layer}, key=LAYER_NAMES.index)
+        self.objective = training_objective(content_layer, style_layers, style_layer_weights,
+                                            content_weight, style_weight, tv_weight, vgg.pooling)
+        kwargs = {k: v for k, v in self.objective.items() if k != "pooling"}
+        self.loss = PerceptualLoss(vgg, **kwargs)
+        style = xp.asarray(np.asarray(style_img, dtype=dtype))
+        self.targets = self.loss.style_targets([style])
 
     def __call__(self, y, img):
-        N = y.shape[0]
-        J = losses.JOHNSON
-        pc, _ = self.vgg.forward(images.preprocess(img), [self.content_layer])
         yimg = y.transpose(0, 2, 3, 1) / 255.0  # (N, H, W, 3) in [0, 1]
-        feats, cache = self.vgg.forward(images.preprocess(yimg), self.layers)
-        grads = {}
-        content, g = losses.content_loss(feats[self.content_layer], pc[self.content_layer], J)
-        grads[self.content_layer] = self.content_weight * g
-        style = 0.0
-        for l in self.style_layers:
-            v, g = losses.style_loss(feats[l], self.targets[l], J)
-            C = feats[l].shape[1]
-            w = self.style_weight * self.layer_weights[l] / (C * C)
-            style += w * v
-            grads[l] = grads[l] + w * g if l in grads else w * g
-        dimg = images.preprocess_backward(self.vgg.backward(grads, cache), batch=True)
-        tv, gtv = losses.tv_loss(yimg)  # (N, H, W, 3) axes
-        dimg = dimg + (self.tv_weight / N) * gtv.astype(dimg.dtype, copy=False)
+        terms, dimg = self.loss.loss_and_grad(yimg, self.loss.content_targets(img), self.targets)
         dy = dimg.transpose(0, 3, 1, 2) / 255.0  # (N, 3, H, W)
-        parts = {"content": self.content_weight * content, "style": style,
-                 "tv": self.tv_weight * tv / N}
-        return sum(parts.values()), parts, get_xp(dy).ascontiguousarray(dy).astype(y.dtype, copy=False)
+        parts = {"content": terms.content, "style": terms.style, "tv": terms.tv}
+        return terms.total, parts, get_xp(dy).ascontiguousarray(dy).astype(y.dtype, copy=False)
 
 
-def train_step(net: TransformerNet, opt: Adam, loss: PerceptualLoss, batch, xp, dtype=np.float32):
+def training_objective(content_layer="relu2_2", style_layers=STYLE_LAYERS, style_layer_weights=None,
+                       content_weight=1.0, style_weight=1e5, tv_weight=1e-5, pooling="max") -> dict:
+    """The training objective as keyword arguments of ``gatys.Objective`` (and of
+    ``perceptual.PerceptualLoss``, without ``pooling``): Johnson's normalisation, each
+    style layer weighed ``w_l / C_l²``."""
+    return {"content_layers": [content_layer], "style_layers": list(style_layers),
+            "style_layer_weights": mean_gram_layer_weights(style_layers, style_layer_weights or None),
+            "alpha": float(content_weight), "beta": float(style_weight), "tv_weight": float(tv_weight),
+            "pooling": pooling, "normalization": losses.JOHNSON}
+
+
+def train_step(net: TransformerNet, opt: Adam, loss: TrainingLoss, batch, xp, dtype=np.float32):
     """One Adam step on a uint8 batch (B, S, S, 3); returns ``(total, parts)``."""
     x = xp.asarray(batch, dtype=dtype)                 # (B, S, S, 3) in [0, 255]
     y, cache = net.forward(xp.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -275,38 +274,6 @@ def truncate_log(path, step: int):
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
-def plot_losses(log_path, png_path):
-    """Loss curves (total, content, style, TV; a running mean over 50 steps) as a PNG."""
-    rows = read_log(log_path)
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "content", "style", "tv"):
-        v = np.array([r[key] for r in rows], dtype=np.float64)
-        c = np.concatenate([[0.0], np.cumsum(v)])
-        hi = np.arange(1, len(v) + 1)
-        lo = np.maximum(0, hi - 50)
-        ax.plot(steps, (c[hi] - c[lo]) / (hi - lo), label=key)  # trailing mean of ≤ 50 steps
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("weighted loss (running mean of 50)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.96)  # tight_layout: +1 s
-    from .weights import atomic_write
-
-    with atomic_write(png_path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(png_path)
-
-
 def write_samples(net: TransformerNet, photos: list, path):
     """Stylise each photo (eval mode) and save the results side by side as one PNG."""
     outs = [net.stylize(p) for p in photos]
@@ -358,13 +325,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     (tests use it to prove exact resume). Raises ``KeyboardInterrupt`` after saving a
     checkpoint when interrupted.
     """
+    cfg = dataclasses.replace(cfg)  # the resumed settings go into a copy, not the caller's
     cfg.check()
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.h5"
     log_path = run_dir / "log.jsonl"
     if resume:
         if not ckpt_path.exists():
-            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+            raise ValueError(f"cannot resume: no checkpoint at {ckpt_path}")
         saved_cfg, net, adam_state, meta = read_checkpoint(ckpt_path)
         for f in fields(TrainConfig):
             if f.name not in RESUMABLE_OVERRIDES and f.name != "run_dir":
@@ -374,8 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         log(f"resuming {ckpt_path} at step {step} of {cfg.iterations}")
     else:
         if ckpt_path.exists() and not overwrite:
-            raise UsageError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite "
-                             f"to start again")
+            raise ValueError(f"{ckpt_path} exists: resume it or overwrite it (a new run)")
         net, adam_state, meta, step = TransformerNet(cfg.model_config(), seed=cfg.seed), None, None, 0
         if log_path.exists():
             log_path.unlink()
@@ -386,7 +353,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     style_img = images.load_image(cfg.style, size=cfg.style_size or cfg.image_size)
     if vgg is None:
         vgg = VGG16.load(pooling=cfg.pooling, xp=xp)
-    loss = PerceptualLoss(vgg, style_img, cfg.content_layer, cfg.style_layers, cfg.content_weight,
+    loss = TrainingLoss(vgg, style_img, cfg.content_layer, cfg.style_layers, cfg.content_weight,
                           cfg.style_weight, cfg.tv_weight, cfg.style_layer_weights or None, xp, dtype)
     net.to(xp, dtype)
     net.train()
@@ -405,7 +372,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         save_checkpoint(ckpt_path, net, opt, sampler, step, cfg,
                         extra={"skipped_images": getattr(dataset, "skipped", 0)})
         if final or time.monotonic() - last_plot[0] > PLOT_SECONDS:  # a plot costs ~1 s
-            plot_losses(log_path, run_dir / "loss.png")
+            plot_losses(read_log(log_path), run_dir / "loss.png", x="step", window=PLOT_WINDOW)
             last_plot[0] = time.monotonic()
 
     from tqdm import tqdm
@@ -529,6 +496,11 @@ def _main(argv=None):
             if k not in args:
                 raise UsageError(f"--{k} is required (or --resume, or --export)")
         cfg = TrainConfig(**args)
+    ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
+    if resume and not ckpt.exists():
+        raise UsageError(f"--resume: no checkpoint at {ckpt}")
+    if not resume and ckpt.exists() and not overwrite:
+        raise UsageError(f"{ckpt} exists: pass --resume to continue it or --overwrite to start again")
     keep_freed_memory()
     try:
         train(cfg, resume=resume, overwrite=overwrite)

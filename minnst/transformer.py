@@ -42,7 +42,7 @@ from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.normalization import BatchNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
-from .weights import ModelFileError, load_model, save_model
+from .modelfile import ModelFileError, load_model, save_model
 
 NORMS = ("instance", "batch")
 UPSAMPLINGS = ("nearest", "transpose")

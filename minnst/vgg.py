@@ -53,6 +53,34 @@ def expected_shapes():
     return shapes
 
 
+def layer_channels(name: str) -> int:
+    """Channels of a layer's output (``conv3_2`` and ``relu3_2`` and ``pool3``: 256)."""
+    check_layer_names([name])
+    return CHANNELS[_block(name) - 1]
+
+
+def _block(name: str) -> int:
+    """The block (1 … 5) a layer belongs to: the digit after its kind."""
+    return int(name[4])
+
+
+def layer_shapes(H: int, W: int, upto: str) -> list:
+    """``[(name, C, h, w), …]``: each layer's output shape for an H × W input, up to
+    ``upto`` (2×2 pooling floors each side)."""
+    check_layer_names([upto])
+    out, h, w = [], H, W
+    for name in LAYER_NAMES[:LAYER_NAMES.index(upto) + 1]:
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2
+        out.append((name, layer_channels(name), h, w))
+    return out
+
+
+def parameter_count() -> int:
+    """Weights and biases of the 13 convolutions (14 714 688)."""
+    return sum(int(np.prod(ws)) + int(np.prod(bs)) for ws, bs in expected_shapes().values())
+
+
 def check_layer_names(layers) -> None:
     """Raise ValueError naming the first unknown layer (the CLIs turn it into exit 2)."""
     for name in layers:
@@ -84,9 +112,7 @@ class VGG16:
         """Load the converted weights (fetching them on first use) onto ``xp``."""
         from . import weights as wmod
 
-        if path is None:
-            path = wmod.ensure_vgg16()
-        raw = wmod.load_vgg16_weights(path, dtype=dtype)
+        raw = wmod.load_vgg16_weights(path, expected_shapes(), dtype=dtype)
         return cls(raw, pooling=pooling).to(xp, dtype)
 
     def to(self, xp, dtype=None):

@@ -39,7 +39,7 @@ if os.environ.get("MINNST_FAKE_GPU"):  # dry run on the CPU stand-in (tests/kern
 import cupy as cp  # noqa: E402
 
 from minnst import losses  # noqa: E402
-from minnst.layers import activations, normalization, pooling, resampling  # noqa: E402
+from minnst.layers import activations, im2col, normalization, padding, pooling, resampling  # noqa: E402
 from minnst.vgg import VGG16, expected_shapes  # noqa: E402
 
 GATYS_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
@@ -136,8 +136,6 @@ def bench_objective(net, size, repeat, lbfgs_iters):
 def bench_kernels(size, repeat):
     """Each kernel-backed layer at VGG16's block-1 size (64 × size²), and effective GB/s
     (bytes read + written once, a lower bound on the traffic)."""
-    from minnst.kernels import launch
-
     r = np.random.default_rng(3)
     x = cp.asarray(r.standard_normal((1, size, size, 64)), dtype=cp.float32).transpose(0, 3, 1, 2)
     n = x.size * 4
@@ -157,8 +155,8 @@ def bench_kernels(size, repeat):
         "upsample2x_forward": (lambda: resampling.upsample_nearest2d_forward(p, 2), 1.25 * n),
         "content_loss": (lambda: losses.content_loss(x, y), 3 * n),
         "tv_loss": (lambda: losses.tv_loss(x[0].transpose(1, 2, 0)[:, :, :3]), 2 * n * 3 / 64),
-        "pad2d_zero_1": (lambda: launch.pad2d_gpu(x, 1), 2 * n),
-        f"im2col_3x3_{rows}rows": (lambda: launch.im2col_gpu(xpad, 3, 3, 1, 0, rows, size),
+        "pad2d_zero_1": (lambda: padding.pad2d(x, 1), 2 * n),
+        f"im2col_3x3_{rows}rows": (lambda: im2col.im2col(xpad, 3, 3, 1, 0, rows, size),
                                    10 * rows * size * 64 * 4),
     }
     out = {}

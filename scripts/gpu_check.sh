@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 MODS="numpy, scipy, pytest"
 [ -z "${MINNST_FAKE_GPU:-}" ] && MODS="$MODS, cupy"
 pick_python() {
-    for py in "${PYTHON:-}" python3 python /opt/torch/.venv/bin/python3; do
+    for py in "${PYTHON:-python}" python3; do
         [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
         "$py" -c "import $MODS" >/dev/null 2>&1 && { echo "$py"; return 0; }
     done
@@ -36,7 +36,7 @@ pip_install() {
 }
 
 if ! PY=$(pick_python); then
-    PY=${PYTHON:-python3}
+    PY=${PYTHON:-python}
     major=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -n1)
     [ -n "$major" ] && [ "$major" -ge 13 ] && pkg=cupy-cuda13x || pkg=cupy-cuda12x
     echo "gpu_check: no Python with $MODS; installing $pkg scipy pytest into $PY"

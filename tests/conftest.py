@@ -25,10 +25,10 @@ def rng():
 
 @pytest.fixture(scope="session")
 def vgg16_path():
-    from minnst import weights
+    from minnst import vgg, weights
 
     try:
-        return weights.ensure_vgg16()
+        return weights.ensure_vgg16(vgg.expected_shapes())
     except weights.WeightsError as e:
         pytest.skip(f"VGG16 weights unavailable: {e}")
 

@@ -56,11 +56,11 @@ def test_content_experiment_end_to_end(data, tmp_path, capsys, vgg16_path):
 
 
 def test_lbfgs_on_the_training_objective_lowers_it(vgg16_path):
-    from minnst.train_fast import PerceptualLoss
+    from minnst.train_fast import TrainingLoss
     from minnst.vgg import VGG16
 
     vgg = VGG16.load(vgg16_path, pooling="max")
-    loss = PerceptualLoss(vgg, stained_glass(24, 24, seed=2), style_layers=("relu1_2", "relu2_2"))
+    loss = TrainingLoss(vgg, stained_glass(24, 24, seed=2), style_layers=("relu1_2", "relu2_2"))
     rng = np.random.default_rng(3)
     photo = rng.random((20, 20, 3)).astype(np.float32)
     y0 = rng.uniform(0, 255, (1, 3, 20, 20)).astype(np.float32)

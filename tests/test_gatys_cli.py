@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from minnst import gatys, images
+from minnst.gatys import cli as gatys_cli
 
 # Tiny and shallow, so each run is a fraction of a second after VGG16 loads.
 FAST = ["--size", "32", "--iterations", "3", "--content-layers", "relu1_1",
@@ -29,7 +30,7 @@ def pics(tmp_path):
 
 
 def run_main(argv, capsys):
-    code = gatys.main([str(a) for a in argv])
+    code = gatys_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -109,16 +110,16 @@ def test_odd_image_modes_are_converted(pics, tmp_path, capsys, vgg16_path, mode)
 
 
 def test_no_arguments_means_the_demo():
-    cfg, demo = gatys.config_from_args([])
-    assert demo and cfg.size == gatys.DEMO_SIZE and cfg.iterations == gatys.DEMO_ITERATIONS
+    cfg, demo = gatys_cli.config_from_args([])
+    assert demo and cfg.size == gatys_cli.DEMO_SIZE and cfg.iterations == gatys_cli.DEMO_ITERATIONS
     assert cfg.content is None and cfg.style == []
-    assert gatys.demo_content_path().is_file()
-    cfg, demo = gatys.config_from_args(["--content", "x.png"])
+    assert gatys_cli.demo_content_path().is_file()
+    cfg, demo = gatys_cli.config_from_args(["--content", "x.png"])
     assert not demo and cfg.size == 512 and cfg.iterations == 500
 
 
 def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(gatys, "available_memory", lambda: 600 * 2**20)
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: 600 * 2**20)
     code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--size", "2048",
                              "--output", tmp_path / "o.png", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "memory", "--size", "--scales")

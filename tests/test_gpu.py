@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from minnst import backend, losses
-from minnst.layers import activations, conv, normalization, padding, pooling, resampling
+from minnst.layers import activations, conv, im2col, normalization, padding, pooling, resampling
 
 if os.environ.get("MINNST_FAKE_GPU"):  # CPU stand-in for CuPy: checks this file and the glue
     from kernel_emu import fake_cupy
@@ -27,7 +27,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU_OK, reason=GPU_WHY or 
 
 if GPU_OK:
     import cupy as cp
-    from minnst.kernels import launch
 
 
 def rel(a, b) -> float:
@@ -139,27 +138,23 @@ def test_conv_transpose2d(rng):
 
 
 def test_conv_kernels_directly(rng):
-    """im2col / col2im / padding kernels against their NumPy twins (the convolution may
-    or may not route through them, depending on what conv.py wires)."""
+    """The im2col, col2im and padding functions the convolution calls, on the device
+    against the host."""
     xpad = f32(rng, 2, 11, 12, 5)
     for s, (i0, i1) in ((1, (0, 9)), (2, (1, 4))):
         OW = (12 - 3) // s + 1
-        compare(launch.im2col_gpu(cp.asarray(xpad), 3, 3, s, i0, i1, OW),
-                conv._im2col(xpad, 3, 3, s, i0, i1, OW), 1e-7)
+        run_both(im2col.im2col, xpad, 3, 3, s, i0, i1, OW, tol=1e-7)
         dcols = f32(rng, 2, i1 - i0, OW, 3, 3, 5)
         got, ref = cp.asarray(xpad), xpad.copy()
-        launch.col2im_add_gpu(got, cp.asarray(dcols), s, i0)
-        conv._col2im_add(ref, dcols, s, i0)
+        im2col.col2im_add(got, cp.asarray(dcols), s, i0)
+        im2col.col2im_add(ref, dcols, s, i0)
         compare(got, ref, 1e-6)
     x = f32(rng, 2, 5, 9, 8)
     for mode in ("zero", "reflect"):
-        compare(launch.pad2d_gpu(cp.asarray(x), 3, mode), padding.pad2d(x, 3, mode), 1e-7)
+        run_both(padding.pad2d, x, 3, mode, tol=1e-7)
         dxp = f32(rng, 2, 15, 14, 5)
-        compare(launch.pad2d_backward_gpu(cp.asarray(dxp), 3, mode, axes=(1, 2)),
-                padding.pad2d_backward(dxp, 3, mode, axes=(1, 2)), 1e-6)
-        if hasattr(padding, "padded_rows_cl"):
-            compare(launch.padded_rows_cl_gpu(cp.asarray(x), 2, 9, 3, mode),
-                    padding.padded_rows_cl(x, 2, 9, 3, mode), 1e-7)
+        run_both(padding.pad2d_backward, dxp, 3, mode, axes=(1, 2), tol=1e-6)
+        run_both(padding.padded_rows_cl, x, 2, 9, 3, mode, tol=1e-7)
 
 
 # --------------------------------------------------------------------------- losses

@@ -231,6 +231,14 @@ def test_resize():
         I.resize(img)
 
 
+def test_fit_longest():
+    assert I.fit_longest(30, 20, 15) == (15, 10)  # the longest side becomes size
+    assert I.fit_longest(20, 30, 60) == (40, 60)  # enlarging too
+    assert I.fit_longest(512, 341, 256) == (256, 170)  # 170.5 rounds half to even
+    assert I.fit_longest(1000, 3, 16) == (16, 1)  # never below one pixel
+    assert I.fit_longest(7, 7, 7) == (7, 7)
+
+
 def test_preprocess_deprocess_roundtrip():
     img = np.random.default_rng(4).random((5, 6, 3)).astype(np.float32)
     x = I.preprocess(img)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from minnst.kernels.launch import KERNEL_DIR, SOURCES, name_expressions, read_source
+from minnst.kernels.launch import KERNEL_DIR, NVRTC_OPTIONS, SOURCES, name_expressions, read_source
 
 NVCC = shutil.which("nvcc")
 ARCH = os.environ.get("MINNST_NVCC_ARCH", "sm_90")
@@ -72,12 +72,14 @@ def test_every_source_is_listed():
 
 
 def test_every_source_starts_with_its_contract():
-    """The header comment names what it computes, the launch shape and its NumPy twin."""
+    """The header comment names what it computes, the launch shape, its NumPy twin and
+    its launcher."""
     for source in SOURCES:
         head = (KERNEL_DIR / source).read_text().split("#include")[0]
         assert head.startswith(f"// {source} —"), source
         assert "Launch shape" in head or "launch shape" in head, source
         assert "NumPy reference" in head, source
+        assert "Launcher" in head, source
         assert "Index decomposition" in head or "index decomposition" in head, source
 
 
@@ -103,7 +105,7 @@ NVRTC = _load_nvrtc()
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_kernel_compiles_with_nvrtc(source):
     """The exact text (headers inlined), options and name expressions that
-    ``launch._cupy_module`` gives CuPy's RawModule, through NVRTC's C API."""
+    ``launch.kernel`` gives CuPy's RawModule, through NVRTC's C API."""
     prog = ctypes.c_void_p()
     code = read_source(source).encode()
     assert NVRTC.nvrtcCreateProgram(ctypes.byref(prog), code, source.encode(), 0, None, None) == 0
@@ -111,7 +113,7 @@ def test_kernel_compiles_with_nvrtc(source):
         names = name_expressions(source)
         for expr in names:
             assert NVRTC.nvrtcAddNameExpression(prog, expr.encode()) == 0
-        opts = [b"--gpu-architecture=compute_90", *(o.encode() for o in launch_options())]
+        opts = [b"--gpu-architecture=compute_90", *(o.encode() for o in NVRTC_OPTIONS)]
         arr = (ctypes.c_char_p * len(opts))(*opts)
         rc = NVRTC.nvrtcCompileProgram(prog, len(opts), arr)
         size = ctypes.c_size_t()
@@ -126,9 +128,3 @@ def test_kernel_compiles_with_nvrtc(source):
             assert lowered.value, expr
     finally:
         NVRTC.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
-def launch_options():
-    from minnst.kernels import launch
-
-    return launch.NVRTC_OPTIONS

@@ -1,6 +1,6 @@
 """Every CUDA kernel, run on the CPU by the emulator (tests/kernel_emu), against its NumPy
-twin: the real launchers (``*_gpu``) called on NumPy arrays, random inputs, odd shapes,
-both memory layouts, float32 and float64.
+twin: the real launchers (``op_gpu``, beside ``op_cpu`` in each op's module) called on
+NumPy arrays, random inputs, odd shapes, both memory layouts, float32 and float64.
 
 Under the ``emulated`` fixture the launchers' kernel modules come from the emulator,
 every output buffer starts as garbage (NaN / 0xAB), grids are capped at a few blocks so
@@ -19,9 +19,8 @@ import pytest
 
 from kernel_emu import emu
 from minnst import losses
-from minnst import kernels
 from minnst.kernels import launch
-from minnst.layers import activations, conv, normalization, padding, pooling, resampling
+from minnst.layers import activations, conv, im2col, normalization, padding, pooling, resampling
 
 pytestmark = pytest.mark.skipif(shutil.which(emu.CXX) is None,
                                 reason=f"{emu.CXX} not found: the kernel emulation compiles the .cu files with it")
@@ -41,12 +40,12 @@ def _garbage_empty(xp, shape, dtype):
 
 @pytest.fixture
 def emulated(monkeypatch):
-    monkeypatch.setattr(launch, "_host_module", emu.load_module)
-    monkeypatch.setattr(launch, "_empty", _garbage_empty)
+    monkeypatch.setattr(launch, "host_module", emu.load_module)
+    monkeypatch.setattr(launch, "empty", _garbage_empty)
     monkeypatch.setattr(launch, "THREADS", 64)
     monkeypatch.setattr(launch, "MAX_BLOCKS", 3)
-    monkeypatch.setattr(launch, "_NORM_BLOCK_NHWC", (4, 3))   # odd shapes: few fibers,
-    monkeypatch.setattr(launch, "_NORM_BLOCK_NCHW", (1, 12))  # not powers of two
+    monkeypatch.setattr(normalization, "NORM_BLOCK_NHWC", (4, 3))   # odd shapes: few fibers,
+    monkeypatch.setattr(normalization, "NORM_BLOCK_NCHW", (1, 12))  # not powers of two
 
 
 @pytest.fixture
@@ -127,12 +126,12 @@ def test_importing_minnst_never_imports_cupy():
 
 def test_launchers_refuse_numpy_without_emulation():
     with pytest.raises(RuntimeError, match="CuPy arrays"):
-        launch.relu_forward_gpu(np.ones(3, np.float32))
+        activations.relu_forward_gpu(np.ones(3, np.float32))
 
 
 def test_launchers_refuse_other_dtypes(emulated):
     with pytest.raises(TypeError, match="float32 or float64"):
-        launch.relu_forward_gpu(np.ones(3, np.int32))
+        activations.relu_forward_gpu(np.ones(3, np.int32))
 
 
 # ------------------------------------------------------------------------------- ReLU
@@ -143,18 +142,18 @@ def test_relu(emulated, rng, dtype, layout):
     x = LAYOUTS[layout](rng.standard_normal((2, 3, 5, 7)).astype(dtype))
     x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
     dy = rng.standard_normal(x.shape).astype(dtype)
-    y, cache = launch.relu_forward_gpu(x)
-    y_ref, cache_ref = activations.relu_forward(x)
+    y, cache = activations.relu_forward_gpu(x)
+    y_ref, cache_ref = activations.relu_forward_cpu(x)
     np.testing.assert_array_equal(y, y_ref)
-    dx = launch.relu_backward_gpu(channels_last(dy), cache)
-    np.testing.assert_array_equal(dx, activations.relu_backward(dy, cache_ref))
+    dx = activations.relu_backward_gpu(channels_last(dy), cache)
+    np.testing.assert_array_equal(dx, activations.relu_backward_cpu(dy, cache_ref))
     assert dx.dtype == dtype
 
 
 def test_relu_odd_sizes(emulated, rng):
     for shape in [(1,), (7,), (3, 1, 1, 1), (13, 17)]:
         x = rng.standard_normal(shape).astype(np.float32)
-        np.testing.assert_array_equal(launch.relu_forward_gpu(x)[0], np.maximum(x, 0))
+        np.testing.assert_array_equal(activations.relu_forward_gpu(x)[0], np.maximum(x, 0))
 
 
 # ---------------------------------------------------------------------------- pooling
@@ -169,28 +168,28 @@ POOL_CASES = [((2, 3, 8, 8), 2, 2), ((2, 3, 7, 9), 2, 2), ((1, 5, 9, 7), 3, 2),
 def test_maxpool(emulated, rng, dtype, layout, shape, k, s):
     # small integers: many ties, which must route to the first maximum as on the CPU
     x = LAYOUTS[layout](rng.integers(0, 4, shape).astype(dtype))
-    y, cache = launch.maxpool2d_forward_gpu(x, k, s)
-    y_ref, cache_ref = pooling.maxpool2d_forward(x, k, s)
+    y, cache = pooling.maxpool2d_forward_gpu(x, k, s)
+    y_ref, cache_ref = pooling.maxpool2d_forward_cpu(x, k, s)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(cache.idx, cache_ref.idx)
     assert cache.idx.dtype == cache_ref.idx.dtype and cache[1:] == cache_ref[1:]
     dy = rng.standard_normal(y.shape).astype(dtype)
     for dyl in (np.ascontiguousarray(dy), channels_last(dy)):  # either layout of dy
-        np.testing.assert_array_equal(launch.maxpool2d_backward_gpu(dyl, cache),
-                                      pooling.maxpool2d_backward(dy, cache_ref))
+        np.testing.assert_array_equal(pooling.maxpool2d_backward_gpu(dyl, cache),
+                                      pooling.maxpool2d_backward_cpu(dy, cache_ref))
 
 
 def test_maxpool_nan_and_large_window(emulated, rng):
     x = rng.standard_normal((1, 2, 18, 19)).astype(np.float32)
     x[0, 0, 3, 4] = np.nan
-    y, cache = launch.maxpool2d_forward_gpu(x, 17, 1)  # 289 window elements: int32 index
-    y_ref, cache_ref = pooling.maxpool2d_forward(x, 17, 1)
+    y, cache = pooling.maxpool2d_forward_gpu(x, 17, 1)  # 289 window elements: int32 index
+    y_ref, cache_ref = pooling.maxpool2d_forward_cpu(x, 17, 1)
     np.testing.assert_array_equal(y, y_ref)
     assert cache.idx.dtype == np.int32
     np.testing.assert_array_equal(cache.idx, cache_ref.idx)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_array_equal(launch.maxpool2d_backward_gpu(dy, cache),
-                                  pooling.maxpool2d_backward(dy, cache_ref))
+    np.testing.assert_array_equal(pooling.maxpool2d_backward_gpu(dy, cache),
+                                  pooling.maxpool2d_backward_cpu(dy, cache_ref))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -198,13 +197,13 @@ def test_maxpool_nan_and_large_window(emulated, rng):
 @pytest.mark.parametrize("shape, k, s", POOL_CASES)
 def test_avgpool(emulated, rng, dtype, layout, shape, k, s):
     x = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
-    y, cache = launch.avgpool2d_forward_gpu(x, k, s)
-    y_ref, cache_ref = pooling.avgpool2d_forward(x, k, s)
+    y, cache = pooling.avgpool2d_forward_gpu(x, k, s)
+    y_ref, cache_ref = pooling.avgpool2d_forward_cpu(x, k, s)
     close(y, y_ref, dtype)
     assert cache == cache_ref
     dy = rng.standard_normal(y.shape).astype(dtype)
-    np.testing.assert_array_equal(launch.avgpool2d_backward_gpu(dy, cache),
-                                  pooling.avgpool2d_backward(dy, cache_ref))
+    np.testing.assert_array_equal(pooling.avgpool2d_backward_gpu(dy, cache),
+                                  pooling.avgpool2d_backward_cpu(dy, cache_ref))
 
 
 # ------------------------------------------------------------------------- upsampling
@@ -214,13 +213,13 @@ def test_avgpool(emulated, rng, dtype, layout, shape, k, s):
 @pytest.mark.parametrize("shape, scale", [((2, 3, 4, 5), 2), ((1, 2, 3, 3), 3), ((1, 1, 2, 5), 1)])
 def test_upsample_nearest(emulated, rng, dtype, layout, shape, scale):
     x = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
-    y, cache = launch.upsample_nearest2d_forward_gpu(x, scale)
-    y_ref, cache_ref = resampling.upsample_nearest2d_forward(x, scale)
+    y, cache = resampling.upsample_nearest2d_forward_gpu(x, scale)
+    y_ref, cache_ref = resampling.upsample_nearest2d_forward_cpu(x, scale)
     np.testing.assert_array_equal(y, y_ref)
     assert cache == cache_ref
     dy = LAYOUTS[layout](rng.standard_normal(y.shape).astype(dtype))
-    close(launch.upsample_nearest2d_backward_gpu(dy, cache),
-          resampling.upsample_nearest2d_backward(dy, cache_ref), dtype)
+    close(resampling.upsample_nearest2d_backward_gpu(dy, cache),
+          resampling.upsample_nearest2d_backward_cpu(dy, cache_ref), dtype)
 
 
 # ---------------------------------------------------------------------- normalisation
@@ -242,12 +241,8 @@ def test_norm(emulated, rng, dtype, layout, shape, affine, kind):
     x = LAYOUTS[layout]((rng.standard_normal(shape) * 2 + 0.5).astype(dtype))
     dy = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
     gamma, beta = _norm_params(rng, shape[1], affine, dtype)
-    if kind == "instance":
-        fwd_gpu, bwd_gpu = launch.instance_norm_forward_gpu, launch.instance_norm_backward_gpu
-        fwd, bwd = normalization.instance_norm_forward, normalization.instance_norm_backward
-    else:
-        fwd_gpu, bwd_gpu = launch.batch_norm_forward_gpu, launch.batch_norm_backward_gpu
-        fwd, bwd = normalization.batch_norm_forward, normalization.batch_norm_backward
+    fwd_gpu, bwd_gpu, fwd, bwd = (getattr(normalization, f"{kind}_norm_{pass_}")
+                                  for pass_ in ("forward_gpu", "backward_gpu", "forward_cpu", "backward_cpu"))
     y, cache = fwd_gpu(x, gamma, beta, 1e-5)
     y_ref, cache_ref = fwd(x, gamma, beta, 1e-5)
     close(y, y_ref, dtype, 10)
@@ -270,16 +265,16 @@ def test_norm(emulated, rng, dtype, layout, shape, affine, kind):
 
 def test_norm_production_block_shapes(emulated, rng, monkeypatch):
     """The launch shapes the GPU uses: (32, 8) channels-last and (1, 256) NCHW."""
-    monkeypatch.setattr(launch, "_NORM_BLOCK_NHWC", (32, 8))
-    monkeypatch.setattr(launch, "_NORM_BLOCK_NCHW", (1, 256))
+    monkeypatch.setattr(normalization, "NORM_BLOCK_NHWC", (32, 8))
+    monkeypatch.setattr(normalization, "NORM_BLOCK_NCHW", (1, 256))
     for layout in ("nchw", "nhwc"):
         x = LAYOUTS[layout](rng.standard_normal((2, 35, 6, 7)))
-        y, cache = launch.instance_norm_forward_gpu(x, None, None)
-        close(y, normalization.instance_norm_forward(x, None, None)[0], np.float64)
+        y, cache = normalization.instance_norm_forward_gpu(x, None, None)
+        y_ref, cache_ref = normalization.instance_norm_forward_cpu(x, None, None)
+        close(y, y_ref, np.float64)
         dy = rng.standard_normal(x.shape)
-        close(launch.instance_norm_backward_gpu(dy, cache)[0],
-              normalization.instance_norm_backward(dy, normalization.instance_norm_forward(x, None, None)[1])[0],
-              np.float64, 100)
+        close(normalization.instance_norm_backward_gpu(dy, cache)[0],
+              normalization.instance_norm_backward_cpu(dy, cache_ref)[0], np.float64, 100)
 
 
 # ------------------------------------------------------------------------ im2col / col2im
@@ -300,17 +295,17 @@ def test_im2col_and_col2im(emulated, rng, dtype, shape, KH, KW, s, band):
     OW = (Wp - KW) // s + 1
     i0, i1 = band
     xpad = rng.standard_normal(shape).astype(dtype)
-    cols = launch.im2col_gpu(xpad, KH, KW, s, i0, i1, OW)
-    np.testing.assert_array_equal(cols, conv._im2col(xpad, KH, KW, s, i0, i1, OW))
+    cols = im2col.im2col_gpu(xpad, KH, KW, s, i0, i1, OW)
+    np.testing.assert_array_equal(cols, im2col.im2col_cpu(xpad, KH, KW, s, i0, i1, OW))
     out = np.empty_like(cols)
-    assert launch.im2col_gpu(xpad, KH, KW, s, i0, i1, OW, out=out) is out
+    assert im2col.im2col_gpu(xpad, KH, KW, s, i0, i1, OW, out=out) is out
     np.testing.assert_array_equal(out, cols)
     # the adjoint, accumulated in place into a non-zero buffer: same sums, same order
     dcols = rng.standard_normal(cols.shape).astype(dtype)
     start = rng.standard_normal(shape).astype(dtype)
     got, ref = start.copy(), start.copy()
-    launch.col2im_add_gpu(got, dcols, s, i0)
-    conv._col2im_add(ref, dcols, s, i0)
+    im2col.col2im_add_gpu(got, dcols, s, i0)
+    im2col.col2im_add_cpu(ref, dcols, s, i0)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -318,8 +313,8 @@ def test_col2im_into_a_noncontiguous_buffer(emulated, rng):
     big = rng.standard_normal((2, 6, 7, 6))
     got, ref = big.copy(), big.copy()
     dcols = rng.standard_normal((2, 4, 5, 3, 3, 3))
-    launch.col2im_add_gpu(got[..., ::2], dcols, 1, 0)
-    conv._col2im_add(ref[..., ::2], dcols, 1, 0)
+    im2col.col2im_add_gpu(got[..., ::2], dcols, 1, 0)
+    im2col.col2im_add_cpu(ref[..., ::2], dcols, 1, 0)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -328,22 +323,19 @@ def test_col2im_into_a_noncontiguous_buffer(emulated, rng):
                                   dict(C=2, F=3, k=3, s=2, p=1, mode="reflect"),
                                   dict(C=3, F=2, k=9, s=1, p=4, mode="reflect")])
 def test_conv_with_kernels_wired_in(emulated, rng, monkeypatch, dtype, case):
-    """conv2d and conv_transpose2d through the im2col path with the kernels in place of
-    _im2col / _col2im_add and the padding: what the GPU path runs."""
-    monkeypatch.setattr(conv, "_im2col", launch.im2col_gpu)
-    monkeypatch.setattr(conv, "_col2im_add", launch.col2im_add_gpu)
-    monkeypatch.setattr(conv, "pad2d_backward", launch.pad2d_backward_gpu)
-    monkeypatch.setattr(conv, "padded_rows_cl", launch.padded_rows_cl_gpu, raising=False)
-    monkeypatch.setattr(conv, "_use_shifted", lambda *a: False)
+    """conv2d by ``method="im2col"`` with the im2col and padding dispatchers sending the
+    NumPy arrays to their kernels: what the GPU path runs, against the CPU's own path."""
     C, F, k, s, p = case["C"], case["F"], case["k"], case["s"], case["p"]
     x = rng.standard_normal((2, C, 10, 9)).astype(dtype)
     w = rng.standard_normal((F, C, k, k)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
-    y, cache = conv.conv2d_forward(x, w, b, s, p, case["mode"])
+    dy = rng.standard_normal((2, F, (10 + 2 * p - k) // s + 1, (9 + 2 * p - k) // s + 1)).astype(dtype)
+    with monkeypatch.context() as m:
+        for mod in (im2col, padding):
+            m.setattr(mod, "is_gpu_array", lambda a: True)
+        y, cache = conv.conv2d_forward(x, w, b, s, p, case["mode"], method="im2col")
+        dx, dw, db = conv.conv2d_backward(dy, cache)
     close(y, conv.conv2d_naive(x, w, b, s, p, case["mode"]), dtype, 100)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = conv.conv2d_backward(dy, cache)
-    monkeypatch.undo()
     y_ref, cache_ref = conv.conv2d_forward(x, w, b, s, p, case["mode"])
     dx_ref, dw_ref, db_ref = conv.conv2d_backward(dy, cache_ref)
     close(dx, dx_ref, dtype, 100)
@@ -363,10 +355,11 @@ def test_pad2d(emulated, rng, dtype, mode, pad, shape, axes):
     if mode == "reflect" and pad >= min(shape[ah], shape[aw]):
         pytest.skip("reflection needs a larger dimension")
     x = rng.standard_normal(shape).astype(dtype)
-    y = launch.pad2d_gpu(x, pad, mode, axes)
-    np.testing.assert_array_equal(y, padding.pad2d(x, pad, mode, axes))
+    y = padding.pad2d_gpu(x, pad, mode, axes)
+    np.testing.assert_array_equal(y, padding.pad2d_cpu(x, pad, mode, axes))
     dy = rng.standard_normal(y.shape).astype(dtype)
-    close(launch.pad2d_backward_gpu(dy, pad, mode, axes), padding.pad2d_backward(dy, pad, mode, axes), dtype)
+    close(padding.pad2d_backward_gpu(dy, pad, mode, axes), padding.pad2d_backward_cpu(dy, pad, mode, axes),
+          dtype)
 
 
 @pytest.mark.parametrize("mode", ["zero", "reflect"])
@@ -376,14 +369,13 @@ def test_pad2d_into_channels_last_buffer(emulated, rng, mode):
     x = LAYOUTS["strided"](rng.standard_normal((2, 3, 5, 6)))
     buf = np.empty((2, 9, 10, 3))
     out = buf.transpose(0, 3, 1, 2)
-    assert launch.pad2d_gpu(x, 2, mode, out=out) is out
-    np.testing.assert_array_equal(buf.transpose(0, 3, 1, 2), padding.pad2d(x, 2, mode))
+    assert padding.pad2d_gpu(x, 2, mode, out=out) is out
+    np.testing.assert_array_equal(buf.transpose(0, 3, 1, 2), padding.pad2d_cpu(x, 2, mode))
     dxp = rng.standard_normal((2, 9, 10, 3))
-    close(launch.pad2d_backward_gpu(dxp, 2, mode, axes=(1, 2)),
-          padding.pad2d_backward(dxp, 2, mode, axes=(1, 2)), np.float64)
+    close(padding.pad2d_backward_gpu(dxp, 2, mode, axes=(1, 2)),
+          padding.pad2d_backward_cpu(dxp, 2, mode, axes=(1, 2)), np.float64)
 
 
-@pytest.mark.skipif(not hasattr(padding, "padded_rows_cl"), reason="padding.padded_rows_cl not present")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode", ["zero", "reflect"])
 @pytest.mark.parametrize("pad, r0, r1", [(0, 0, 5), (1, 0, 7), (1, 3, 6), (2, 0, 3), (2, 4, 9), (3, 2, 4)])
@@ -391,8 +383,8 @@ def test_padded_rows_cl(emulated, rng, dtype, mode, pad, r0, r1):
     x = LAYOUTS["strided"](rng.standard_normal((2, 3, 5, 4)).astype(dtype))
     if mode == "reflect" and pad >= 4:
         pytest.skip("reflection needs a larger dimension")
-    np.testing.assert_array_equal(launch.padded_rows_cl_gpu(x, r0, r1, pad, mode),
-                                  padding.padded_rows_cl(x, r0, r1, pad, mode))
+    np.testing.assert_array_equal(padding.padded_rows_cl_gpu(x, r0, r1, pad, mode),
+                                  padding.padded_rows_cl_cpu(x, r0, r1, pad, mode))
 
 
 # ------------------------------------------------------------------------------ losses
@@ -405,14 +397,14 @@ def test_content_loss(emulated, rng, dtype, norm, layout, batch_target):
     shape = (3, 4, 5, 7)
     F = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
     P = rng.standard_normal((1,) + shape[1:] if batch_target else shape).astype(dtype)
-    value, grad = launch.content_loss_gpu(F, P, norm)
-    value_ref, grad_ref = losses.content_loss(F, P, norm)
+    value, grad = losses.content_loss_gpu(F, P, norm)
+    value_ref, grad_ref = losses.content_loss_cpu(F, P, norm)
     assert value == pytest.approx(value_ref, rel=TOL[dtype] * 10)
     np.testing.assert_array_equal(grad, grad_ref)
     # fused ReLU mask: the gradient of the loss through the ReLU that produced F
-    value_m, grad_m = launch.content_loss_gpu(F, P, norm, relu_mask=True)
+    value_m, grad_m = losses.content_loss_gpu(F, P, norm, relu_mask=True)
     assert value_m == value
-    np.testing.assert_array_equal(grad_m, activations.relu_backward(grad_ref, F))
+    np.testing.assert_array_equal(grad_m, activations.relu_backward_cpu(grad_ref, F))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -423,8 +415,8 @@ def test_style_loss(emulated, rng, dtype, norm, layout, target_batch):
     shape = (2, 5, 4, 3)
     F = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
     A = losses.gram_matrix(rng.standard_normal((target_batch,) + shape[1:]), norm).astype(dtype)
-    value, grad = launch.style_loss_gpu(F, A, norm)
-    value_ref, grad_ref = losses.style_loss(F, A, norm)
+    value, grad = losses.style_loss_gpu(F, A, norm)
+    value_ref, grad_ref = losses.style_loss_cpu(F, A, norm)
     assert value == pytest.approx(value_ref, rel=TOL[dtype] * 10)
     close(grad, grad_ref, dtype, 10)
     assert grad.dtype == dtype
@@ -436,8 +428,8 @@ def test_style_loss(emulated, rng, dtype, norm, layout, target_batch):
                                          ((1, 1, 3), (-3, -2))])
 def test_tv_loss(emulated, rng, dtype, shape, axes):
     x = rng.standard_normal(shape).astype(dtype)
-    value, grad = launch.tv_loss_gpu(x, axes)
-    value_ref, grad_ref = losses.tv_loss(x, axes)
+    value, grad = losses.tv_loss_gpu(x, axes)
+    value_ref, grad_ref = losses.tv_loss_cpu(x, axes)
     assert value == pytest.approx(value_ref, rel=TOL[dtype] * 10, abs=1e-12)
     np.testing.assert_array_equal(grad, grad_ref)
 
@@ -447,7 +439,7 @@ def test_block_size_not_a_power_of_two(emulated, rng, monkeypatch):
     for threads in (1, 96, 256):
         monkeypatch.setattr(launch, "THREADS", threads)
         x = rng.standard_normal((7, 11, 3))
-        assert launch.tv_loss_gpu(x)[0] == pytest.approx(losses.tv_loss(x)[0], rel=1e-12)
+        assert losses.tv_loss_gpu(x)[0] == pytest.approx(losses.tv_loss_cpu(x)[0], rel=1e-12)
 
 
 # ------------------------------------------------------------------ dispatch in the layers
@@ -456,17 +448,20 @@ def test_block_size_not_a_power_of_two(emulated, rng, monkeypatch):
 def dispatch_to_kernels(emulated, monkeypatch):
     """Make the layer code believe its NumPy arrays live on the GPU, so the functions
     take their kernel branch (run by the emulator)."""
-    for mod in (activations, pooling, normalization, resampling, losses):
+    for mod in (activations, padding, pooling, normalization, resampling, losses):
         monkeypatch.setattr(mod, "is_gpu_array", lambda a: True)
 
 
 def test_layer_functions_dispatch_to_the_kernels(dispatch_to_kernels, rng, monkeypatch):
     calls = []
-    for name in ("relu_forward_gpu", "maxpool2d_forward_gpu", "avgpool2d_backward_gpu",
-                 "instance_norm_forward_gpu", "batch_norm_backward_gpu",
-                 "upsample_nearest2d_forward_gpu", "content_loss_gpu", "style_loss_gpu", "tv_loss_gpu"):
-        real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
+    for mod, name in ((activations, "relu_forward_gpu"), (pooling, "maxpool2d_forward_gpu"),
+                      (pooling, "avgpool2d_backward_gpu"), (normalization, "instance_norm_forward_gpu"),
+                      (normalization, "batch_norm_backward_gpu"),
+                      (resampling, "upsample_nearest2d_forward_gpu"), (losses, "content_loss_gpu"),
+                      (losses, "style_loss_gpu"), (losses, "tv_loss_gpu"), (padding, "pad2d_gpu"),
+                      (padding, "pad2d_backward_gpu"), (padding, "padded_rows_cl_gpu")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
     x = rng.standard_normal((2, 4, 6, 6))
     dy = rng.standard_normal(x.shape)
     activations.relu_forward(x)
@@ -478,7 +473,10 @@ def test_layer_functions_dispatch_to_the_kernels(dispatch_to_kernels, rng, monke
     losses.content_loss(x, dy)
     losses.style_loss(x, losses.gram_matrix(dy))
     losses.tv_loss(x)
-    assert len(calls) == 9, calls
+    padding.pad2d(x, 1, "reflect")
+    padding.pad2d_backward(x, 1, "reflect")
+    padding.padded_rows_cl(x, 0, 3, 1)
+    assert len(calls) == 12, calls
 
 
 def test_small_network_through_the_kernels(dispatch_to_kernels, rng, monkeypatch):

@@ -19,6 +19,7 @@ from minnst.layers.pooling import (AvgPool2d, MaxPool2d, avgpool2d_backward, avg
                                    maxpool2d_naive)
 from minnst.layers.resampling import (Upsample, upsample_nearest2d_backward,
                                       upsample_nearest2d_forward)
+from minnst.layers import normalization, padding, pooling, resampling
 
 TOL = 1e-6  # float64 layers
 # Finite-difference step. f = Σ y·dy sums every output, and its rounding error divided by
@@ -230,6 +231,32 @@ def test_batch_norm_eval(rng):
 def test_batch_norm_needs_two_values_per_channel():
     with pytest.raises(ValueError):
         batch_norm_forward(np.zeros((1, 2, 1, 1)), None, None)
+
+
+# ---------------------------------------------------------------------- argument checks
+
+BAD_CALLS = {  # op: (module, arguments that fail its check)
+    "maxpool2d_forward": (pooling, (np.zeros((1, 1, 2, 5)), 3, 3)),
+    "avgpool2d_forward": (pooling, (np.zeros((1, 5, 2)), 2, 2)),
+    "upsample_nearest2d_forward": (resampling, (np.zeros((1, 1, 2, 2)), 1.5)),
+    "instance_norm_forward": (normalization, (np.zeros((1, 3, 2, 2)), np.ones(2), None)),
+    "batch_norm_forward": (normalization, (np.zeros((1, 2, 1, 1)), None, None)),
+    "pad2d": (padding, (np.zeros((1, 1, 3, 3)), 3, "reflect")),
+    "padded_rows_cl": (padding, (np.zeros((1, 1, 3, 3)), 0, 2, 1, "mirror")),
+}
+
+
+@pytest.mark.parametrize("op", BAD_CALLS)
+def test_both_paths_share_the_argument_checks(op):
+    """``op_cpu`` and the kernel launcher ``op_gpu`` run the same check: the same
+    ValueError, raised before anything reaches a kernel (so no GPU is needed here)."""
+    module, args = BAD_CALLS[op]
+    messages = []
+    for path in ("cpu", "gpu"):
+        with pytest.raises(ValueError) as err:
+            getattr(module, f"{op}_{path}")(*args)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
 
 
 def test_batch_norm_layer_running_stats(rng):

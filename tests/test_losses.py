@@ -89,9 +89,15 @@ def test_float32_keeps_dtype(rng):
 
 
 def test_unknown_normalization_is_rejected(rng):
+    """By every loss, on both paths (the kernel launchers check before any launch)."""
     F = rng.standard_normal((1, 2, 2, 2))
-    with pytest.raises(ValueError):
-        losses.style_loss(F, F, "vgg")
+    A = losses.gram_matrix(F)
+    for fn in (losses.style_loss_cpu, losses.style_loss_gpu, losses.content_loss_cpu,
+               losses.content_loss_gpu):
+        with pytest.raises(ValueError, match="normalization must be one of"):
+            fn(F, A if "style" in fn.__name__ else F, "vgg")
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        losses.gram_matrix(F, "vgg")
 
 
 @pytest.mark.parametrize("norm", losses.NORMALIZATIONS)

@@ -65,7 +65,7 @@ def test_defaults_shipped_model_and_demo_photo(model, tmp_path, monkeypatch, cap
 
 
 def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(stylize, "_checkout_weights_dir", lambda: None)
+    monkeypatch.setattr(stylize, "checkout_weights_dir", lambda: None)
     monkeypatch.setenv("MINNST_HOME", str(tmp_path))
     assert stylize.main(["--input", str(tmp_path / "x.jpg")]) == 2
     assert "--model" in capsys.readouterr().err

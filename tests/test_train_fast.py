@@ -122,6 +122,42 @@ def test_make_dataset_errors(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+# --------------------------------------------------------------------------- the objective
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_training_loss_is_the_gatys_objective(vgg16_f32, pooling):
+    """The training loss of one image and ``gatys.Objective`` built from
+    ``training_objective`` are the same function: equal values and gradients (float64)."""
+    from minnst import gatys
+
+    vgg = VGG16(vgg16_f32.weights, pooling=pooling)
+    rng = np.random.default_rng(3)
+    photo = rng.random((28, 36, 3))                    # (H, W, 3) in [0, 1]
+    style = rng.random((30, 26, 3))
+    y = rng.uniform(0, 255, (1, 3, 28, 36))            # a network output in [0, 255]
+    layers = dict(content_layer="relu2_1", style_layers=("relu1_2", "relu2_2", "relu3_1"),
+                  style_layer_weights=(1.0, 0.5, 2.0))
+    weights = dict(content_weight=1.5, style_weight=3e4, tv_weight=1e-3)
+    training = train_fast.TrainingLoss(vgg, style, **layers, **weights, dtype=np.float64)
+    total, parts, dy = training(y, photo[None])
+    kwargs = train_fast.training_objective(**layers, **weights, pooling=pooling)
+    obj = gatys.Objective(photo, [style], net=vgg, **kwargs)
+    value, grad = obj.loss_and_grad(y[0].transpose(1, 2, 0) / 255.0)
+    assert kwargs["normalization"] == "johnson"
+    assert value == pytest.approx(total, rel=1e-12)
+    assert obj.last.content == pytest.approx(parts["content"], rel=1e-12)
+    assert obj.last.style == pytest.approx(parts["style"], rel=1e-12)
+    assert obj.last.tv == pytest.approx(parts["tv"], rel=1e-12)
+    np.testing.assert_allclose(grad / 255.0, dy[0].transpose(1, 2, 0), rtol=1e-10, atol=1e-18)
+
+
+def test_mean_gram_layer_weights_divide_by_channels_squared():
+    from minnst.perceptual import mean_gram_layer_weights
+
+    assert mean_gram_layer_weights(["relu1_2", "relu4_3"], [2.0, 3.0]) == [2.0 / 64**2, 3.0 / 512**2]
+    assert mean_gram_layer_weights(["relu3_3"]) == [1.0 / 256**2]
+
+
 # --------------------------------------------------------------------------- exact resume
 
 @pytest.mark.parametrize("norm,upsample,n,k", [("instance", "nearest", 5, 2), ("batch", "transpose", 3, 1)])

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from minnst.gradcheck import directional_check, grad_check_sparse
-from minnst.train_fast import PerceptualLoss
+from minnst.layers.base import Residual, Sequential
+from minnst.layers.normalization import BatchNorm2d
+from minnst.modelfile import ModelFileError, save_model
+from minnst.train_fast import TrainingLoss
 from minnst.transformer import TransformerConfig, TransformerNet
 from minnst.vgg import VGG16
-from minnst.weights import ModelFileError, save_model
 
 
 
@@ -43,7 +45,7 @@ def test_shapes_range_and_channels(upsample, norm):
     y, _ = net.forward(x)
     assert y.shape == (2, 3, 20, 24) and y.dtype == np.float32
     assert y.min() >= 0 and y.max() <= 255
-    assert np.array_equal(net.infer(x), y) or norm == "batch"  # batch norm: infer is train mode too
+    assert np.array_equal(net.infer(x), y)  # train mode (both norms): forward without caches
     assert TransformerConfig(width=1.0).channels == (32, 64, 128)
     assert TransformerConfig(width=0.5).channels == (16, 32, 64)
 
@@ -124,8 +126,8 @@ def test_training_objective_gradient_through_vgg(vgg_max64):
     w.r.t. the output and w.r.t. parameters at both ends of the network."""
     rng = np.random.default_rng(5)
     style = rng.uniform(0, 1, (24, 20, 3))
-    loss = PerceptualLoss(vgg_max64, style, content_weight=1.0, style_weight=1e3, tv_weight=1e-2,
-                          style_layer_weights=(1.0, 0.5, 2.0, 1.0), xp=np, dtype=np.float64)
+    loss = TrainingLoss(vgg_max64, style, content_weight=1.0, style_weight=1e3, tv_weight=1e-2,
+                        style_layer_weights=(1.0, 0.5, 2.0, 1.0), xp=np, dtype=np.float64)
     net = tiny(blocks=1)
     img = rng.uniform(0, 1, (2, 16, 16, 3))
     x = img.transpose(0, 3, 1, 2) * 255
@@ -256,6 +258,69 @@ def test_batch_norm_eval_uses_running_statistics():
     y1, _ = net.forward(x[:1])
     y2, _ = net.forward(np.concatenate([x[:1], x[1:] * 0.1]))
     np.testing.assert_allclose(y1[0], y2[0], atol=1e-10)  # per-sample: batch does not matter
+
+
+def _with_bn_formula(layer, x, stats: dict):
+    """The network's output with every ``BatchNorm2d`` written out here: train mode
+    ``γ·(x − mean)/√(var + ε) + β`` with the batch's per-channel mean and biased variance
+    (recording the running statistics PyTorch's update would leave in ``stats``), eval
+    mode the same with the running statistics. Other layers run as they are."""
+    if isinstance(layer, Residual):
+        return x + _with_bn_formula(layer.layers["body"], x, stats)
+    if isinstance(layer, Sequential):
+        for child in layer.layers.values():
+            x = _with_bn_formula(child, x, stats)
+        return x
+    if not isinstance(layer, BatchNorm2d):
+        return layer.forward(x)[0]
+    rm, rv = layer.buffers["running_mean"], layer.buffers["running_var"]
+    if layer.training:
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+        m = layer.momentum
+        stats[id(layer)] = ((1 - m) * rm + m * mean, (1 - m) * rv + m * var * n / (n - 1))
+    else:
+        mean, var = rm, rv
+        stats[id(layer)] = (rm.copy(), rv.copy())
+
+    def c(a):
+        return a.reshape(1, -1, 1, 1)
+
+    return c(layer.params["weight"]) * (x - c(mean)) / np.sqrt(c(var) + layer.eps) + c(layer.params["bias"])
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "transpose"])
+def test_batch_norm_train_and_eval_against_the_formula(upsample):
+    """Train mode normalises with the batch's statistics and moves the running ones
+    towards them; eval mode normalises with the running statistics and leaves them be.
+    Both checked in float64 against ``_with_bn_formula``; the two modes really differ."""
+    rng = np.random.default_rng(3)
+    net = tiny(upsample, "batch")
+    bns = [l for _, l in net.named_layers() if isinstance(l, BatchNorm2d)]
+    assert len(bns) == 3 + 2 * 2 + 2  # down1..3, two per residual block, up1, up2
+    for bn in bns:  # non-default γ, β and running statistics
+        C = bn.C
+        bn.params["weight"][...] = rng.uniform(0.5, 2.0, C)
+        bn.params["bias"][...] = rng.standard_normal(C)
+        bn.buffers["running_mean"][...] = rng.standard_normal(C)
+        bn.buffers["running_var"][...] = rng.uniform(0.5, 2.0, C)
+    x = rng.uniform(0, 255, (3, 3, 16, 20))
+    for training in (True, False):
+        net.train(training)
+        before = {id(bn): (bn.buffers["running_mean"].copy(), bn.buffers["running_var"].copy()) for bn in bns}
+        stats = {}
+        ref = _with_bn_formula(net, x, stats)
+        for bn in bns:  # the reference walk must not have touched the buffers
+            assert np.array_equal(bn.buffers["running_mean"], before[id(bn)][0])
+        y, _ = net.forward(x)
+        np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9 * 255)
+        for bn in bns:
+            np.testing.assert_allclose(bn.buffers["running_mean"], stats[id(bn)][0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(bn.buffers["running_var"], stats[id(bn)][1], rtol=1e-12, atol=1e-12)
+        if training:
+            y_train = y
+        else:
+            assert np.abs(y - y_train).max() > 1.0  # running statistics != this batch's
 
 
 def test_input_gradient_is_skipped_by_default():

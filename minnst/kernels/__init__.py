@@ -1,23 +1,13 @@
-"""Hand-written CUDA kernels for the GPU path, one ``*.cu`` source per family.
+"""Hand-written CUDA kernels for the GPU path: one ``*.cu`` source per family and the
+runtime that compiles and launches them (``launch.py``).
 
 Each kernel source starts with what it computes, its index decomposition, its launch
-shape and the name of its NumPy reference; ``launch.py`` holds the launchers, named like
-their CPU twins with ``_gpu`` appended and with the same signatures. Importing this
-package never imports CuPy (the launchers do, on first use). See docs/kernels.md.
+shape, its NumPy reference and its launcher. The launchers live beside their NumPy twins
+in the ops' own modules (``minnst.layers.*``, ``minnst.losses``), named like them with
+``_gpu`` appended and with the same signatures; this package imports nothing from those
+modules. Importing it never imports CuPy (``launch.kernel`` does, on first use). See
+docs/kernels.md.
 """
-from .launch import (SOURCES, avgpool2d_backward_gpu, avgpool2d_forward_gpu,
-                     batch_norm_backward_gpu, batch_norm_forward_gpu, col2im_add_gpu,
-                     content_loss_gpu, im2col_gpu, instance_norm_backward_gpu,
-                     instance_norm_forward_gpu, maxpool2d_backward_gpu, maxpool2d_forward_gpu,
-                     pad2d_backward_gpu, pad2d_gpu, padded_rows_cl_gpu, relu_backward_gpu, relu_forward_gpu,
-                     style_loss_gpu, tv_loss_gpu, upsample_nearest2d_backward_gpu,
-                     upsample_nearest2d_forward_gpu)
+from .launch import KERNEL_DIR, SOURCES, name_expressions, read_source
 
-__all__ = [
-    "SOURCES", "avgpool2d_backward_gpu", "avgpool2d_forward_gpu", "batch_norm_backward_gpu",
-    "batch_norm_forward_gpu", "col2im_add_gpu", "content_loss_gpu", "im2col_gpu",
-    "instance_norm_backward_gpu", "instance_norm_forward_gpu", "maxpool2d_backward_gpu",
-    "maxpool2d_forward_gpu", "pad2d_backward_gpu", "pad2d_gpu", "padded_rows_cl_gpu", "relu_backward_gpu",
-    "relu_forward_gpu", "style_loss_gpu", "tv_loss_gpu", "upsample_nearest2d_backward_gpu",
-    "upsample_nearest2d_forward_gpu",
-]
+__all__ = ["KERNEL_DIR", "SOURCES", "name_expressions", "read_source"]

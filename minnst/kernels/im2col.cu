@@ -7,7 +7,8 @@
 //   ((((n·rows + r)·OW + j)·KH + u)·KW + v)·C + c; consecutive threads differ in c, so
 //   both the reads of xpad and the writes of cols are coalesced.
 //   Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loop over t.
-//   NumPy reference: minnst.layers.conv._im2col.
+//   NumPy reference: minnst.layers.im2col.im2col_cpu.
+//   Launcher: minnst.layers.im2col.im2col_gpu.
 //
 // col2im_add:  dxpad[n, p, q, c] += Σ_{r,u: (i0+r)·s+u = p} Σ_{j,v: j·s+v = q} cols[n, r, j, u, v, c]
 //              (the adjoint of im2col, accumulated into dxpad in place).
@@ -17,7 +18,8 @@
 //   ((n·bandH + (p − p0))·Wp + q)·C + c. Each thread visits the taps in the same order as
 //   the NumPy code (u outer, v inner), so the sums are bit-identical to it.
 //   Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loop over t.
-//   NumPy reference: minnst.layers.conv._col2im_add.
+//   NumPy reference: minnst.layers.im2col.col2im_add_cpu.
+//   Launcher: minnst.layers.im2col.col2im_add_gpu.
 #include "common.h"
 
 template <typename T>

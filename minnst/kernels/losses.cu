@@ -4,23 +4,26 @@
 // content_loss:   d = F[t] − P[t mod nP] (P broadcast over the batch when nP < n);
 //                 D[t] = d·scale, masked by the ReLU (D[t]·[F[t] > 0]) when relu_mask;
 //                 partial[block] = Σ d² over the block's elements.
-//                 NumPy reference: minnst.losses.content_loss (relu_mask: followed by
+//                 NumPy reference: minnst.losses.content_loss_cpu (relu_mask: followed by
 //                 minnst.layers.activations.relu_backward with F as the ReLU output).
+//                 scale = minnst.losses.content_grad_factor.
 // style_residual: r = G[t] / gdiv − A[t mod nA] (A broadcast over the batch);
 //                 D[t] = r·scale; partial[block] = Σ r². The Gram matrix G = F Fᵀ before
 //                 and the gradient D·F after are cuBLAS matrix products (CuPy's matmul).
-//                 NumPy reference: minnst.losses.style_loss.
+//                 gdiv = minnst.losses.gram_divisor, scale = minnst.losses.style_grad_factor.
+//                 NumPy reference: minnst.losses.style_loss_cpu.
 // tv_loss:        x viewed as (B, H, K1, W, K2), C-contiguous, the two spatial axes H and
 //                 W; dv = x[i+1, j] − x[i, j], dh = x[i, j+1] − x[i, j];
 //                 grad = 2·(dv[i−1, j] − dv[i, j] + dh[i, j−1] − dh[i, j]) (terms outside
 //                 the image are 0), added in the NumPy code's order (bit-identical);
 //                 partial[block] = Σ dv² + dh² of the differences that start at the
-//                 block's elements. NumPy reference: minnst.losses.tv_loss.
+//                 block's elements. NumPy reference: minnst.losses.tv_loss_cpu.
 //
 // Index decomposition: one flat index t over the elements (the launcher passes the
 // arrays in one common memory order). Launch shape: 1-D grid of 1-D blocks (256
 // threads), grid-stride loop over t, then a shared-memory tree reduction of the block's
 // sums (block_sum in common.h); partial has gridDim.x entries.
+// Launchers: minnst.losses.content_loss_gpu / style_loss_gpu / tv_loss_gpu.
 #include "common.h"
 
 template <typename T>

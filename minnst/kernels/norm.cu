@@ -22,8 +22,9 @@
 // NCHW). Grid (gx, gy): grid-stride loops over channel tiles (x) and groups g (y), both
 // uniform across the block, so every thread reaches every barrier. Sums accumulate in
 // double.
-// NumPy references: minnst.layers.normalization.instance_norm_forward / _backward and
-// batch_norm_forward / batch_norm_backward.
+// NumPy references: minnst.layers.normalization.instance_norm_forward_cpu / _backward_cpu
+// and batch_norm_forward_cpu / batch_norm_backward_cpu.
+// Launchers: the same names with _gpu in minnst.layers.normalization.
 #include "common.h"
 
 // Σ over threadIdx.y of v (per threadIdx.x), returned to every thread; all threads of

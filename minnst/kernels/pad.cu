@@ -18,7 +18,8 @@
 // channels-last padded buffer).
 // Index decomposition: t = ((c0·o1 + c1)·o2 + c2)·o3 + c3 over the written array.
 // Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loop over t.
-// NumPy references: minnst.layers.padding.pad2d / pad2d_backward / padded_rows_cl.
+// NumPy references: minnst.layers.padding.pad2d_cpu / pad2d_backward_cpu / padded_rows_cl_cpu.
+// Launchers: minnst.layers.padding.pad2d_gpu / pad2d_backward_gpu / padded_rows_cl_gpu.
 #include "common.h"
 
 // Source coordinate of padded position c in a dimension of input size n and pad p, or −1

@@ -24,8 +24,9 @@
 // Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loops.
 // Template parameter I: the index type, unsigned char when k² <= 256, else int (as the
 // NumPy cache).
-// NumPy references: minnst.layers.pooling.maxpool2d_forward / maxpool2d_backward /
-// avgpool2d_forward / avgpool2d_backward.
+// NumPy references: minnst.layers.pooling.maxpool2d_forward_cpu / maxpool2d_backward_cpu /
+// avgpool2d_forward_cpu / avgpool2d_backward_cpu.
+// Launchers: the same names with _gpu in minnst.layers.pooling.
 #include "common.h"
 
 // The range [lo, hi] of window indices whose window [i·s, i·s + k) contains pixel p.

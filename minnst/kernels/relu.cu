@@ -7,7 +7,8 @@
 // one common memory order (any dense layout: NCHW, channels-last, ...), so t is simply the
 // memory offset.
 // Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loop over t.
-// NumPy reference: minnst.layers.activations.relu_forward / relu_backward.
+// NumPy reference: minnst.layers.activations.relu_forward_cpu / relu_backward_cpu.
+// Launchers: minnst.layers.activations.relu_forward_gpu / relu_backward_gpu.
 #include "common.h"
 
 template <typename T>

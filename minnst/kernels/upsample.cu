@@ -9,7 +9,8 @@
 // Layout: C-contiguous channels-last; the launcher views an NCHW-contiguous array as
 // (N·C, H, W, 1), so both memory orders run without a copy.
 // Launch shape: 1-D grid of 1-D blocks (256 threads), grid-stride loops.
-// NumPy references: minnst.layers.resampling.upsample_nearest2d_forward / _backward.
+// NumPy references: minnst.layers.resampling.upsample_nearest2d_forward_cpu / _backward_cpu.
+// Launchers: minnst.layers.resampling.upsample_nearest2d_forward_gpu / _backward_gpu.
 #include "common.h"
 
 template <typename T>

@@ -13,20 +13,34 @@ Backward, with ``dy`` = ∂L/∂y:
 
 and dx = the adjoint of the padding applied to dxp.
 
-Three implementations, one signature:
+``conv2d_naive`` loops over output positions: the independent reference of the tests.
+The fast paths, chosen by ``conv2d_forward(..., method=...)`` and recorded in the cache,
+whose method the backward follows:
 
-* ``conv2d_naive``: loops over output positions; the independent reference of the tests.
-* im2col + GEMM (``_im2col`` / ``_col2im``): gathers each receptive field into a row of a
-  matrix and multiplies by the (F, KH·KW·C) weight matrix; any stride and kernel size;
-  written with ``xp.`` so it also runs on CuPy; processed in row bands so no temporary
-  exceeds ``MAX_TEMP_BYTES``.
-* "shifted GEMM" (CPU, every stride-1 layer): see ``_conv_shifted_forward``. No im2col
-  copy at all: in a channels-last padded image flattened to (N·Hp·Wp, C), the input
-  rows that tap (u, v) needs for every output are one contiguous slice, so the
-  convolution is KH·KW matrix products accumulated in place by BLAS (``beta = 1``).
-* thin-channel lowerings (CPU, kernels ≥ 5×5 with ≤ 8 channels on one side: the
-  transformer's 9×9 layers with 3 channels): im2col + one GEMM with K = KH·KW·C when the
-  input is thin, "output-side shifting" when the output is thin (``_thin_method``).
+============  ===========================================  ======================================
+method        forward                                      backward (dx; dw)
+============  ===========================================  ======================================
+"im2col"      im2col + one GEMM per band of output rows;   dx by col2im of dy @ W; dw = dyᵀ @ cols
+              any stride, CPU or GPU (the GPU's path)
+"shifted"     shifted GEMM: KH·KW products on contiguous   the same products transposed
+              row slices of the channels-last padded       (dx and dw)
+              input, no im2col copy (CPU, stride 1)
+"winograd"    Winograd F(2×2, 3×3) (CPU, 3×3, stride 1,    dx by Winograd with the rotated
+              padding 1; ``winograd.py``)                  kernel; dw by the shifted GEMM
+"thin_input"  im2col + one GEMM with K = KH·KW·C (CPU,     dx by output-side shifting (the
+              stride 1: for few input channels)            rotated kernel's thin side is its
+                                                           output); dw from the im2col matrix
+"thin_output" output-side shifting: one GEMM with          dx by im2col of dy (the rotated
+              N = KH·KW·F, then KH·KW shifted adds (CPU,   kernel's thin side is its input),
+              stride 1: for few output channels)           dw from that same matrix; without
+                                                           dx, dw by the shifted GEMM
+============  ===========================================  ======================================
+
+``method="auto"`` (the default) picks by device, stride and shapes (``auto_method``): the
+GPU and strides above 1 take im2col; on the CPU a 3×3, padding-1 layer with at least
+``WINOGRAD_MIN_CHANNELS`` channels on both sides takes Winograd, a kernel of 5×5 or more
+with at most ``THIN_CHANNELS`` channels on one side its thin lowering, and every other
+stride-1 layer the shifted GEMM. docs/layers.md derives each path and names its tests.
 """
 from __future__ import annotations
 
@@ -34,14 +48,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, is_gpu_array
-from ..parallel import gemm, image_bands, pmap
+from ..backend import get_xp
+from ..parallel import band_rows, gemm, image_bands, pmap, row_bands
 from .base import Layer
+from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
-from .winograd import (WinogradWeights, winograd_conv3x3, winograd_input_grad_weights,
-                       winograd_weights)
+from .winograd import (WinogradWeights, winograd_conv3x3, winograd_input_grad,
+                       winograd_input_grad_weights, winograd_weights)
 
-MAX_TEMP_BYTES = 256 * 2**20  # im2col bands are cut to stay under this
+METHODS = ("auto", "im2col", "shifted", "winograd", "thin_input", "thin_output")
+CPU_DTYPES = (np.float32, np.float64)  # the CPU-only paths run in these
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -70,55 +86,25 @@ def conv2d_naive(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "z
 
 # --------------------------------------------------------------------------- im2col + GEMM
 
-def _im2col(xpad, KH, KW, stride, i0, i1, OW, out=None):
-    """Receptive fields of output rows ``i0:i1`` → (N, i1−i0, OW, KH, KW, C).
-
-    ``xpad`` is the padded input in channels-last layout (N, Hp, Wp, C). On the CPU one
-    copy from a strided view (3.6× faster than a copy per tap, measured at 512²×3); the
-    per-tap form runs on any array module.
-    """
-    if is_gpu_array(xpad):
-        from ..kernels import im2col_gpu  # the CUDA twin (kernels/im2col.cu)
-        return im2col_gpu(xpad, KH, KW, stride, i0, i1, OW, out)
-    xp = get_xp(xpad)
-    N, C = xpad.shape[0], xpad.shape[3]
-    rows = i1 - i0
-    if out is None:
-        out = xp.empty((N, rows, OW, KH, KW, C), dtype=xpad.dtype)
-    if xp is np:
-        sn, sh, sw, sc = xpad.strides
-        view = np.lib.stride_tricks.as_strided(
-            xpad[:, i0 * stride:], (N, rows, OW, KH, KW, C),
-            (sn, sh * stride, sw * stride, sh, sw, sc), writeable=False)
-        out[...] = view
-        return out
-    for u in range(KH):
-        r0 = i0 * stride + u
-        for v in range(KW):
-            out[:, :, :, u, v, :] = xpad[:, r0:r0 + stride * (rows - 1) + 1:stride,
-                                         v:v + stride * (OW - 1) + 1:stride, :]
-    return out
+IM2COL_MAX_BYTES = 256 * 2**20   # the GPU's bands of rows (all images at once) stay under this
+IM2COL_TASK_BYTES = 8 * 2**20    # a CPU task: one image's band of rows, its matrix near this
 
 
-def _col2im_add(dxpad, cols, stride, i0):
-    """Adjoint of ``_im2col``: scatter-add cols (N, rows, OW, KH, KW, C) into the
-    channels-last ``dxpad`` (N, Hp, Wp, C), in place."""
-    if is_gpu_array(dxpad):
-        from ..kernels import col2im_add_gpu  # a gather over input pixels, no atomics
-        return col2im_add_gpu(dxpad, cols, stride, i0)
-    N, rows, OW, KH, KW, C = cols.shape
-    for u in range(KH):
-        r0 = i0 * stride + u
-        for v in range(KW):
-            dxpad[:, r0:r0 + stride * (rows - 1) + 1:stride, v:v + stride * (OW - 1) + 1:stride, :] += \
-                cols[:, :, :, u, v, :]
+def im2col_bands(N, OH, OW, K, itemsize):
+    """Bands of output rows ``(i0, i1)`` whose im2col matrix for N images at once,
+    N·rows·OW·K elements, stays under IM2COL_MAX_BYTES: the memory bound of the GPU
+    path, of the CPU backward (per image) and of the transposed convolution."""
+    return row_bands(OH, band_rows(IM2COL_MAX_BYTES, N * OW * K * itemsize, OH))
 
 
-def _row_bands(N, OH, OW, K, itemsize):
-    """Split output rows into bands whose im2col matrix stays under MAX_TEMP_BYTES."""
-    per_row = max(1, N * OW * K * itemsize)
-    rows = max(1, min(OH, MAX_TEMP_BYTES // per_row))
-    return [(i, min(OH, i + rows)) for i in range(0, OH, rows)]
+def im2col_tasks(xp, N, OH, OW, K, itemsize):
+    """Work units ``(n0, n1, bands)`` of the im2col forward. CPU: one image and one band
+    of rows per unit, the band's matrix near IM2COL_TASK_BYTES (``pmap`` runs them on
+    every worker); GPU: the whole batch in ``im2col_bands``, in order."""
+    if xp is not np:
+        return [(0, N, im2col_bands(N, OH, OW, K, itemsize))]
+    rows = band_rows(IM2COL_TASK_BYTES, OW * K * itemsize, OH)
+    return [(n, n + 1, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, rows)]
 
 
 def _input_rows(i0, i1, stride, KH):
@@ -126,25 +112,12 @@ def _input_rows(i0, i1, stride, KH):
     return i0 * stride, (i1 - 1) * stride + KH
 
 
-IM2COL_TASK_BYTES = 8 * 2**20  # im2col matrix of one CPU task (pmap), one image's band of rows
-
-
-def _im2col_tasks(xp, N, OH, OW, K, itemsize):
-    """``(n0, n1, bands)`` work units. CPU: one image per unit and bands of rows whose
-    im2col matrix stays near IM2COL_TASK_BYTES (``pmap`` runs them on both cores); GPU:
-    the whole batch, bands under MAX_TEMP_BYTES, in order."""
-    if xp is not np:
-        return [(0, N, _row_bands(N, OH, OW, K, itemsize))]
-    rows = max(1, IM2COL_TASK_BYTES // max(1, OW * K * itemsize))
-    return [(n, n + 1, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, rows)]
-
-
 def _run(xp, fn, tasks):
-    """``pmap`` on the CPU; in order on the GPU (no behaviour change for CuPy)."""
+    """``pmap`` on the CPU; in order on the GPU."""
     return pmap(fn, tasks) if xp is np else [fn(t) for t in tasks]
 
 
-def _conv_im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
+def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
     """im2col + GEMM in bands of output rows; returns (N, F, OH, OW) (channels-last memory)."""
     xp = get_xp(x)
     N = x.shape[0]
@@ -157,21 +130,22 @@ def _conv_im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
         n0, n1, bands = task
         for i0, i1 in bands:
             xb = padded_rows_cl(x[n0:n1], *_input_rows(i0, i1, stride, KH), pad, pad_mode)
-            cols = _im2col(xb, KH, KW, stride, 0, i1 - i0, OW)
+            cols = im2col(xb, KH, KW, stride, 0, i1 - i0, OW)
             yb = (cols.reshape(-1, K) @ wmat.T).reshape(n1 - n0, i1 - i0, OW, F)
             if b is not None:
                 yb += b
             y[n0:n1, i0:i1] = yb
 
-    _run(xp, unit, _im2col_tasks(xp, N, OH, OW, K + KW * C, x.itemsize))
+    # K + KW·C: the band's padded input rows count too
+    _run(xp, unit, im2col_tasks(xp, N, OH, OW, K + KW * C, x.itemsize))
     return y.transpose(0, 3, 1, 2)
 
 
-def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
-    """Accumulates the padded input gradient into ``dxpad`` (N, Hp, Wp, C); returns dw
-    (None when ``x`` is None: a frozen layer). On the CPU one image per ``pmap`` task
-    (the bands of an image overlap in dxpad), each with its own part of dw, added in
-    task order."""
+def _im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
+    """Adds the padded input gradient into ``dxpad`` (N, Hp, Wp, C) unless it is None;
+    returns dw, or None when ``x`` is None (a frozen layer). On the CPU one image per
+    ``pmap`` task (the bands of an image overlap in dxpad), in ``im2col_bands``, each
+    task with its own part of dw, added in task order; on the GPU the forward's units."""
     xp = get_xp(dy)
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
@@ -179,9 +153,9 @@ def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
     wmat = w.transpose(0, 2, 3, 1).reshape(F, K)
     dy_cl = dy.transpose(0, 2, 3, 1)
     if xp is np:
-        tasks = [(n, n + 1, _row_bands(1, OH, OW, K + KW * C, dy.itemsize)) for n in range(N)]
+        tasks = [(n, n + 1, im2col_bands(1, OH, OW, K + KW * C, dy.itemsize)) for n in range(N)]
     else:
-        tasks = _im2col_tasks(xp, N, OH, OW, K + KW * C, dy.itemsize)
+        tasks = im2col_tasks(xp, N, OH, OW, K + KW * C, dy.itemsize)
 
     def unit(task):
         n0, n1, bands = task
@@ -189,11 +163,13 @@ def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
         for i0, i1 in bands:
             r0, r1 = _input_rows(i0, i1, stride, KH)
             dyb = xp.ascontiguousarray(dy_cl[n0:n1, i0:i1]).reshape(-1, F)  # (M, F)
-            dcols = (dyb @ wmat).reshape(n1 - n0, i1 - i0, OW, KH, KW, C)
-            _col2im_add(dxpad[n0:n1], dcols, stride, i0)
+            buf = None
+            if dxpad is not None:
+                buf = (dyb @ wmat).reshape(n1 - n0, i1 - i0, OW, KH, KW, C)  # dcols
+                col2im_add(dxpad[n0:n1], buf, stride, i0)
             if dwmat is not None:
                 xb = padded_rows_cl(x[n0:n1], r0, r1, pad, pad_mode)
-                cols = _im2col(xb, KH, KW, stride, 0, i1 - i0, OW, out=dcols)
+                cols = im2col(xb, KH, KW, stride, 0, i1 - i0, OW, out=buf)  # reuses dcols' memory
                 dwmat += dyb.T @ cols.reshape(-1, K)
         return dwmat
 
@@ -208,26 +184,17 @@ def _conv_im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
 
 # --------------------------------------------------------------------------- shifted GEMM (CPU)
 
-BAND_BYTES = 64 * 2**20  # padded input rows per band of the shifted GEMM (one image at a time)
+SHIFTED_BAND_BYTES = 64 * 2**20  # a task's padded input rows (one image) stay under this
+# Output positions per BLAS call: a band of output (and the input rows of its taps) stays
+# in cache across the KH·KW accumulating products. Measured on 2 cores, 4096 is within
+# noise of the best for 64 to 512 channels (docs/performance.md).
+SHIFTED_GEMM_ROWS = 4096
 
 
-def _band_rows(C, F):
-    """Output rows per BLAS call. Banding keeps a band of output (and the input rows of
-    its taps) in cache across the KH·KW accumulating products; measured on 2 cores,
-    4096 rows is within noise of the best for 64 to 512 channels (64 ch at 512²: 134
-    GFLOP/s vs 98 unbanded; 512 ch at 64²: 170 vs 160 at 256 rows)."""
-    return 4096
-
-
-def _image_bands(OH, Wp, C, F, itemsize):
-    """Bands of output rows whose padded input (and output gradient) fit BAND_BYTES."""
-    rows = _image_band_rows(OH, Wp, C, F, itemsize)
-    return [(i, min(OH, i + rows)) for i in range(0, OH, rows)]
-
-
-def _image_band_rows(OH, Wp, C, F, itemsize):
-    per_row = Wp * max(C, F) * itemsize
-    return max(1, min(OH, BAND_BYTES // per_row))
+def shifted_band_rows(OH, Wp, C, F, itemsize):
+    """Output rows per task of the shifted GEMM: a padded input row (or a row of dy in the
+    padded layout), Wp·max(C, F) elements, times the rows stays under SHIFTED_BAND_BYTES."""
+    return band_rows(SHIFTED_BAND_BYTES, Wp * max(C, F) * itemsize, OH)
 
 
 def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
@@ -241,14 +208,13 @@ def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
 
         y[q0:q1] (R, F) = b + Σ_{u,v} xflat[q0 + off_uv : q1 + off_uv] (R, C) @ W_uvᵀ (C, F)
 
-    with off_uv = u·Wp + v, computed by BLAS accumulating in place (beta = 1). Rows with
-    j ≥ OW are garbage and never read: (Wp − OW)/Wp of the work, under 1 % at 256².
+    with off_uv = u·Wp + v, computed by BLAS accumulating in place (beta = 1), in runs of
+    SHIFTED_GEMM_ROWS outputs. Rows with j ≥ OW are garbage and never read: (Wp − OW)/Wp
+    of the work, under 1 % at 256².
     """
     KH, KW, F, C = wtap.shape
     P = y.shape[0]
-    R = _band_rows(C, F)
-    for q0 in range(0, P, R):
-        q1 = min(P, q0 + R)
+    for q0, q1 in row_bands(P, SHIFTED_GEMM_ROWS):
         band = y[q0:q1]
         if b is None:
             band[...] = 0
@@ -271,9 +237,7 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
     """
     KH, KW, F, C = wtap.shape
     P = dyext.shape[0]
-    R = _band_rows(C, F)
-    for q0 in range(0, P, R):
-        q1 = min(P, q0 + R)
+    for q0, q1 in row_bands(P, SHIFTED_GEMM_ROWS):
         dband = dyext[q0:q1]
         for u in range(KH):
             for v in range(KW):
@@ -284,10 +248,9 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
                     gemm(xflat[q0 + off:q1 + off].T, dband, dwtap[u, v])  # (C, R) @ (R, F)
 
 
-def _conv_shifted_forward(x, w, b, pad, pad_mode, OH, OW):
-    """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``: the
-    bands run on both cores); only a band's padded input is a temporary. Returns
-    (N, F, OH, OW), channels-last memory."""
+def _shifted_forward(x, w, b, pad, pad_mode, OH, OW):
+    """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``); only
+    a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Wp = W + 2 * pad
@@ -300,34 +263,34 @@ def _conv_shifted_forward(x, w, b, pad, pad_mode, OH, OW):
         yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
         _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
 
-    pmap(band, image_bands(N, OH, _image_band_rows(OH, Wp, C, F, x.itemsize)))
+    pmap(band, image_bands(N, OH, shifted_band_rows(OH, Wp, C, F, x.itemsize)))
     return y[:, :, :OW, :].transpose(0, 3, 1, 2)
 
 
-def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
-    """Accumulates into ``dxpad`` (N, Hp, Wp, C) unless it is None; returns dw, or None
-    when x is None. Tasks (``pmap``): whole images when dx is wanted (the bands of one
-    image overlap in dx), bands of rows when only dw is; each task returns its own part
-    of dw, and the parts are added in task order."""
+def _shifted_backward(dy, x, w, pad, pad_mode, dxpad):
+    """Adds the padded input gradient into ``dxpad`` (N, Hp, Wp, C) unless it is None;
+    returns dw, or None when x is None. Tasks (``pmap``): whole images when dx is wanted
+    (the bands of one image overlap in dx), bands of rows when only dw is; each task
+    returns its own part of dw, and the parts are added in task order."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
-    band_rows = _image_band_rows(OH, Wp, C, F, dy.itemsize)
+    rows = shifted_band_rows(OH, Wp, C, F, dy.itemsize)
     if dxpad is None:
-        tasks = [(n, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, band_rows)]
+        tasks = [(n, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, rows)]
     else:
-        tasks = [(n, _image_bands(OH, Wp, C, F, dy.itemsize)) for n in range(N)]
+        tasks = [(n, row_bands(OH, rows)) for n in range(N)]
 
     def image(task):
         n, bands = task
         dwtap = np.zeros((KH, KW, C, F), dtype=dy.dtype) if x is not None else None
         for i0, i1 in bands:
-            rows = i1 - i0
-            dyext = np.empty((rows, Wp, F), dtype=dy.dtype)
+            R = i1 - i0
+            dyext = np.empty((R, Wp, F), dtype=dy.dtype)
             dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
             dyext[:, OW:] = 0  # the garbage positions must not contribute
-            P = (rows - 1) * Wp + OW
+            P = (R - 1) * Wp + OW
             dxflat = None if dxpad is None else dxpad[n, i0:i1 + KH - 1].reshape(-1, C)  # a view
             xflat = None
             if x is not None:
@@ -344,6 +307,13 @@ def _conv_shifted_backward(dy, x, w, pad, pad_mode, dxpad):
     return np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
 
 
+def _shifted_weight_grad(dy, x, w, pad, pad_mode):
+    """dw alone by the shifted GEMM (bands of rows as tasks), None for a frozen layer."""
+    if x is None:
+        return None
+    return _shifted_backward(dy, x, w, pad, pad_mode, None)
+
+
 # --------------------------------------------------------------------------- thin-channel lowerings (CPU)
 
 THIN_CHANNELS = 8               # a side with at most this many channels is "thin"
@@ -351,9 +321,9 @@ THIN_MIN_TAPS = 25              # only for kernels of 5×5 and more (3×3 stays 
 THIN_BAND_BYTES = 4 * 2**20     # cache-sized temporaries (of 0.5 to 8 MB, best for 9×9, 3 ↔ 32)
 
 
-def _thin_method(C, F, KH, KW):
-    """"thin_input" (C small: im2col then one GEMM with K = KH·KW·C), "thin_output" (F
-    small: one GEMM with N = KH·KW·F, then shifted adds of its output), or None.
+def thin_method(C, F, KH, KW):
+    """The thin lowering ``auto`` takes for C → F channels and a KH × KW kernel:
+    "thin_output" (F small), "thin_input" (C small), or None.
 
     The shifted GEMM runs one product per tap with K = C (or N = F); with 3 channels that is
     a 3-wide matrix product 81 times over, at ~2 % of the machine's GEMM rate. Lowering the
@@ -367,10 +337,10 @@ def _thin_method(C, F, KH, KW):
     return None
 
 
-def _thin_rows(rows_total, per_row_bytes):
-    """Bands of rows whose temporary of ``per_row_bytes`` a row stays under THIN_BAND_BYTES."""
-    rows = max(1, min(rows_total, THIN_BAND_BYTES // max(1, per_row_bytes)))
-    return [(i, min(rows_total, i + rows)) for i in range(0, rows_total, rows)]
+def thin_bands(rows, row_bytes):
+    """Bands of ``rows`` rows whose temporary, ``row_bytes`` a row, stays under
+    THIN_BAND_BYTES (cache-sized: the thin lowerings' im2col and product matrices)."""
+    return row_bands(rows, band_rows(THIN_BAND_BYTES, row_bytes, rows))
 
 
 def _rot180(w):
@@ -380,12 +350,13 @@ def _rot180(w):
 
 
 def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None):
-    """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one small band
-    of output rows per task (``pmap``). Returns (N, F, OH, OW), a view of channels-last memory.
+    """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one band of
+    output rows (``THIN_BAND_BYTES`` of im2col matrix) per task (``pmap``). Returns
+    (N, F, OH, OW), a view of channels-last memory.
 
     ``other(n, i0, i1)``: an (R·OW, D) array per band of output rows; then the function
     also returns ``Σ colsᵀ @ other`` (K, D), the weight gradient of the thin layers (see
-    ``_conv_thin_backward``), as ``(y, that)``; ``want_y=False`` skips y (None)."""
+    ``_thin_backward``), as ``(y, that)``; ``want_y=False`` skips y (None)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     K = KH * KW * C
@@ -395,7 +366,7 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None):
     def band(task):
         n, i0, i1 = task
         xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
-        cols = _im2col(xb, KH, KW, 1, 0, i1 - i0, OW).reshape(-1, K)       # (R·OW, K)
+        cols = im2col(xb, KH, KW, 1, 0, i1 - i0, OW).reshape(-1, K)       # (R·OW, K)
         if want_y:
             yb = y[n, i0:i1].reshape(-1, F)
             np.matmul(cols, wmat, out=yb)  # (R·OW, K) @ (K, F)
@@ -403,7 +374,7 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None):
                 yb += b
         return None if other is None else cols.T @ other(n, i0, i1)
 
-    rows = _thin_rows(OH, OW * K * x.itemsize)[0][1]
+    rows = band_rows(THIN_BAND_BYTES, OW * K * x.itemsize, OH)
     parts = pmap(band, image_bands(N, OH, rows))
     out = None if y is None else y.transpose(0, 3, 1, 2)
     if other is None:
@@ -421,9 +392,9 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
 
     over the padded input flattened to positions p = r·Wp + t (channels-first, q = i·Wp + j
     for the outputs). One GEMM with the wide side N = KH·KW·F (243 for 9×9 → 3), then
-    KH·KW shifted adds over F planes; each band of input rows is multiplied once and
-    scattered onto every output row it reaches. Returns (N, F, OH, OW), a view of NCHW
-    memory (columns ≥ OW of each row are scratch).
+    KH·KW shifted adds over F planes; each band of input rows (``thin_bands``) is
+    multiplied once and scattered onto every output row it reaches. Returns
+    (N, F, OH, OW), a view of NCHW memory (columns ≥ OW of each row are scratch).
 
     A task (``pmap``) owns output rows [o0, o1) of one image and multiplies the input
     rows they read, [o0, o1 + KH − 1): the KH − 1 rows of halo are multiplied twice when
@@ -440,7 +411,7 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
         out = y[n, :, o0 * Wp:o1 * Wp]  # the task's output rows, q relative to o0·Wp
         out[...] = 0 if b is None else b.reshape(F, 1)
         P = out.shape[1]
-        for r0, r1 in _thin_rows(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
+        for r0, r1 in thin_bands(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
             xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode).reshape(-1, C)  # (Pb, C)
             z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
             p0, Pb = r0 * Wp, z.shape[2]
@@ -461,13 +432,13 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
     return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
 
 
-def _conv_thin_forward(method, x, w, b, pad, pad_mode, OH, OW):
+def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW):
     if method == "thin_input":
         return _lowered_forward(x, w, b, pad, pad_mode, OH, OW)
     return _scatter_forward(x, w, b, pad, pad_mode, OH, OW)
 
 
-def _conv_thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
+def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
     """``(dxpad, dw)`` of a thin-channel layer. The input gradient is the full correlation
     of dy (zero-padded by KH − 1) with the rotated kernel, whose thin side is the other
     one: a "thin_input" layer takes its dx by output-side shifting and vice versa.
@@ -476,9 +447,8 @@ def _conv_thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
     thin input, ``dW[(u,v,c), f] = Σ_q cols_x[q, (u,v,c)] · dy[q, f]``; thin output, from
     the very matrix the input gradient builds of dy (zero-padded by KH − 1, positions p of
     the padded input): ``dW[f, c, KH−1−u, KW−1−v] = Σ_p cols_dy[p, (u,v,f)] · xpad[p, c]``
-    (substitute p = q + (KH−1−u, KW−1−v) in dw's formula). On two cores these beat the
-    shifted GEMM's 81 thin products per band (batch 4 at 256², 2 threads: ≈ 110 → 50 ms
-    and 180 → 110 ms for the first and the last layer's backward).
+    (substitute p = q + (KH−1−u, KW−1−v) in dw's formula). A "thin_output" layer without
+    dx has no such matrix to share: its dw is the shifted GEMM's (bands as tasks).
     dxpad is (N, C, Hp, Wp) (any memory order) or None; dw is None when x is None."""
     F, C, KH, KW = w.shape
     Hp, Wp = dy.shape[2] + KH - 1, dy.shape[3] + KW - 1
@@ -493,7 +463,7 @@ def _conv_thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
             dw = np.ascontiguousarray(dwk.reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
         return dxpad, dw
     if not need_dx:
-        return None, (None if x is None else _conv_shifted_backward(dy, x, w, pad, pad_mode, None))
+        return None, _shifted_weight_grad(dy, x, w, pad, pad_mode)
     if x is None:
         return _lowered_forward(dy, _rot180(w), None, KH - 1, "zero", Hp, Wp), None
     dxpad, dwr = _lowered_forward(dy, _rot180(w), None, KH - 1, "zero", Hp, Wp,
@@ -502,10 +472,46 @@ def _conv_thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
     return dxpad, dw
 
 
+# --------------------------------------------------------------------------- choosing a path
+
+WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
+
+
+def auto_method(x, w, stride, pad) -> str:
+    """The path ``method="auto"`` takes for input x and weights w (see the module
+    docstring). On the CPU, measured against im2col (one thread, batch 4 at 256² unless
+    noted), the shifted GEMM is as fast or faster from 3 to 128 channels and 3×3 to 9×9
+    kernels, forward and backward; Winograd beats it from 64 channels on; the thin
+    lowerings beat it for 9×9 layers with 3 channels (docs/performance.md)."""
+    F, C, KH, KW = w.shape
+    if get_xp(x) is not np or stride != 1 or x.dtype not in CPU_DTYPES:
+        return "im2col"
+    if (KH, KW) == (3, 3) and pad == 1 and min(C, F) >= WINOGRAD_MIN_CHANNELS:
+        return "winograd"
+    return thin_method(C, F, KH, KW) or "shifted"
+
+
+def _check_method(method, x, w, stride, pad):
+    """A plain ValueError when ``method`` is unknown or cannot run this convolution."""
+    if method not in METHODS:
+        raise ValueError(f"conv2d: unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method in ("auto", "im2col"):
+        return
+    if get_xp(x) is not np:
+        raise ValueError(f"conv2d: method {method!r} runs on the CPU only (GPU arrays take 'im2col')")
+    if x.dtype not in CPU_DTYPES:
+        raise ValueError(f"conv2d: method {method!r} takes float32 or float64, got {x.dtype}")
+    if stride != 1:
+        raise ValueError(f"conv2d: method {method!r} needs stride 1, got stride {stride}")
+    if method == "winograd" and (w.shape[2:] != (3, 3) or pad != 1):
+        raise ValueError(f"conv2d: method 'winograd' needs a 3x3 kernel with padding 1, got "
+                         f"{w.shape[2]}x{w.shape[3]} with padding {pad}")
+
+
 # --------------------------------------------------------------------------- dispatcher
 
 class ConvCache(NamedTuple):
-    method: str          # "winograd", "shifted", "thin_input", "thin_output" or "im2col"
+    method: str          # the path the forward took, which the backward follows (METHODS[1:])
     x: object            # the input itself (not a copy), or None for frozen layers
     w: object
     has_bias: bool
@@ -513,108 +519,99 @@ class ConvCache(NamedTuple):
     pad: int
     pad_mode: str
     x_shape: tuple
-    wino: object = None  # WinogradWeights, when the caller transformed the kernel
-
-
-WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
-
-
-def _winograd_fits(x, w, stride, pad, pad_mode) -> bool:
-    """3×3, stride 1, padding 1 (zero: VGG; reflection: the transformer), on the CPU."""
-    return (get_xp(x) is np and w.shape[2:] == (3, 3) and stride == 1 and pad == 1
-            and x.dtype in (np.float32, np.float64))
-
-
-def _use_shifted(x, stride) -> bool:
-    """The CPU takes the shifted GEMM for every stride-1 convolution: measured against
-    im2col (single-threaded CPU time, batch 4 at 256² unless noted) it is as fast or
-    faster from 3 to 128 channels and 3×3 to 9×9 kernels, forward and backward
-    (e.g. 9×9, 32→3: 298/179 ms vs 824/2104 ms; VGG conv1_1 at 512²: 30/58 vs 36/105)."""
-    return get_xp(x) is np and stride == 1 and x.dtype in (np.float32, np.float64)
+    wino: object = None  # WinogradWeights of the "winograd" path (input_grad may be None)
 
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
-                   keep_input: bool = True, wino=None):
+                   keep_input: bool = True, method: str = "auto", wino=None):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
-    Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory).
+    Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory on the
+    CPU paths). ``method``: one of ``METHODS`` (the module docstring; "auto" chooses by
+    ``auto_method``); a path that cannot run this convolution is a ValueError. The cache
+    records the path taken, and ``conv2d_backward`` follows it.
     ``keep_input=False`` drops the input from the cache: the backward then returns only
     dx (dw = db = None), which is all a frozen network needs. The cache references ``x``
     itself (no copy): do not modify it in place before the backward.
     ``wino``: the layer's ``winograd.winograd_transform(w)``, computed once by a caller
-    whose weights do not change (VGG16); where it applies (CPU, 3×3, stride 1, zero
-    padding 1, ≥ 64 channels) the forward and the input gradient use Winograd F(2×2, 3×3);
-    ``WinogradWeights(forward, None)`` leaves the input gradient's kernel to the backward.
+    whose weights do not change (VGG16); used when the path is "winograd", which otherwise
+    transforms w per call (and the input gradient's kernel only in a backward that needs it).
     """
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
     if Cw != C:
         raise ValueError(f"conv2d: input has {C} channels, weights expect {Cw}")
+    _check_method(method, x, w, stride, pad)
     w = w.astype(x.dtype, copy=False)
     OH = conv_output_size(H, KH, stride, pad)
     OW = conv_output_size(W, KW, stride, pad)
     if OH < 1 or OW < 1:
         raise ValueError(f"conv2d: input {H}x{W} too small for kernel {KH}x{KW} with padding {pad}")
     bias = None if b is None else b.astype(x.dtype, copy=False)
-    if wino is not None and _winograd_fits(x, w, stride, pad, pad_mode) and C >= WINOGRAD_MIN_CHANNELS:
-        method = "winograd"
+    if method == "auto":
+        method = auto_method(x, w, stride, pad)
+    if method == "winograd":
+        if wino is None:
+            wino = WinogradWeights(winograd_weights(w), None)
         y = winograd_conv3x3(x, wino.forward.astype(x.dtype, copy=False), bias, pad_mode)
-    elif _use_shifted(x, stride) and _thin_method(C, F, KH, KW):
-        method = _thin_method(C, F, KH, KW)
-        y = _conv_thin_forward(method, x, w, bias, pad, pad_mode, OH, OW)
-    elif _use_shifted(x, stride):
-        method = "shifted"
-        y = _conv_shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
+    elif method in ("thin_input", "thin_output"):
+        y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW)
+    elif method == "shifted":
+        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
     else:
-        method = "im2col"
-        y = _conv_im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
-    cache = ConvCache(method, x if keep_input else None, w, b is not None,
-                      stride, pad, pad_mode, tuple(x.shape), wino)
+        y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
+    cache = ConvCache(method, x if keep_input else None, w, b is not None, stride, pad,
+                      pad_mode, tuple(x.shape), wino if method == "winograd" else None)
     return y, cache
 
 
 def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
-    """Returns ``(dx, dw, db)``; dw and db are None when the cache holds no input, dx is
-    None when ``need_dx`` is False (a network's first layer: its input is the data)."""
+    """Returns ``(dx, dw, db)`` by the path ``cache.method`` names (the module docstring
+    gives each path's rule); dw and db are None when the cache holds no input, dx is None
+    when ``need_dx`` is False (a network's first layer: its input is the data)."""
+    db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
+    if cache.method == "winograd":
+        dx, dw = _winograd_backward(dy, cache, need_dx)
+    elif cache.method in ("thin_input", "thin_output"):
+        dxpad, dw = _thin_backward(cache.method, dy, cache.x, cache.w, cache.pad, cache.pad_mode, need_dx)
+        dx = None if dxpad is None else pad2d_backward(dxpad, cache.pad, cache.pad_mode, overwrite=True)
+    else:
+        dx, dw = _gemm_backward(dy, cache, need_dx)
+    return dx, dw, db
+
+
+def _winograd_backward(dy, cache, need_dx):
+    """dx by ``winograd_input_grad`` (the rotated kernel: transformed here unless the
+    caller's ``wino`` holds it), dw by the shifted GEMM."""
+    dx = None
+    if need_dx:
+        U = cache.wino.input_grad
+        if U is None:
+            U = winograd_input_grad_weights(cache.w)
+        dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode)
+    return dx, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
+
+
+def _gemm_backward(dy, cache, need_dx):
+    """dx and dw of the "shifted" and "im2col" paths: the padded input gradient is
+    accumulated channels-last, then folded by the padding's adjoint."""
+    if not need_dx:
+        if cache.method == "shifted":
+            return None, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
+        if cache.x is None:
+            return None, None
+        return None, _im2col_backward(dy, cache.x, cache.w, cache.stride, cache.pad, cache.pad_mode, None)
     xp = get_xp(dy)
     N, C, H, W = cache.x_shape
     p = cache.pad
-    F = cache.w.shape[0]
-    db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
-    if cache.method in ("thin_input", "thin_output"):
-        dxpad, dw = _conv_thin_backward(cache.method, dy, cache.x, cache.w, p, cache.pad_mode, need_dx)
-        dx = None if dxpad is None else pad2d_backward(dxpad, p, cache.pad_mode, overwrite=True)
-        return dx, dw, db
-    if not need_dx and cache.method != "im2col":
-        return None, _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None), db
-    if (cache.wino is not None and need_dx
-            and cache.method != "im2col" and min(F, C) >= WINOGRAD_MIN_CHANNELS):
-        # the input gradient of a zero-padded 3×3 "same" convolution is one too (rotated
-        # kernel). With reflection, the gradient of the *padded* input is wanted (its
-        # border folds back onto the pixels it copied): the full correlation of dy with
-        # the rotated kernel, i.e. the same "same" convolution of dy zero-padded by one.
-        U = cache.wino.input_grad
-        if U is None:  # the caller transformed only the forward kernel (Conv2d: per call)
-            U = winograd_input_grad_weights(cache.w)
-        U = U.astype(dy.dtype, copy=False)
-        if cache.pad_mode == "zero":
-            dx = winograd_conv3x3(dy, U)
-        else:
-            dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
-            dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
-            dx = pad2d_backward(dxpad, p, cache.pad_mode, overwrite=True)
-        dw = None
-        if cache.x is not None:
-            dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, None)
-        return dx, dw, db
     dxpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dy.dtype)
-    if cache.method in ("shifted", "winograd"):
-        dw = _conv_shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad)
+    if cache.method == "shifted":
+        dw = _shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad)
     else:
-        dw = _conv_im2col_backward(dy, cache.x, cache.w, cache.stride, p, cache.pad_mode, dxpad)
+        dw = _im2col_backward(dy, cache.x, cache.w, cache.stride, p, cache.pad_mode, dxpad)
     # (N, C, H, W) view of channels-last memory, like the forward's output
     dx = pad2d_backward(dxpad, p, cache.pad_mode, axes=(1, 2), overwrite=True).transpose(0, 3, 1, 2)
-    return (dx if need_dx else None), dw, db
+    return dx, dw
 
 
 # --------------------------------------------------------------------------- transposed conv
@@ -640,6 +637,8 @@ def conv_transpose2d_forward(x, w, b=None, stride: int = 2, pad: int = 1, output
     ``x[n, c, i, j] · w[c, :, :, :]`` onto the output window at (s·i − pad, s·j − pad):
 
         y = crop_pad( col2im( x_mat (N·H·W, C) @ w_mat (C, KH·KW·F) ) ) + b
+
+    in ``im2col_bands`` of input rows.
     """
     xp = get_xp(x)
     N, C, H, W = x.shape
@@ -657,10 +656,10 @@ def conv_transpose2d_forward(x, w, b=None, stride: int = 2, pad: int = 1, output
     wmat = w.transpose(0, 2, 3, 1).reshape(C, KH * KW * F)  # (C, KH·KW·F)
     x_nhwc = x.transpose(0, 2, 3, 1)
     K = KH * KW * F
-    for i0, i1 in _row_bands(N, H, W, K, x.itemsize):
+    for i0, i1 in im2col_bands(N, H, W, K, x.itemsize):
         xb = xp.ascontiguousarray(x_nhwc[:, i0:i1]).reshape(-1, C)
         cols = (xb @ wmat).reshape(N, i1 - i0, W, KH, KW, F)
-        _col2im_add(full, cols, stride, i0)
+        col2im_add(full, cols, stride, i0)
     y = full[:, pad:pad + OH, pad:pad + OW, :].transpose(0, 3, 1, 2)
     if b is not None:
         y = y + b.astype(x.dtype, copy=False).reshape(1, F, 1, 1)
@@ -690,8 +689,8 @@ def conv_transpose2d_backward(dy, cache: ConvTransposeCache):
     x_nhwc = x.transpose(0, 2, 3, 1)
     dx = xp.empty((N, H, W, C), dtype=dy.dtype)
     dwmat = xp.zeros((C, K), dtype=dy.dtype)
-    for i0, i1 in _row_bands(N, H, W, K, dy.itemsize):
-        cols = _im2col(dyfull, KH, KW, s, i0, i1, W).reshape(-1, K)  # (M, KH·KW·F)
+    for i0, i1 in im2col_bands(N, H, W, K, dy.itemsize):
+        cols = im2col(dyfull, KH, KW, s, i0, i1, W).reshape(-1, K)  # (M, KH·KW·F)
         dx[:, i0:i1] = (cols @ wmat.T).reshape(N, i1 - i0, W, C)
         xb = xp.ascontiguousarray(x_nhwc[:, i0:i1]).reshape(-1, C)
         dwmat += xb.T @ cols
@@ -710,13 +709,20 @@ def _kaiming_uniform(rng, shape, fan_in, dtype):
 class Conv2d(Layer):
     """``params = {"weight": (F, C, KH, KW), "bias": (F,)}``; PyTorch's default init.
 
+    ``method``: the path of ``conv2d_forward`` ("auto": chosen per call by the shapes and
+    the device). The weights change every training step, so a "winograd" layer transforms
+    them per call (0.3 ms at 128 × 128 channels), the input gradient's kernel only in a
+    backward that needs it.
     ``input_grad=False``: a network's first layer, whose input is the data; its backward
     returns ``dx = None`` and skips that product (like a PyTorch input without
     ``requires_grad``)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 pad_mode="zero", bias=True, rng=None, dtype=np.float32, input_grad=True):
+                 pad_mode="zero", bias=True, rng=None, dtype=np.float32, input_grad=True,
+                 method="auto"):
         super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"Conv2d: unknown method {method!r}: choose one of {', '.join(METHODS)}")
         rng = rng if rng is not None else np.random.default_rng()
         fan_in = in_channels * kernel_size * kernel_size
         self.params["weight"] = _kaiming_uniform(
@@ -725,17 +731,11 @@ class Conv2d(Layer):
             self.params["bias"] = _kaiming_uniform(rng, (out_channels,), fan_in, dtype)
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.input_grad = input_grad
+        self.method = method
 
     def forward(self, x):
-        w = self.params["weight"]
-        wino = None
-        if (_winograd_fits(x, w, self.stride, self.padding, self.pad_mode)
-                and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-            # the weights change every training step: transform them per call (0.3 ms at
-            # 128 × 128 channels); the input gradient's kernel only in a backward that needs it
-            wino = WinogradWeights(winograd_weights(w.astype(x.dtype, copy=False)), None)
-        return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding,
-                              self.pad_mode, wino=wino)
+        return conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
+                              self.padding, self.pad_mode, method=self.method)
 
     def backward(self, dy, cache):
         dx, dw, db = conv2d_backward(dy, cache, need_dx=self.input_grad)

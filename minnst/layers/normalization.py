@@ -13,6 +13,10 @@ Both backward passes are the same formula over those ``m`` elements:
 ``σ`` paths' terms down to those two means.) Statistics are computed in the input dtype
 with two passes (mean, then mean of squared deviations). ``gamma``/``beta`` may be
 ``None`` (no affine map); their gradients are then ``None``.
+
+The training-mode functions dispatch on the array's device to ``op_cpu`` (array code, the
+reference) or ``op_gpu`` (the launcher of kernels/norm.cu); both validate with
+``check_nchw``, ``channel_vector`` and, for batch norm, ``check_batch_norm``.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minnst.backend import get_xp, is_gpu_array
+from minnst.kernels import launch
 from minnst.layers.base import Layer
 from minnst.parallel import image_bands, pmap
 
@@ -49,21 +54,45 @@ class BatchNormEvalCache(NamedTuple):
     has_beta: bool
 
 
-def _channel(a, x):
-    """A per-channel (C,) array as (1, C, 1, 1) in x's dtype and array module."""
+def check_nchw(x):
+    """Normalisation takes NCHW input (``ValueError`` otherwise)."""
     if x.ndim != 4:
         raise ValueError(f"normalisation expects NCHW input, got shape {tuple(x.shape)}")
+
+
+def channel_vector(a, x):
+    """A per-channel array (γ, β, running statistics) checked to be (C,) for NCHW ``x``,
+    in x's dtype and array module."""
+    check_nchw(x)
     a = get_xp(x).asarray(a, dtype=x.dtype)
     if a.shape != (x.shape[1],):
         raise ValueError(f"per-channel array of shape {tuple(a.shape)} for {x.shape[1]} channels")
-    return a.reshape(1, -1, 1, 1)
+    return a
+
+
+def _channel(a, x):
+    """``channel_vector(a, x)`` as (1, C, 1, 1), broadcastable against x."""
+    return channel_vector(a, x).reshape(1, -1, 1, 1)
+
+
+def check_batch_norm(x) -> int:
+    """Batch statistics need more than one value per channel; returns m = N·H·W."""
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    if m < 2:
+        raise ValueError(f"batch norm needs more than one value per channel, got shape {tuple(x.shape)}")
+    return m
+
+
+def _batch_norm_cache(norm, mean, var, m):
+    """The training-mode cache: the batch mean and the unbiased variance var·m/(m − 1)
+    (what PyTorch folds into the running statistics) as (C,) arrays."""
+    return BatchNormCache(norm, mean.reshape(-1), var.reshape(-1) * (m / (m - 1)))
 
 
 def _normalize(x, gamma, beta, eps, axes):
     """Shared forward: returns ``(y, NormCache, mean, biased var)``."""
     xp = get_xp(x)
-    if x.ndim != 4:
-        raise ValueError(f"normalisation expects NCHW input, got shape {tuple(x.shape)}")
+    check_nchw(x)
     mu = x.mean(axis=axes, keepdims=True)
     xc = x - mu
     var = (xc * xc).mean(axis=axes, keepdims=True)
@@ -90,6 +119,24 @@ def _normalize_backward(dy, cache):
 
 # ------------------------------------------------------------------------ instance norm
 
+def instance_norm_forward(x, gamma, beta, eps=1e-5):
+    """Instance normalisation: statistics per sample and channel over (H, W).
+
+    x: (N, C, H, W), gamma/beta: (C,) or None -> y: (N, C, H, W);
+    ``y = γ · (x − mean_{HW} x) / sqrt(var_{HW} x + eps) + β``.
+    """
+    if is_gpu_array(x):
+        return instance_norm_forward_gpu(x, gamma, beta, eps)
+    return instance_norm_forward_cpu(x, gamma, beta, eps)
+
+
+def instance_norm_backward(dy, cache):
+    """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (H, W)."""
+    if is_gpu_array(dy):
+        return instance_norm_backward_gpu(dy, cache)
+    return instance_norm_backward_cpu(dy, cache)
+
+
 def _per_image(N, tasks, parts):
     """Add the (C,) partial sums of the tasks ``(n, r0, r1)`` per image, in task order."""
     out = [None] * N
@@ -108,11 +155,12 @@ def _colsum(a, b=None):
     return np.einsum("lc,lc->c", a2, b.reshape(-1, b.shape[-1]))
 
 
-def _instance_norm_forward_cpu(x, gamma, beta, eps):
-    """The forward of ``_normalize`` over (H, W), on the channels-last view (N, H, W, C)
-    (the convolutions' memory order) in bands of rows (``pmap`` tasks): the band sums of
-    x, then of (x − μ)², are added per image in task order; then the band is normalised.
-    Four passes over the data and no temporary of its size."""
+def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
+    """The forward of ``_normalize`` over (H, W) on NumPy, on the channels-last view
+    (N, H, W, C) (the convolutions' memory order) in bands of rows (``pmap`` tasks): the
+    band sums of x, then of (x − μ)², are added per image in task order; then the band is
+    normalised. Four passes over the data and no temporary of its size."""
+    check_nchw(x)
     N, C, H, W = x.shape
     M = H * W
     v = x.transpose(0, 2, 3, 1)
@@ -149,9 +197,9 @@ def _instance_norm_forward_cpu(x, gamma, beta, eps):
     return y.transpose(0, 3, 1, 2), cache
 
 
-def _instance_norm_backward_cpu(dy, cache):
-    """The backward of ``_normalize`` over (H, W) in bands of rows of the channels-last
-    view, with the means written as sums:  s1 = Σ dy,  s2 = Σ dy·x̂  (over H, W), and
+def instance_norm_backward_cpu(dy, cache):
+    """The backward of ``_normalize`` over (H, W) on NumPy, in bands of rows of the
+    channels-last view, with the means written as sums:  s1 = Σ dy,  s2 = Σ dy·x̂  (over H, W), and
 
         dx = γ/σ · (dy − s1/M − x̂ · s2/M),   dβ = Σ_n s1,   dγ = Σ_n s2."""
     xhat, inv_std, gamma, has_beta, axes = cache
@@ -184,28 +232,6 @@ def _instance_norm_backward_cpu(dy, cache):
     return dx.transpose(0, 3, 1, 2), dgamma, dbeta
 
 
-def instance_norm_forward(x, gamma, beta, eps=1e-5):
-    """Instance normalisation: statistics per sample and channel over (H, W).
-
-    x: (N, C, H, W), gamma/beta: (C,) or None -> y: (N, C, H, W);
-    ``y = γ · (x − mean_{HW} x) / sqrt(var_{HW} x + eps) + β``.
-    """
-    if is_gpu_array(x):
-        from minnst.kernels import instance_norm_forward_gpu  # the CUDA twin (kernels/norm.cu)
-        return instance_norm_forward_gpu(x, gamma, beta, eps)
-    if x.ndim != 4:
-        raise ValueError(f"normalisation expects NCHW input, got shape {tuple(x.shape)}")
-    return _instance_norm_forward_cpu(x, gamma, beta, eps)
-
-
-def instance_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (H, W)."""
-    if is_gpu_array(dy):
-        from minnst.kernels import instance_norm_backward_gpu
-        return instance_norm_backward_gpu(dy, cache)
-    return _instance_norm_backward_cpu(dy, cache)
-
-
 # --------------------------------------------------------------------------- batch norm
 
 def batch_norm_forward(x, gamma, beta, eps=1e-5):
@@ -215,21 +241,27 @@ def batch_norm_forward(x, gamma, beta, eps=1e-5):
     batch ``mean`` and the *unbiased* variance ``var`` (×m/(m−1), m = N·H·W), which is what
     PyTorch folds into the running statistics.
     """
-    m = x.shape[0] * x.shape[2] * x.shape[3]
-    if m < 2:
-        raise ValueError(f"batch norm needs more than one value per channel, got shape {tuple(x.shape)}")
     if is_gpu_array(x):
-        from minnst.kernels import batch_norm_forward_gpu
         return batch_norm_forward_gpu(x, gamma, beta, eps)
-    y, norm, mu, var = _normalize(x, gamma, beta, eps, _BATCH_AXES)
-    return y, BatchNormCache(norm, mu.reshape(-1), var.reshape(-1) * (m / (m - 1)))
+    return batch_norm_forward_cpu(x, gamma, beta, eps)
 
 
 def batch_norm_backward(dy, cache):
     """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (N, H, W)."""
     if is_gpu_array(dy):
-        from minnst.kernels import batch_norm_backward_gpu
         return batch_norm_backward_gpu(dy, cache)
+    return batch_norm_backward_cpu(dy, cache)
+
+
+def batch_norm_forward_cpu(x, gamma, beta, eps=1e-5):
+    """``batch_norm_forward`` in array code (``_normalize`` over (N, H, W))."""
+    m = check_batch_norm(x)
+    y, norm, mu, var = _normalize(x, gamma, beta, eps, _BATCH_AXES)
+    return y, _batch_norm_cache(norm, mu, var, m)
+
+
+def batch_norm_backward_cpu(dy, cache):
+    """``batch_norm_backward`` in array code (``_normalize_backward``)."""
     return _normalize_backward(dy, cache.norm)
 
 
@@ -256,6 +288,114 @@ def batch_norm_eval_backward(dy, cache):
     dgamma = (dy * xhat).sum(axis=_BATCH_AXES) if has_gamma else None
     dbeta = dy.sum(axis=_BATCH_AXES) if has_beta else None
     return dy * scale, dgamma, dbeta
+
+
+# ------------------------------------------------------------------------------ kernels
+
+NORM_BLOCK_NHWC = (32, 8)   # kernel blocks: 32 contiguous channels × 8 lanes of pixels
+NORM_BLOCK_NCHW = (1, 256)  # one channel plane, 256 lanes of contiguous pixels
+
+
+def _norm_geometry(x, per_sample: bool):
+    """``(xc, perm, G, C, R, P, strides, block)`` for the norm kernels on NCHW ``x``: the
+    data as a dense ``xc = x.transpose(perm)``, statistics per (g, c) over R·P elements,
+    ``strides = (sG, sC, sR, sP)`` in elements, and the thread block for that layout."""
+    N, C, H, W = x.shape
+    if x.flags.c_contiguous:
+        xc, perm = x, (0, 1, 2, 3)
+        sN, sC, sP = C * H * W, H * W, 1
+        block = NORM_BLOCK_NCHW
+    else:
+        xc, perm = launch.dense(x, (0, 2, 3, 1))
+        sN, sC, sP = H * W * C, 1, C
+        block = NORM_BLOCK_NHWC
+    P = H * W
+    if per_sample:   # instance norm: a group per sample
+        G, R, sG, sR = N, 1, sN, 0
+    else:            # batch norm: one group, the samples are reduced over
+        G, R, sG, sR = 1, N, 0, sN
+    return xc, perm, G, C, R, P, (sG, sC, sR, sP), block
+
+
+def _norm_grid(C, G, block):
+    """Grid of the norm kernels: channel tiles along x, groups along y."""
+    return (max(1, min(launch.MAX_BLOCKS, -(-C // block[0]))), max(1, min(launch.MAX_BLOCKS, G)))
+
+
+def _normalize_gpu(x, gamma, beta, eps, per_sample):
+    """``_normalize`` by the kernel ``norm_forward``: ``(y, NormCache, mean, biased var)``
+    with the statistics as (G, C) arrays."""
+    check_nchw(x)
+    xp = get_xp(x)
+    dt = launch.float_dtype("normalisation kernel", x)
+    g = xp.ascontiguousarray(channel_vector(gamma, x)) if gamma is not None else xp.ones(1, dtype=dt)
+    b = xp.ascontiguousarray(channel_vector(beta, x)) if beta is not None else xp.zeros(1, dtype=dt)
+    xc, perm, G, C, R, P, strides, block = _norm_geometry(x, per_sample)
+    y = launch.empty(xp, xc.shape, dt)
+    xhat = launch.empty(xp, xc.shape, dt)
+    mean, var, inv_std = (launch.empty(xp, (G, C), dt) for _ in range(3))
+    i32, i64 = launch.i32, launch.i64
+    if xc.size:
+        kern = launch.kernel("norm.cu", "norm_forward", xp, dt)
+        kern(_norm_grid(C, G, block), block,
+             (xc, g, b, y, xhat, mean, var, inv_std,
+              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides),
+              dt.type(eps), i32(gamma is not None), i32(beta is not None)))
+    inv = launch.inverse_permutation(perm)
+    axes = _INSTANCE_AXES if per_sample else _BATCH_AXES
+    cache = NormCache(xhat.transpose(inv), inv_std.reshape(G, C, 1, 1),
+                      g if gamma is not None else None, beta is not None, axes)
+    return y.transpose(inv), cache, mean, var
+
+
+def _normalize_backward_gpu(dy, cache):
+    """``_normalize_backward`` by the kernel ``norm_backward``: ``(dx, dγ, dβ)``, dx in the
+    memory order of the cached x̂."""
+    xp = get_xp(dy)
+    xhat, inv_std, gamma, has_beta, axes = cache
+    dt = launch.float_dtype("normalisation kernel", dy, xhat)
+    per_sample = tuple(axes) == _INSTANCE_AXES
+    xc, perm, G, C, R, P, strides, block = _norm_geometry(xhat, per_sample)
+    dyc, _ = launch.dense(dy, perm)
+    g = xp.ascontiguousarray(xp.asarray(gamma, dtype=dt)) if gamma is not None else xp.ones(1, dtype=dt)
+    inv = xp.ascontiguousarray(inv_std.reshape(G, C))
+    dx = launch.empty(xp, xc.shape, dt)
+    s1 = launch.empty(xp, (G, C), dt)
+    s2 = launch.empty(xp, (G, C), dt)
+    i32, i64 = launch.i32, launch.i64
+    if xc.size:
+        kern = launch.kernel("norm.cu", "norm_backward", xp, dt)
+        kern(_norm_grid(C, G, block), block,
+             (dyc, xc, g, inv, dx, s1, s2,
+              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides),
+              i32(gamma is not None)))
+    dgamma = s2.sum(axis=0) if gamma is not None else None
+    dbeta = s1.sum(axis=0) if has_beta else None
+    return dx.transpose(launch.inverse_permutation(perm)), dgamma, dbeta
+
+
+def instance_norm_forward_gpu(x, gamma, beta, eps=1e-5):
+    """``instance_norm_forward`` by the kernel ``norm_forward`` (kernels/norm.cu)."""
+    y, cache, _, _ = _normalize_gpu(x, gamma, beta, eps, per_sample=True)
+    return y, cache
+
+
+def instance_norm_backward_gpu(dy, cache):
+    """``instance_norm_backward`` by the kernel ``norm_backward`` (kernels/norm.cu)."""
+    return _normalize_backward_gpu(dy, cache)
+
+
+def batch_norm_forward_gpu(x, gamma, beta, eps=1e-5):
+    """``batch_norm_forward`` (training mode) by the kernel ``norm_forward``
+    (kernels/norm.cu)."""
+    m = check_batch_norm(x)
+    y, norm, mean, var = _normalize_gpu(x, gamma, beta, eps, per_sample=False)
+    return y, _batch_norm_cache(norm, mean, var, m)
+
+
+def batch_norm_backward_gpu(dy, cache):
+    """``batch_norm_backward`` by the kernel ``norm_backward`` (kernels/norm.cu)."""
+    return _normalize_backward_gpu(dy, cache.norm)
 
 
 # ------------------------------------------------------------------------------- layers

@@ -4,7 +4,7 @@ Output size as PyTorch (floor): ``OH = (H − kernel) // stride + 1``, ``OW`` li
 and columns that do not fill a whole window are dropped (their gradient is 0).
 ``stride=None`` means ``stride = kernel``.
 
-Three implementations behind one signature:
+Three NumPy implementations behind one signature:
 
 * average pooling with ``kernel == stride`` (VGG's 2×2/2): reshape to
   ``(N, OH, k, OW, k, C)`` and reduce, no Python loop at all;
@@ -13,11 +13,15 @@ Three implementations behind one signature:
   overlap (``k > s``) or leave gaps (``k < s``);
 * ``*_naive``: plain loops over every output pixel, the reference the tests compare with.
 
+Each public function dispatches on the array's device to ``op_cpu`` (the first two
+above) or ``op_gpu`` (the launcher of kernels/pool.cu); both validate with ``check_pool``.
+
 Max pooling routes each window's gradient to exactly one element, the first maximum in
 row-major window order (as PyTorch), also when values tie; a NaN counts as the maximum so
 that it propagates. Its cache is a compact ``(N, OH, OW, C)`` uint8 index of that element.
 
-All of them compute on the channels-last view of the data (see ``_cl``).
+The CPU code computes on the channels-last view of the data (see ``_cl``), the kernels on
+either memory order.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minnst.backend import get_xp, is_gpu_array
+from minnst.kernels import launch
 from minnst.layers.base import Layer
 from minnst.parallel import image_bands, pmap
 
@@ -43,8 +48,8 @@ class AvgPoolCache(NamedTuple):
     stride: int
 
 
-def _check(x, kernel, stride):
-    """Validate the arguments; return ``(stride, OH, OW)``."""
+def check_pool(x, kernel, stride):
+    """Validate the arguments of a pooling; return ``(stride, OH, OW)``."""
     stride = kernel if stride is None else stride
     if x.ndim != 4:
         raise ValueError(f"pooling expects NCHW input, got shape {tuple(x.shape)}")
@@ -84,6 +89,7 @@ def _zeros_cl(xp, x_shape, dtype):
 
 
 def _index_dtype(kernel):
+    """The max-pooling index type: uint8 while the window has at most 256 elements."""
     return np.uint8 if kernel * kernel <= 256 else np.int32
 
 
@@ -92,13 +98,17 @@ def _index_dtype(kernel):
 def maxpool2d_forward(x, kernel=2, stride=None):
     """``y[n,c,i,j] = max_{0≤a,b<k} x[n, c, i·s + a, j·s + b]``.
 
-    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``. One vectorised pass per
-    window offset (k² passes), never a loop over pixels.
+    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``.
     """
     if is_gpu_array(x):
-        from minnst.kernels import maxpool2d_forward_gpu  # the CUDA twin (kernels/pool.cu)
         return maxpool2d_forward_gpu(x, kernel, stride)
-    stride, OH, OW = _check(x, kernel, stride)
+    return maxpool2d_forward_cpu(x, kernel, stride)
+
+
+def maxpool2d_forward_cpu(x, kernel=2, stride=None):
+    """``maxpool2d_forward`` on NumPy: one vectorised pass per window offset (k² passes),
+    never a loop over pixels; bands of output rows on both cores."""
+    stride, OH, OW = check_pool(x, kernel, stride)
     k = kernel
     xt = _cl(x)
     N, C = x.shape[:2]
@@ -133,8 +143,13 @@ def maxpool2d_backward(dy, cache):
     """``dx[n, c, i·s + a*, j·s + b*] += dy[n, c, i, j]`` where ``(a*, b*)`` is the window's
     first maximum; every other element gets 0. dy: (N, C, OH, OW) -> dx: x's shape."""
     if is_gpu_array(dy):
-        from minnst.kernels import maxpool2d_backward_gpu
         return maxpool2d_backward_gpu(dy, cache)
+    return maxpool2d_backward_cpu(dy, cache)
+
+
+def maxpool2d_backward_cpu(dy, cache):
+    """``maxpool2d_backward`` on NumPy: per window offset, a scatter-add of the gradients
+    whose index is that offset."""
     idx, x_shape, k, stride = cache
     zero = dy.dtype.type(0)
     OH, OW = dy.shape[2:]
@@ -157,7 +172,7 @@ def maxpool2d_backward(dy, cache):
 
 def _pool_naive(x, kernel, stride, reduce):
     """Loops over every output pixel, ``reduce`` applied to each window (tests only)."""
-    stride, OH, OW = _check(x, kernel, stride)
+    stride, OH, OW = check_pool(x, kernel, stride)
     xp = get_xp(x)
     N, C = x.shape[:2]
     y = xp.empty((N, C, OH, OW), dtype=x.dtype)
@@ -183,9 +198,14 @@ def avgpool2d_forward(x, kernel=2, stride=None):
     x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``AvgPoolCache`` (shapes only).
     """
     if is_gpu_array(x):
-        from minnst.kernels import avgpool2d_forward_gpu
         return avgpool2d_forward_gpu(x, kernel, stride)
-    stride, OH, OW = _check(x, kernel, stride)
+    return avgpool2d_forward_cpu(x, kernel, stride)
+
+
+def avgpool2d_forward_cpu(x, kernel=2, stride=None):
+    """``avgpool2d_forward`` on NumPy: a reshape and mean when ``kernel == stride``, else
+    a sum over the k² window offsets; bands of output rows on both cores."""
+    stride, OH, OW = check_pool(x, kernel, stride)
     k = kernel
     xt = _cl(x)
     N, C = x.shape[:2]
@@ -212,8 +232,13 @@ def avgpool2d_backward(dy, cache):
     """``dx[n, c, i·s + a, j·s + b] += dy[n, c, i, j] / k²`` for every window element.
     dy: (N, C, OH, OW) -> dx: x's shape."""
     if is_gpu_array(dy):
-        from minnst.kernels import avgpool2d_backward_gpu
         return avgpool2d_backward_gpu(dy, cache)
+    return avgpool2d_backward_cpu(dy, cache)
+
+
+def avgpool2d_backward_cpu(dy, cache):
+    """``avgpool2d_backward`` on NumPy: the scaled gradient broadcast into the blocks when
+    ``kernel == stride``, else added per window offset."""
     x_shape, k, stride = cache
     OH, OW = dy.shape[2:]
     dyt = _cl(dy)
@@ -237,6 +262,82 @@ def avgpool2d_backward(dy, cache):
 def avgpool2d_naive(x, kernel=2, stride=None):
     """Loop reference for ``avgpool2d_forward`` (output only; slow)."""
     return _pool_naive(x, kernel, stride, lambda w: w.sum() / (kernel * kernel))
+
+
+# --------------------------------------------------------------------------------- kernels
+
+def _pool_args(N, H, W, C, OH, OW, k, s):
+    return tuple(launch.i32(v) for v in (N, H, W, C, OH, OW, k, s))
+
+
+def maxpool2d_forward_gpu(x, kernel=2, stride=None):
+    """``maxpool2d_forward`` by the kernel ``maxpool2d_forward`` (kernels/pool.cu), on the
+    memory of x in either order: ``(y, MaxPoolCache)`` with the same (N, OH, OW, C) index
+    cache."""
+    stride, OH, OW = check_pool(x, kernel, stride)
+    xp = get_xp(x)
+    dt = launch.float_dtype("maxpool2d_forward_gpu", x)
+    N, C = x.shape[:2]
+    xt, layout = launch.pixels(x)
+    Np, H, W, Cp = xt.shape
+    it = np.dtype(_index_dtype(kernel))
+    yt = launch.empty(xp, (Np, OH, OW, Cp), dt)
+    idxt = launch.empty(xp, (Np, OH, OW, Cp), it)
+    if yt.size:
+        launch.run_1d(launch.kernel("pool.cu", "maxpool2d_forward", xp, dt, it), yt.size,
+                      (xt, yt, idxt) + _pool_args(Np, H, W, Cp, OH, OW, kernel, stride))
+    idx = launch.from_pixels(idxt, layout, N, C).transpose(0, 2, 3, 1)  # (N, OH, OW, C)
+    return launch.from_pixels(yt, layout, N, C), MaxPoolCache(idx, tuple(x.shape), kernel, stride)
+
+
+def maxpool2d_backward_gpu(dy, cache):
+    """``maxpool2d_backward`` by the kernel ``maxpool2d_backward`` (kernels/pool.cu): a
+    gather over the input elements."""
+    xp = get_xp(dy)
+    idx, x_shape, k, stride = cache
+    dt = launch.float_dtype("maxpool2d_backward_gpu", dy)
+    N, C, H, W = x_shape
+    OH, OW = dy.shape[2:]
+    dyt, layout = launch.pixels(dy)
+    idxt, _ = launch.pixels(launch.as_layout(idx.transpose(0, 3, 1, 2), layout))
+    Np, Cp = dyt.shape[0], dyt.shape[3]
+    dxt = launch.empty(xp, (Np, H, W, Cp), dt)
+    if dxt.size:
+        launch.run_1d(launch.kernel("pool.cu", "maxpool2d_backward", xp, dt, idxt.dtype), dxt.size,
+                      (dyt, idxt, dxt) + _pool_args(Np, H, W, Cp, OH, OW, k, stride))
+    return launch.from_pixels(dxt, layout, N, C)
+
+
+def avgpool2d_forward_gpu(x, kernel=2, stride=None):
+    """``avgpool2d_forward`` by the kernel ``avgpool2d_forward`` (kernels/pool.cu)."""
+    stride, OH, OW = check_pool(x, kernel, stride)
+    xp = get_xp(x)
+    dt = launch.float_dtype("avgpool2d_forward_gpu", x)
+    N, C = x.shape[:2]
+    xt, layout = launch.pixels(x)
+    Np, H, W, Cp = xt.shape
+    yt = launch.empty(xp, (Np, OH, OW, Cp), dt)
+    if yt.size:
+        launch.run_1d(launch.kernel("pool.cu", "avgpool2d_forward", xp, dt), yt.size,
+                      (xt, yt) + _pool_args(Np, H, W, Cp, OH, OW, kernel, stride))
+    return launch.from_pixels(yt, layout, N, C), AvgPoolCache(tuple(x.shape), kernel, stride)
+
+
+def avgpool2d_backward_gpu(dy, cache):
+    """``avgpool2d_backward`` by the kernel ``avgpool2d_backward`` (kernels/pool.cu): a
+    gather over the input elements."""
+    xp = get_xp(dy)
+    x_shape, k, stride = cache
+    dt = launch.float_dtype("avgpool2d_backward_gpu", dy)
+    N, C, H, W = x_shape
+    OH, OW = dy.shape[2:]
+    dyt, layout = launch.pixels(dy)
+    Np, Cp = dyt.shape[0], dyt.shape[3]
+    dxt = launch.empty(xp, (Np, H, W, Cp), dt)
+    if dxt.size:
+        launch.run_1d(launch.kernel("pool.cu", "avgpool2d_backward", xp, dt), dxt.size,
+                      (dyt, dxt) + _pool_args(Np, H, W, Cp, OH, OW, k, stride))
+    return launch.from_pixels(dxt, layout, N, C)
 
 
 # --------------------------------------------------------------------------------- layers

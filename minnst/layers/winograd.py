@@ -20,8 +20,9 @@ position (ξ, ν) of the 4×4 transformed tile:
 transforms are additions of strided slices (the coefficients are 0, ±½, ±1, so float32
 accuracy is that of the direct method). The input gradient of such a layer is again a
 3×3 "same" convolution — of dy with the kernel rotated by 180° and its channels swapped —
-so the backward reuses the forward.
+so the backward reuses the forward (``winograd_input_grad``).
 
+Work is cut into bands of tile rows of one image (``winograd_band_rows``), run by ``pmap``.
 The naive twin is ``conv.conv2d_naive``; ``tests/test_winograd.py`` compares.
 """
 from __future__ import annotations
@@ -30,17 +31,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..parallel import image_bands, pmap
-from .padding import padded_rows_cl
+from ..parallel import band_rows, image_bands, pmap
+from .padding import pad2d, pad2d_backward, padded_rows_cl
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 class WinogradWeights(NamedTuple):
     """The transformed kernels of one layer: U for the forward (16, C, F) and for the
-    input gradient (16, F, C). Transform once per set of weights (``winograd_transform``)."""
+    input gradient (16, F, C), or None there when only the forward was transformed (a
+    backward that needs it transforms it then). A caller whose weights do not change
+    transforms both once (``winograd_transform``)."""
     forward: np.ndarray
-    input_grad: np.ndarray
+    input_grad: np.ndarray | None
 
 
 def winograd_weights(w):
@@ -107,23 +110,24 @@ def _output_transform(M, TH, TW, y, b):
         y += b
 
 
-def _tile_band_rows(TH, TW, C):
-    """Tile rows per band: a band's 16 GEMMs (tiles, C) @ (C, F) must be large enough to
-    run efficiently and its transformed input (16·tiles·C floats) should stay in cache.
-    Measured with two ``pmap`` workers (ms per convolution, bands of 256 / 512 / 1024
-    tiles): 64 ch, batch 4 at 128²: 38 / 31 / 33; 128 ch at 128²: 18.5 / 22 / 23;
-    256 ch at 128²: 80 / 73 / 67.5; 512 ch at 64²: 82 / 72 / 68 (one thread, earlier:
-    512 ch at 64² also best with the largest bands)."""
+def winograd_band_rows(TH, TW, C):
+    """Tile rows per task, of the TH × TW tiles of an image with C input channels: a
+    band's 16 GEMMs (tiles, C) @ (C, F) must be large enough to run efficiently and its
+    transformed input (16·tiles·C floats) should stay in cache. Bands of 512 tiles up to
+    64 channels, 256 up to 128, 1024 above, measured with two ``pmap`` workers (ms per
+    convolution, bands of 256 / 512 / 1024 tiles): 64 ch, batch 4 at 128²: 38 / 31 / 33;
+    128 ch at 128²: 18.5 / 22 / 23; 256 ch at 128²: 80 / 73 / 67.5; 512 ch at 64²:
+    82 / 72 / 68."""
     tiles = 512 if C <= 64 else 256 if C <= 128 else 1024
-    return max(1, min(TH, tiles // max(TW, 1)))
+    return band_rows(tiles, TW, TH)
 
 
 def winograd_conv3x3(x, U, b=None, pad_mode="zero"):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
     ``winograd_weights`` (16, C, F). Returns (N, F, H, W), channels-last memory.
-    One band of tile rows of one image per task (``pmap``: the bands run on both cores).
-    (Tiles that stick out past an odd edge read padding beyond the image; their outputs
-    are cropped, so what is there does not matter.)"""
+    One band of tile rows of one image per task (``pmap``). Tiles that stick out past an
+    odd edge read padding beyond the image; their outputs are cropped, so what is there
+    does not matter."""
     N, C, H, W = x.shape
     F = U.shape[2]
     TH, TW = (H + 1) // 2, (W + 1) // 2
@@ -141,10 +145,27 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero"):
         M = np.matmul(V, U)  # 16 GEMMs (T, C) @ (C, F)
         _output_transform(M, t1 - t0, TW, y[n, 2 * t0:2 * t1], b)
 
-    pmap(band, image_bands(N, TH, _tile_band_rows(TH, TW, C)))
+    pmap(band, image_bands(N, TH, winograd_band_rows(TH, TW, C)))
     return y[:, :H, :W, :].transpose(0, 3, 1, 2)
 
 
 def winograd_input_grad_weights(w):
     """U for the input gradient: the kernel rotated by 180° with channels swapped."""
     return winograd_weights(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)))
+
+
+def winograd_input_grad(dy, U, pad_mode="zero"):
+    """dx (N, C, H, W) of a 3×3, stride-1, padding-1 convolution, from dy (N, F, H, W) and
+    U = ``winograd_input_grad_weights(w)`` (16, F, C). Channels-last memory.
+
+    Zero padding: the input gradient of a "same" convolution is the "same" convolution of
+    dy with the rotated kernel. Reflection: the gradient of the *padded* input is wanted,
+    so that its border can be folded back onto the pixels it copied (``pad2d_backward``);
+    that is the full correlation of dy with the rotated kernel, i.e. the same "same"
+    convolution of dy zero-padded by one, of size (H + 2, W + 2)."""
+    if pad_mode == "zero":
+        return winograd_conv3x3(dy, U)
+    dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
+    dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
+    return pad2d_backward(dxpad, 1, pad_mode, overwrite=True)
+

@@ -4,9 +4,9 @@
     mod = load_module("relu.cu", launch.name_expressions("relu.cu"))
     mod.get_function("relu_forward<float>")((blocks,), (threads,), (x, y, np.int64(n)))
 
-``load_module`` has the signature of ``minnst.kernels.launch._host_module`` and the module
+``load_module`` has the signature of ``minnst.kernels.launch.host_module`` and the module
 it returns quacks like ``cupy.RawModule``, so the tests swap it in and call the real
-launchers (``relu_forward_gpu`` …) on NumPy arrays.
+launchers (``activations.relu_forward_gpu`` …) on NumPy arrays.
 
 Per source, a generated C++ file includes the header and the unmodified ``.cu`` and adds
 one ``extern "C"`` wrapper per template instantiation, which hands the argument values

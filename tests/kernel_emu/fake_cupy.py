@@ -109,7 +109,8 @@ def install(threads=64, max_blocks=4):
         used_bytes=lambda: 0, total_bytes=lambda: 0, free_all_blocks=lambda: None)
     sys.modules["cupy"] = mod
     from minnst.kernels import launch
+    from minnst.layers import normalization
 
     launch.THREADS, launch.MAX_BLOCKS = threads, max_blocks
-    launch._NORM_BLOCK_NHWC, launch._NORM_BLOCK_NCHW = (8, 4), (1, 16)
+    normalization.NORM_BLOCK_NHWC, normalization.NORM_BLOCK_NCHW = (8, 4), (1, 16)
     return mod

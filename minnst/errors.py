@@ -1,0 +1,20 @@
+"""The library's error for a setting it cannot use, shared by every configuration."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting a run cannot use. ``field`` is the configuration field; the message
+    starts with the field in words ("style scale must be …"), so that a command line can
+    put its flag in their place (``cli_message``)."""
+
+    def __init__(self, field_name: str, message: str):
+        words = field_name.replace("_", " ")
+        if not message.startswith(words):
+            message = f"{words}: {message}"
+        super().__init__(message)
+        self.field = field_name
+
+    def cli_message(self) -> str:
+        """The message with the field's words replaced by its ``--flag``."""
+        words = self.field.replace("_", " ")
+        return "--" + self.field.replace("_", "-") + str(self)[len(words):]
