@@ -33,6 +33,7 @@ import numpy as np
 
 from .backend import get_xp, is_gpu_array
 from .kernels import launch
+from .parallel import matmul
 
 GATYS = "gatys"
 JOHNSON = "johnson"
@@ -171,7 +172,7 @@ def style_loss_cpu(F, A, normalization: str = GATYS):
     value = style_value(sq, F.shape, normalization)
     D = D.astype(F.dtype, copy=False)
     if cl:  # (N, M, C) @ D: the gradient keeps the features' channels-last memory
-        grad = (Fm @ D).reshape(N, H, W, C).transpose(0, 3, 1, 2)
+        grad = matmul(Fm, D).reshape(N, H, W, C).transpose(0, 3, 1, 2)
     else:
         grad = (D @ Fm).reshape(F.shape)
     grad *= F.dtype.type(scale)

@@ -21,9 +21,11 @@ wants to choose the moment and the count, else by the first ``pmap``. Then, and 
   ``threadpoolctl.threadpool_limits`` in force), else ``os.cpu_count()``;
 * it sets every loaded BLAS library to one thread, for the rest of the process (BLAS
   threads inside two workers' tasks would fight over the cores). From then on the
-  parallelism is the pool's. A product outside the layers that is large enough to want
-  every core (the Gram matrices of the style loss and its gradient) goes through
-  ``matmul``, which cuts it into tasks like a layer does.
+  parallelism is the pool's. A product outside the layers' tasks that gains from every
+  core (the style loss's gradient, the transposed convolution's products) goes through
+  ``matmul``, which cuts it into tasks with the bits of one product. (The Gram matrix
+  stays one product: NumPy computes FᵀF as a symmetric rank-k update, half the work of
+  a GEMM, which OpenBLAS runs hardly faster on two threads than on one.)
 
 Nothing else in minnst changes BLAS settings. ``workers(n)`` changes how many threads
 ``pmap`` uses inside a block (tests), without touching BLAS.
@@ -39,7 +41,8 @@ never come here (the layers call ``pmap`` only on their NumPy paths).
 
 Cutting work
 ------------
-One family, from the general to the layer-specific:
+One family; each path states its own bound with it (``conv.im2col_bands``,
+``conv.shifted_band_rows``, ``conv.thin_bands``, ``winograd.winograd_band_rows``):
 
 * ``band_rows(budget, row_bytes, rows)``: how many rows of ``row_bytes`` each fit a
   byte budget (a cache or memory bound), at least 1 and at most ``rows``;
@@ -48,7 +51,8 @@ One family, from the general to the layer-specific:
 * ``chunks(total, parts)``: ``range(total)`` cut into ``parts`` runs of nearly equal length;
 * ``image_bands(N, rows, max_rows)``: the tasks ``(n, r0, r1)`` of a batch, every image cut
   into nearly equal bands of at most ``max_rows`` rows, at least ``MIN_TASKS`` in all;
-* ``batch_slices(shape)``: the same tasks as index tuples, for elementwise passes.
+* ``batch_slices(shape)``: the same tasks as index tuples, for elementwise passes;
+* ``matmul_bands(batch, M, K, N)``: the tasks of ``matmul``.
 
 ``gemm`` is the matrix product the tasks call where they accumulate in place: SciPy's BLAS
 wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` does not.
@@ -325,21 +329,32 @@ def gemm(a, b, c, alpha=1.0, beta=1.0):
     return c
 
 
-# --------------------------------------------------------------------------- large products outside the layers
+# --------------------------------------------------------------------------- large products
 
-MATMUL_MIN_ROWS = 64           # ``matmul`` cuts only into bands of at least this many rows …
-MATMUL_MIN_BAND = 2**22        # … and this many multiply-adds
+MATMUL_MIN_ROWS = 64   # ``matmul`` cuts into bands of whole multiples of this many rows …
+MATMUL_MIN_BAND = 2**22  # … and of at least this many multiply-adds …
+MATMUL_COLUMNS = 8       # … and only products whose N is a multiple of this
 
 
 def matmul_bands(batch: int, M: int, K: int, N: int):
-    """The tasks ``(n, r0, r1)`` of ``matmul``: each product's M rows in nearly equal
-    bands, enough for MIN_TASKS tasks over the batch, but none under MATMUL_MIN_ROWS rows
-    or MATMUL_MIN_BAND multiply-adds (a product that small is one task). Small bands
-    would change the bits: OpenBLAS multiplies a 1-row matrix by GEMV and small products
-    by other kernels, which sum in another order; bands of the packed GEMM do not."""
+    """The tasks ``(n, r0, r1)`` of ``matmul`` for ``batch`` products (M, K) @ (K, N): the
+    M rows in bands of a multiple of MATMUL_MIN_ROWS rows (the last one takes the rest),
+    enough for MIN_TASKS tasks over the batch; a product is one task when the bands would
+    fall under MATMUL_MIN_BAND multiply-adds, or when N is not a multiple of
+    MATMUL_COLUMNS.
+
+    These are the conditions under which OpenBLAS gives every element the bits of one
+    undivided product (measured on its SkylakeX kernels, checked by the tests): it
+    multiplies a 1-row matrix by GEMV and small products by other kernels; its GEMM
+    kernels treat the rows after the last full tile of 16 rows, and in double precision
+    the columns after the last multiple of 8 (for some M), differently."""
     least = max(MATMUL_MIN_ROWS, -(-MATMUL_MIN_BAND // max(1, K * N)))
     parts = max(1, min(-(-MIN_TASKS // max(batch, 1)), M // least))
-    return [(n, r0, r1) for n in range(batch) for r0, r1 in chunks(M, parts)]
+    if N % MATMUL_COLUMNS:
+        parts = 1
+    rows = -(-M // parts)
+    rows = -(-rows // MATMUL_MIN_ROWS) * MATMUL_MIN_ROWS  # rounded up to whole tiles
+    return [(n, r0, r1) for n in range(batch) for r0, r1 in row_bands(M, rows)]
 
 
 def matmul(a, b):
@@ -350,8 +365,9 @@ def matmul(a, b):
     a (M, K) or (B, M, K), b (K, N) or (B, K, N); a batch of 1 broadcasts. The rows of
     the output are cut into bands (``matmul_bands``), one ``np.matmul`` per band. Each
     output element stays one dot product over K, which OpenBLAS's packed GEMM sums in the
-    same order whichever band of rows it lies in: the same bits as ``np.matmul(a, b)``
-    (``tests/test_parallel.py`` checks; bands of columns would not be, in float64).
+    same order whichever band of rows it lies in, when the bands are as ``matmul_bands``
+    cuts them: the same bits as ``np.matmul(a, b)`` (``tests/test_parallel.py`` checks;
+    bands of columns would not be, in float64).
     Returns a new C-contiguous array, (M, N) or (B, M, N).
     """
     A = a[None] if a.ndim == 2 else a

@@ -209,3 +209,19 @@ class PerceptualLoss:
             tv=self.tv_weight * tv_raw, content_raw=content_raw, style_raw=style_raw,
             tv_raw=tv_raw, style_layers=style_layers)
         return terms, grad
+
+
+JOHNSON_CONTENT_LAYER = "relu2_2"
+JOHNSON_STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+def training_objective(content_layer=JOHNSON_CONTENT_LAYER, style_layers=JOHNSON_STYLE_LAYERS,
+                       style_layer_weights=None, content_weight=1.0, style_weight=1e5, tv_weight=1e-5,
+                       pooling="max") -> dict:
+    """Johnson et al.'s training objective as keyword arguments of ``gatys.Objective`` (and,
+    without ``pooling``, of ``PerceptualLoss``): one content layer, Johnson's normalisation,
+    each style layer weighed ``w_l / C_l²`` (``mean_gram_layer_weights``)."""
+    return {"content_layers": [content_layer], "style_layers": list(style_layers),
+            "style_layer_weights": mean_gram_layer_weights(style_layers, style_layer_weights or None),
+            "alpha": float(content_weight), "beta": float(style_weight), "tv_weight": float(tv_weight),
+            "pooling": pooling, "normalization": losses.JOHNSON}

@@ -68,9 +68,26 @@ def load_network(path) -> TransformerNet:
     return TransformerNet.load(path)
 
 
-def stylize_file(net: TransformerNet, src, dst, size=None, meta: dict | None = None) -> Path:
+def stylize_file(net: TransformerNet, src, dst, size=None, meta: dict | None = None, style=None) -> Path:
     img = images.load_image(src, size=size)
-    return images.save_image(dst, net.stylize(img), metadata=meta)
+    return images.save_image(dst, net.stylize(img, style), metadata=meta)
+
+
+def parse_style(text: str):
+    """``--style``: ``NAME`` or a blend ``a=0.6,b=0.4`` (weights ≥ 0, normalised later)."""
+    if "=" not in text:
+        return text.strip()
+    blend = {}
+    for part in text.split(","):
+        name, _, w = part.partition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise UsageError(f"--style: {part!r} is not NAME=WEIGHT") from None
+        if not name.strip() or not (weight >= 0 and weight != float("inf")):
+            raise UsageError(f"--style: {part!r} needs a name and a finite weight ≥ 0")
+        blend[name.strip()] = blend.get(name.strip(), 0.0) + weight
+    return blend
 
 
 def _plan(inp: Path, out: Path | None, model_stem: str) -> list[tuple[Path, Path]]:
@@ -98,6 +115,9 @@ def _main(argv=None):
     p.add_argument("--model", help=f"model file from minnst.train_fast (default: the shipped {DEFAULT_MODEL})")
     p.add_argument("--input", help=f"image file or folder (default: matplotlib's {DEMO_PHOTO})")
     p.add_argument("--output", help=f"output file or folder (default: {DEFAULT_OUTPUT_DIR}/)")
+    p.add_argument("--style", help="with a many-style model: a style NAME, or a blend a=0.6,b=0.4 "
+                                   "(default: the model's first style)")
+    p.add_argument("--list-styles", action="store_true", help="print the model's styles, one per line, and exit")
     p.add_argument("--size", type=int, default=None, help="longest side before stylising (default: as is)")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None, help="(auto; or MINNST_DEVICE)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -105,18 +125,28 @@ def _main(argv=None):
     if a.size is not None:
         images.check_size(a.size, "--size")
     model_path = Path(a.model) if a.model else default_model_path()
+    if a.list_styles:
+        for name in load_network(model_path).styles:
+            print(name)
+        return 0
     inp = Path(a.input) if a.input else demo_photo()
     jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
     device = select_device(a.device)
     keep_freed_memory()
     net = load_network(model_path).to(device.xp)
-    meta = {"minnst": "stylize", "model": model_path.name, "style": net.meta.get("style", "")}
+    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
+    try:
+        net.style_mix(style)
+    except ValueError as e:
+        raise UsageError(f"--style: {e}") from None
+    style_text = a.style or (style or net.meta.get("style", ""))
+    meta = {"minnst": "stylize", "model": model_path.name, "style": style_text}
     from tqdm import tqdm
 
     failed, t0 = [], time.monotonic()
     for src, dst in tqdm(jobs, unit="img", disable=a.quiet or len(jobs) == 1, file=sys.stderr):
         try:
-            stylize_file(net, src, dst, a.size, meta)
+            stylize_file(net, src, dst, a.size, meta, style)
         except ImageError as e:
             if len(jobs) == 1:
                 raise

@@ -46,26 +46,28 @@ from pathlib import Path
 import numpy as np
 
 from . import images, losses
-from .backend import get_xp, keep_freed_memory, select_device
+from .backend import get_xp, keep_freed_memory, select_device, to_host
 from .cli import ArgumentParser, UsageError, run
 from .errors import ConfigError
-from .data import BatchSampler, open_dataset, random_crops
+from .files import sha256_file
+from .data import BatchSampler, list_images, open_dataset, random_crops
 from .optim import Adam
+from .layers.normalization import ConditionalInstanceNorm2d
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
 from .modelfile import ModelFileError, load_model, save_model
-from .perceptual import PerceptualLoss, mean_gram_layer_weights
+from .perceptual import JOHNSON_STYLE_LAYERS, PerceptualLoss, training_objective
 from .plots import plot_losses
 
 CHECKPOINT_KIND = "minnst-train-checkpoint"
-STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+STYLE_LAYERS = JOHNSON_STYLE_LAYERS
 PLOT_SECONDS = 600  # loss.png is redrawn at a checkpoint at most this often, and at the end
 PLOT_WINDOW = 50  # loss.png draws trailing means over this many steps
 
 
 @dataclass
 class TrainConfig:
-    style: str = ""                          # style image file
+    style: str | tuple = ""                  # style image file, or several (one network, many styles)
     dataset: str = ""                        # folder of photos or .h5 from make_dataset
     output: str = "model.h5"                 # final model file
     run_dir: str = ""                        # logs, samples, checkpoint ("" = runs/<output stem>)
@@ -75,7 +77,7 @@ class TrainConfig:
     iterations: int = 40000
     lr: float = 1e-3                         # Adam learning rate
     content_weight: float = 1.0              # λ_c
-    style_weight: float = 1e5                # λ_s, on the mean squared Gram difference
+    style_weight: float | tuple = 1e5        # λ_s, on the mean squared Gram difference (or one per style)
     tv_weight: float = 1e-5                  # λ_tv, on the output in [0, 1]
     content_layer: str = "relu2_2"
     style_layers: tuple = STYLE_LAYERS
@@ -92,6 +94,7 @@ class TrainConfig:
     sample_every: int = 500                  # iterations between sample stylisations (0 = off)
     samples: tuple = ()                      # photos for the samples (() = first 2 of the dataset)
     quiet: bool = False                      # no progress bar
+    base_model: str = ""                     # add the styles to this many-style model: train only their γ, β
 
     def check(self):
         """Raise ``ConfigError`` (naming the field) for a value training cannot use."""
@@ -100,13 +103,32 @@ class TrainConfig:
                 raise ConfigError(name, f"{name.replace('_', ' ')} must be >= 1")
         if self.image_size < 16:
             raise ConfigError("image_size", "image size must be at least 16")
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every", "checkpoint every must be >= 1 (iterations)")
+        if self.sample_every < 0:
+            raise ConfigError("sample_every", "sample every must be >= 0 (0: no samples)")
+        if not (self.checkpoint_minutes > 0 and math.isfinite(self.checkpoint_minutes)):
+            raise ConfigError("checkpoint_minutes", "checkpoint minutes must be a finite number > 0")
         if self.crop_size and not 16 <= self.crop_size <= self.image_size:
             raise ConfigError("crop_size", "crop size must be between 16 and the image size (or 0: no crop)")
         if not self.lr > 0:
             raise ConfigError("lr", "lr must be > 0")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "tv_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(name, f"{name.replace('_', ' ')} must be a finite number >= 0")
+        paths = self.style_paths()
+        if not paths:
+            raise ConfigError("style", "style: give at least one style image")
+        names = [Path(p).stem for p in paths]
+        if len(set(names)) != len(names):
+            raise ConfigError("style", f"style images must have distinct file names, got {names}")
+        weights = [self.style_weight] if not isinstance(self.style_weight, tuple) else list(self.style_weight)
+        if len(weights) not in (1, len(paths)):
+            raise ConfigError("style_weight", f"style weight has {len(weights)} values for {len(paths)} styles")
+        if not all(isinstance(w, (int, float)) and w >= 0 and math.isfinite(w) for w in weights):
+            raise ConfigError("style_weight", "style weight must be finite numbers >= 0")
+        if self.multi_style and self.norm != "instance":
+            raise ConfigError("norm", "norm must be instance for many styles (conditional instance norm)")
         try:
             check_layer_names([self.content_layer, *self.style_layers])
         except ValueError as e:
@@ -122,31 +144,54 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError("width", str(e)) from None
 
+    def style_paths(self) -> list:
+        """The style images: one file, several, or the images of a folder (sorted)."""
+        given = [self.style] if isinstance(self.style, str) else list(self.style)
+        paths = []
+        for p in given:
+            if p and Path(p).is_dir():
+                paths += [str(q) for q in list_images(p)]
+            elif p:
+                paths.append(str(p))
+        return paths
+
+    @property
+    def multi_style(self) -> bool:
+        """A network with conditional instance norms: several styles, or styles added to one."""
+        return len(self.style_paths()) > 1 or bool(self.base_model) or not isinstance(self.style, str)
+
+    def style_weight_of(self, k: int) -> float:
+        """λ_s of the k-th style image."""
+        return float(self.style_weight[k] if isinstance(self.style_weight, tuple) else self.style_weight)
+
     def model_config(self) -> TransformerConfig:
-        return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample)
+        styles = tuple(Path(p).stem for p in self.style_paths()) if self.multi_style else ()
+        return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample, styles=styles)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / Path(self.output).stem
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["style_layers"] = list(self.style_layers)
-        d["style_layer_weights"] = list(self.style_layer_weights)
-        d["samples"] = list(self.samples)
+        for k in ("style_layers", "style_layer_weights", "samples", "style", "style_weight"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
+        if not self.base_model:
+            del d["base_model"]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        for k in ("style_layers", "style_layer_weights", "samples"):
-            if k in d:
+        for k in ("style_layers", "style_layer_weights", "samples", "style", "style_weight"):
+            if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
         return cls(**d)
 
 
 # Settings that may differ on --resume: they do not change the computation.
-RESUMABLE_OVERRIDES = ("style", "dataset", "output", "iterations", "device", "checkpoint_every",
+RESUMABLE_OVERRIDES = ("dataset", "output", "iterations", "device", "checkpoint_every",
                        "checkpoint_minutes", "sample_every", "samples", "quiet")
 
 
@@ -181,25 +226,56 @@ class TrainingLoss:
         return terms.total, parts, get_xp(dy).ascontiguousarray(dy).astype(y.dtype, copy=False)
 
 
-def training_objective(content_layer="relu2_2", style_layers=STYLE_LAYERS, style_layer_weights=None,
-                       content_weight=1.0, style_weight=1e5, tv_weight=1e-5, pooling="max") -> dict:
-    """The training objective as keyword arguments of ``gatys.Objective`` (and of
-    ``perceptual.PerceptualLoss``, without ``pooling``): Johnson's normalisation, each
-    style layer weighed ``w_l / C_l²``."""
-    return {"content_layers": [content_layer], "style_layers": list(style_layers),
-            "style_layer_weights": mean_gram_layer_weights(style_layers, style_layer_weights or None),
-            "alpha": float(content_weight), "beta": float(style_weight), "tv_weight": float(tv_weight),
-            "pooling": pooling, "normalization": losses.JOHNSON}
-
-
-def train_step(net: TransformerNet, opt: Adam, loss: TrainingLoss, batch, xp, dtype=np.float32):
-    """One Adam step on a uint8 batch (B, S, S, 3); returns ``(total, parts)``."""
+def train_step(net: TransformerNet, opt: Adam, loss: TrainingLoss, batch, xp, dtype=np.float32,
+               style=None):
+    """One Adam step on a uint8 batch (B, S, S, 3); returns ``(total, parts)``. ``style``:
+    the batch's style (``TransformerNet.style_mix``) for a many-style network. Only the
+    parameters the optimiser holds are updated."""
     x = xp.asarray(batch, dtype=dtype)                 # (B, S, S, 3) in [0, 255]
-    y, cache = net.forward(xp.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    y, cache = net.forward(xp.ascontiguousarray(x.transpose(0, 3, 1, 2)), style)
     total, parts, dy = loss(y, x / 255.0)
     _, grads = net.backward(dy, cache)
-    opt.step(grads)
+    opt.step({k: g for k, g in grads.items() if k in opt.params})
     return total, parts
+
+
+def style_schedule(seed: int, step: int, n: int) -> int:
+    """Which of ``n`` trained styles the batch of ``step`` (from 0) learns: each round of
+    n steps visits every style once, in an order drawn from ``(seed, round)`` (so a
+    resumed run continues the same sequence)."""
+    if n == 1:
+        return 0
+    return int(np.random.default_rng([seed, 1, step // n]).permutation(n)[step % n])
+
+
+def _conditional_norm_keys(net: TransformerNet) -> list:
+    """The parameters of the conditional instance norms (each style's γ, β)."""
+    return [f"{name}.{k}" for name, layer in net.named_layers()
+            if isinstance(layer, ConditionalInstanceNorm2d) for k in layer.params]
+
+
+def add_styles(base: TransformerNet, names: list, seed: int = 0) -> TransformerNet:
+    """A copy of the many-style network ``base`` with ``names`` appended to its styles: the
+    convolutions and the existing styles' γ, β copied, each new style's γ, β started at the
+    mean of the existing ones."""
+    if not base.config.styles:
+        raise ValueError("styles can be added only to a many-style model (conditional instance norm)")
+    clash = [n for n in names if n in base.config.styles]
+    if clash:
+        raise ValueError(f"the model already has style {clash[0]!r}")
+    cfg = dataclasses.replace(base.config, styles=tuple(base.config.styles) + tuple(names))
+    net = TransformerNet(cfg, seed=seed)
+    old = base.state_dict()
+    S = len(base.config.styles)
+    for k, dst in net.state_dict().items():
+        src = to_host(old[k])
+        if src.shape == dst.shape:
+            dst[...] = src
+        else:  # a conditional norm's (S + new, C) γ or β
+            dst[:S] = src
+            dst[S:] = src.mean(axis=0)
+    net.meta = dict(base.meta)
+    return net
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -211,7 +287,7 @@ def save_checkpoint(path, net: TransformerNet, opt: Adam, sampler: BatchSampler,
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
     state.update({f"adam.{k}": v for k, v in st.items() if k[:2] in ("m.", "v.")})
     config = {"kind": CHECKPOINT_KIND, "train": cfg.to_json(),
-              "model": {"kind": MODEL_KIND, **asdict(net.config)}}
+              "model": {"kind": MODEL_KIND, **net.config.to_dict()}}
     meta = {"step": int(step), "sampler": sampler.state(), "seed": cfg.seed,
             "adam": {k: st[k] for k in ("t", "lr", "beta1", "beta2", "eps")}, **(extra or {})}
     return save_model(path, state, config, meta=meta)
@@ -236,16 +312,34 @@ def read_checkpoint(path):
     return cfg, net, adam, meta
 
 
-def model_meta(cfg: TrainConfig, step: int) -> dict:
-    """What a model file records about its training."""
-    return {"style": Path(cfg.style).name, "trained_with": "minnst.train_fast",
-            "iterations": int(step), "train": cfg.to_json()}
+def style_settings(cfg: TrainConfig, k: int) -> dict:
+    """How the k-th style image of ``cfg`` is trained (``TransformerNet.style_settings``)."""
+    path = cfg.style_paths()[k]
+    return {"image": Path(path).name, "image_sha256": sha256_file(path),
+            "style_size": cfg.style_size or cfg.image_size,
+            "objective": training_objective(cfg.content_layer, cfg.style_layers,
+                                            cfg.style_layer_weights or None, cfg.content_weight,
+                                            cfg.style_weight_of(k), cfg.tv_weight, cfg.pooling)}
+
+
+def model_meta(cfg: TrainConfig, step: int, base_meta: dict | None = None) -> dict:
+    """What a model file records about its training; a many-style model records each
+    style's ``style_settings`` (those of ``base_meta``'s styles kept)."""
+    if not cfg.multi_style:
+        return {"style": Path(cfg.style).name, "trained_with": "minnst.train_fast",
+                "iterations": int(step), "train": cfg.to_json()}
+    styles = dict((base_meta or {}).get("styles", {}))
+    for k, path in enumerate(cfg.style_paths()):
+        styles[Path(path).stem] = style_settings(cfg, k)
+    return {"styles": styles, "trained_with": "minnst.train_fast", "iterations": int(step),
+            "train": cfg.to_json()}
 
 
 def export(checkpoint, output, float16: bool = False) -> Path:
     """Write the model of a training checkpoint as a model file (optionally float16)."""
     cfg, net, _, meta = read_checkpoint(checkpoint)
-    return net.save(output, meta=model_meta(cfg, meta["step"]), dtype=np.float16 if float16 else None)
+    return net.save(output, meta=model_meta(cfg, meta["step"], meta.get("base_meta")),
+                    dtype=np.float16 if float16 else None)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -274,9 +368,10 @@ def truncate_log(path, step: int):
         path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
 
 
-def write_samples(net: TransformerNet, photos: list, path):
-    """Stylise each photo (eval mode) and save the results side by side as one PNG."""
-    outs = [net.stylize(p) for p in photos]
+def write_samples(net: TransformerNet, photos: list, path, styles=(None,)):
+    """Stylise each photo in each of ``styles`` (eval mode) and save the results side by
+    side as one PNG."""
+    outs = [net.stylize(p, style) for style in styles for p in photos]
     h = max(o.shape[0] for o in outs)
     row = np.concatenate([np.pad(o, ((0, h - o.shape[0]), (0, 0), (0, 0)), constant_values=1.0)
                           for o in outs], axis=1)
@@ -326,7 +421,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     checkpoint when interrupted.
     """
     cfg = dataclasses.replace(cfg)  # the resumed settings go into a copy, not the caller's
-    cfg.check()
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.h5"
     log_path = run_dir / "log.jsonl"
@@ -337,40 +431,66 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         for f in fields(TrainConfig):
             if f.name not in RESUMABLE_OVERRIDES and f.name != "run_dir":
                 setattr(cfg, f.name, getattr(saved_cfg, f.name))
+    cfg.check()
+    if resume:
         step = int(meta["step"])
         truncate_log(log_path, step)
         log(f"resuming {ckpt_path} at step {step} of {cfg.iterations}")
     else:
         if ckpt_path.exists() and not overwrite:
             raise ValueError(f"{ckpt_path} exists: resume it or overwrite it (a new run)")
-        net, adam_state, meta, step = TransformerNet(cfg.model_config(), seed=cfg.seed), None, None, 0
+        if cfg.base_model:  # the base model fixes the architecture; its convolutions stay frozen
+            base = TransformerNet.load(cfg.base_model)
+            cfg.width, cfg.norm, cfg.upsample = base.config.width, base.config.norm, base.config.upsample
+            net = add_styles(base, [Path(p).stem for p in cfg.style_paths()], seed=cfg.seed)
+        else:
+            net = TransformerNet(cfg.model_config(), seed=cfg.seed)
+        adam_state, meta, step = None, None, 0
         if log_path.exists():
             log_path.unlink()
+    base_meta = (meta or {}).get("base_meta") if resume else (
+        TransformerNet.load(cfg.base_model).meta if cfg.base_model else None)
 
     device = select_device(cfg.device)
     xp, dtype = device.xp, np.float32
     dataset = open_dataset(cfg.dataset, cfg.image_size)
-    style_img = images.load_image(cfg.style, size=cfg.style_size or cfg.image_size)
+    if cfg.batch_size > len(dataset):
+        raise ConfigError("batch_size", f"batch size {cfg.batch_size} is larger than the dataset "
+                                        f"({len(dataset)} images): use at most {len(dataset)}")
     if vgg is None:
         vgg = VGG16.load(pooling=cfg.pooling, xp=xp)
-    loss = TrainingLoss(vgg, style_img, cfg.content_layer, cfg.style_layers, cfg.content_weight,
-                          cfg.style_weight, cfg.tv_weight, cfg.style_layer_weights or None, xp, dtype)
+    paths = cfg.style_paths()
+    trained = [net.styles.index(Path(p).stem) for p in paths] if cfg.multi_style else [None]
+    loss_of = []  # one training loss per trained style
+    for k, path in enumerate(paths):
+        style_img = images.load_image(path, size=cfg.style_size or cfg.image_size)
+        loss_of.append(TrainingLoss(vgg, style_img, cfg.content_layer, cfg.style_layers, cfg.content_weight,
+                                    cfg.style_weight_of(k), cfg.tv_weight, cfg.style_layer_weights or None,
+                                    xp, dtype))
     net.to(xp, dtype)
     net.train()
-    opt = Adam(net.params, lr=cfg.lr)
+    params = net.params
+    if cfg.base_model:
+        params = {k: net.params[k] for k in _conditional_norm_keys(net)}
+    opt = Adam(params, lr=cfg.lr)
     sampler = BatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
     if resume:
         opt.load_state_dict(adam_state)
         sampler.load_state(meta["sampler"])
     photos = _sample_photos(cfg, dataset) if cfg.sample_every else []
+    sample_styles = [net.styles[i] for i in trained] if cfg.multi_style else [None]
+    if cfg.multi_style:
+        photos = photos[:1]  # one photo in every style
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n", encoding="utf-8")
 
     last_plot = [-math.inf]
 
     def checkpoint(final=False):
-        save_checkpoint(ckpt_path, net, opt, sampler, step, cfg,
-                        extra={"skipped_images": getattr(dataset, "skipped", 0)})
+        extra = {"skipped_images": getattr(dataset, "skipped", 0)}
+        if base_meta is not None:
+            extra["base_meta"] = base_meta
+        save_checkpoint(ckpt_path, net, opt, sampler, step, cfg, extra=extra)
         if final or time.monotonic() - last_plot[0] > PLOT_SECONDS:  # a plot costs ~1 s
             plot_losses(read_log(log_path), run_dir / "loss.png", x="step", window=PLOT_WINDOW)
             last_plot[0] = time.monotonic()
@@ -390,7 +510,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                 if cfg.crop_size:  # offsets from the sampler state: reproducible, resumable
                     batch = random_crops(batch, cfg.crop_size,
                                          np.random.default_rng([cfg.seed, sampler.epoch, sampler.index]))
-                total, parts = train_step(net, opt, loss, batch, xp, dtype)
+                k = style_schedule(cfg.seed, step, len(trained))
+                mix = None if trained[k] is None else net.style_mix(net.styles[trained[k]], len(batch))
+                total, parts = train_step(net, opt, loss_of[k], batch, xp, dtype, style=mix)
+                if mix is not None:
+                    parts = {**parts, "style_name": net.styles[trained[k]]}
                 step, done = step + 1, done + 1
                 dt = time.monotonic() - ts
                 if not math.isfinite(total):
@@ -402,7 +526,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                 bar.set_postfix_str(f"loss {total:.4g} (c {parts['content']:.3g} s {parts['style']:.3g} "
                                     f"tv {parts['tv']:.2g}) {cfg.batch_size / dt:.2f} img/s", refresh=False)
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    write_samples(net, photos, run_dir / "samples" / f"step_{step:06d}.png")
+                    write_samples(net, photos, run_dir / "samples" / f"step_{step:06d}.png", sample_styles)
                 if step % cfg.checkpoint_every == 0 or \
                         time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
                     checkpoint()
@@ -415,7 +539,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         log(f"interrupted at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)")
         raise KeyboardInterrupt
     if step >= cfg.iterations:
-        net.save(cfg.output, meta=model_meta(cfg, step))
+        net.save(cfg.output, meta=model_meta(cfg, step, base_meta))
         log(f"trained {step} iterations in {time.monotonic() - t0:.0f} s; model saved to {cfg.output}")
     return net
 
@@ -428,7 +552,12 @@ def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m minnst.train_fast", argument_default=argparse.SUPPRESS,
                        description="Train a feed-forward style transfer network (Johnson et al. 2016) "
                                    "on a folder of photos, with checkpoints and exact --resume.")
-    p.add_argument("--style", metavar="IMAGE", help="style image")
+    p.add_argument("--style", nargs="+", metavar="IMAGE",
+                   help="style image; several images (or a folder of them) train one network for many "
+                        "styles (conditional instance norm)")
+    p.add_argument("--add-style", nargs="+", metavar="IMAGE",
+                   help="with --model: add these styles to a many-style model, training only their γ, β")
+    p.add_argument("--model", metavar="MODEL.h5", help="the many-style model that --add-style extends")
     p.add_argument("--dataset", metavar="DIR_OR_H5", help="folder of training photos, or an .h5 from minnst.make_dataset")
     p.add_argument("--output", metavar="MODEL.h5", help="model file written at the end (and by --export)")
     p.add_argument("--run-dir", metavar="DIR", help="logs, samples and the checkpoint (default runs/<output stem>)")
@@ -442,7 +571,8 @@ def _parser() -> ArgumentParser:
     g.add_argument("--batch-size", type=int, metavar="N", help=f"({d.batch_size})")
     g.add_argument("--lr", type=float, metavar="X", help=f"Adam learning rate ({d.lr})")
     g.add_argument("--content-weight", type=float, metavar="X", help=f"({d.content_weight})")
-    g.add_argument("--style-weight", type=float, metavar="X", help=f"({d.style_weight})")
+    g.add_argument("--style-weight", type=float, nargs="+", metavar="X",
+                   help=f"({d.style_weight}; or one per style image)")
     g.add_argument("--tv-weight", type=float, metavar="X", help=f"({d.tv_weight})")
     g.add_argument("--content-layer", metavar="LAYER", help=f"({d.content_layer})")
     g.add_argument("--style-layers", nargs="+", metavar="LAYER", help=f"({' '.join(d.style_layers)})")
@@ -475,6 +605,15 @@ def _main(argv=None):
         return 0
     resume, overwrite = args.pop("resume", False), args.pop("overwrite", False)
     args.pop("float16", None)
+    if "add_style" in args:
+        if "model" not in args or "style" in args:
+            raise UsageError("--add-style needs --model MODEL.h5 (and no --style)")
+        args["style"], args["base_model"] = args.pop("add_style"), args.pop("model")
+    elif "model" in args:
+        raise UsageError("--model goes with --add-style")
+    for k in ("style", "style_weight"):  # one value: as before; several: a tuple
+        if k in args:
+            args[k] = args[k][0] if len(args[k]) == 1 else tuple(args[k])
     for k in ("style_layers", "style_layer_weights", "samples"):
         if k in args:
             args[k] = tuple(args[k])

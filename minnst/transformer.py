@@ -23,16 +23,27 @@ The network maps ``(N, 3, H, W)`` pixels in [0, 255] to ``(N, 3, H', W')`` in [0
 with ``H' = 4·⌈H/4⌉`` (two stride-2 steps round up, two ×2 steps double); ``stylize``
 reflect-pads any image to a multiple of 4 and crops the result back.
 
+Many styles in one network (Dumoulin, Shlens & Kudlur 2017): with ``styles`` named in the
+config, every instance norm is a conditional one — the convolutions are shared and each
+style has its own γ, β per norm (``layers.ConditionalInstanceNorm2d``). ``forward`` then
+takes the batch's style weights, an (N, S) array (one-hot rows for one style, convex rows
+for a blend); ``style_mix`` makes them from a name or a ``{name: weight}`` blend.
+
     net = TransformerNet(TransformerConfig(width=0.5), seed=0)
     y, cache = net.forward(x)              # x, y: (N, 3, H, W) in [0, 255]
     dx, grads = net.backward(dy, cache)    # grads keyed like net.params; dx is None
                                            # unless built with input_grad=True
     img = net.stylize(photo)               # (H, W, 3) in [0, 1] -> (H, W, 3) in [0, 1]
     net.save("model.h5", meta={...});  TransformerNet.load("model.h5")
+
+    multi = TransformerNet(TransformerConfig(width=0.5, styles=("udnie", "the_scream")))
+    y, cache = multi.forward(x, multi.style_mix("udnie", len(x)))
+    img = multi.stylize(photo, style={"udnie": 0.7, "the_scream": 0.3})
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -40,9 +51,11 @@ from .backend import get_xp, to_host
 from .layers.activations import ReLU, ScaledTanh
 from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
-from .layers.normalization import BatchNorm2d, InstanceNorm2d
+from .layers.base import forward_child
+from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
 from .modelfile import ModelFileError, load_model, save_model
+from .perceptual import training_objective
 
 NORMS = ("instance", "batch")
 UPSAMPLINGS = ("nearest", "transpose")
@@ -56,8 +69,14 @@ class TransformerConfig:
     norm: str = "instance"      # "instance" | "batch"
     upsample: str = "nearest"   # "nearest" (resize + conv) | "transpose" (strided conv)
     residual_blocks: int = 5
+    styles: tuple = ()          # style names: one conditional instance norm per style (many styles)
 
     def __post_init__(self):
+        object.__setattr__(self, "styles", tuple(self.styles))
+        if not all(isinstance(n, str) and n for n in self.styles) or len(set(self.styles)) != len(self.styles):
+            raise ValueError(f"styles must be distinct non-empty names, got {list(self.styles)}")
+        if self.styles and self.norm != "instance":
+            raise ValueError(f"many styles need norm='instance' (conditional instance norm), got {self.norm!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.upsample not in UPSAMPLINGS:
@@ -71,6 +90,15 @@ class TransformerConfig:
     def channels(self) -> tuple[int, int, int]:
         return tuple(max(1, int(round(c * self.width))) for c in BASE_CHANNELS)
 
+    def to_dict(self) -> dict:
+        """The config as stored in a model file (``styles`` only for a many-style network)."""
+        d = asdict(self)
+        if self.styles:
+            d["styles"] = list(self.styles)
+        else:
+            del d["styles"]
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
         names = {f.name for f in fields(cls)}
@@ -80,8 +108,10 @@ class TransformerConfig:
         return cls(**d)
 
 
-def _norm(kind, C, dtype):
-    return InstanceNorm2d(C, affine=True, dtype=dtype) if kind == "instance" else BatchNorm2d(C, dtype=dtype)
+def _norm(cfg, C, dtype):
+    if cfg.styles:
+        return ConditionalInstanceNorm2d(C, len(cfg.styles), dtype=dtype)
+    return InstanceNorm2d(C, affine=True, dtype=dtype) if cfg.norm == "instance" else BatchNorm2d(C, dtype=dtype)
 
 
 def _conv_block(cin, cout, k, stride, cfg, rng, dtype, input_grad=True):
@@ -89,7 +119,7 @@ def _conv_block(cin, cout, k, stride, cfg, rng, dtype, input_grad=True):
     return Sequential({
         "conv": Conv2d(cin, cout, k, stride=stride, padding=k // 2, pad_mode="reflect",
                        bias=False, rng=rng, dtype=dtype, input_grad=input_grad),
-        "norm": _norm(cfg.norm, cout, dtype),
+        "norm": _norm(cfg, cout, dtype),
         "relu": ReLU(),
     })
 
@@ -97,10 +127,10 @@ def _conv_block(cin, cout, k, stride, cfg, rng, dtype, input_grad=True):
 def _residual_block(C, cfg, rng, dtype):
     return Residual(Sequential({
         "conv1": Conv2d(C, C, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, dtype=dtype),
-        "norm1": _norm(cfg.norm, C, dtype),
+        "norm1": _norm(cfg, C, dtype),
         "relu": ReLU(),
         "conv2": Conv2d(C, C, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, dtype=dtype),
-        "norm2": _norm(cfg.norm, C, dtype),
+        "norm2": _norm(cfg, C, dtype),
     }))
 
 
@@ -112,20 +142,20 @@ def _up_block(cin, cout, cfg, rng, dtype):
     else:
         layers = {"conv": ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1,
                                           bias=False, rng=rng, dtype=dtype)}
-    layers["norm"] = _norm(cfg.norm, cout, dtype)
+    layers["norm"] = _norm(cfg, cout, dtype)
     layers["relu"] = ReLU()
     return Sequential(layers)
 
 
-def _infer(layer: Layer, x):
+def _infer(layer: Layer, x, style=None):
     """Forward without keeping caches (inference at any resolution in little memory)."""
     if isinstance(layer, Residual):
-        return x + _infer(layer.layers["body"], x)
+        return x + _infer(layer.layers["body"], x, style)
     if isinstance(layer, Sequential):
         for child in layer.layers.values():
-            x = _infer(child, x)
+            x = _infer(child, x, style)
         return x
-    return layer.forward(x)[0]
+    return forward_child(layer, x, style)[0]
 
 
 class TransformerNet(Sequential):
@@ -156,17 +186,93 @@ class TransformerNet(Sequential):
         blocks["tanh"] = ScaledTanh(127.5, 127.5)
         super().__init__(blocks)
 
+    # ------------------------------------------------------------------ styles
+
+    @property
+    def styles(self) -> list:
+        """The style names: the config's for a many-style network, else the one style the
+        model file records (``[]`` for a network that records none)."""
+        if self.config.styles:
+            return list(self.config.styles)
+        name = self.meta.get("style")
+        return [Path(name).stem] if name else []
+
+    def style_mix(self, style=None, n: int = 1):
+        """The (n, S) host float64 style weights of a batch of n, or None for a one-style
+        network. ``style``: a name, a ``{name: weight}`` blend (weights ≥ 0, normalised to
+        sum 1), an (S,) or (n, S) array of weights, or None (one-style networks only)."""
+        names = list(self.config.styles)
+        if not names:
+            if style is None or (isinstance(style, str) and style in self.styles):
+                return None
+            raise ValueError(f"this network has one style ({', '.join(self.styles) or 'unnamed'}); "
+                             f"got style={style!r}")
+        if style is None:
+            raise ValueError(f"choose a style: one of {', '.join(names)} (or a blend of them)")
+        if isinstance(style, str):
+            style = {style: 1.0}
+        if isinstance(style, dict):
+            unknown = [k for k in style if k not in names]
+            if unknown:
+                raise ValueError(f"unknown style {unknown[0]!r}; this network has {', '.join(names)}")
+            w = np.zeros(len(names))
+            for k, v in style.items():
+                w[names.index(k)] = float(v)
+        else:
+            w = np.asarray(to_host(style), dtype=np.float64)
+        if w.shape[-1:] != (len(names),) or w.ndim > 2:
+            raise ValueError(f"style weights must have {len(names)} values per image, got shape {w.shape}")
+        if not (np.all(np.isfinite(w)) and np.all(w >= 0) and np.all(w.sum(axis=-1) > 0)):
+            raise ValueError(f"style weights must be finite, ≥ 0 and not all zero, got {w.tolist()}")
+        w = w / w.sum(axis=-1, keepdims=True)
+        return np.broadcast_to(w, (n, len(names))).copy() if w.ndim == 1 else w
+
+    def _mix_for(self, style, x):
+        """``style`` as (N, S) weights in x's dtype and array module, or None."""
+        mix = self.style_mix(style, x.shape[0])
+        if mix is None:
+            return None
+        if mix.shape[0] != x.shape[0]:
+            raise ValueError(f"style weights for {mix.shape[0]} images, batch of {x.shape[0]}")
+        return get_xp(x).asarray(mix, dtype=x.dtype)
+
+    def style_settings(self, name: str | None = None) -> dict:
+        """How style ``name`` was trained: ``{"image", "image_sha256", "style_size",
+        "objective"}``, where ``objective`` holds the keyword arguments of
+        ``gatys.Objective`` that reproduce that style's training loss for one photo."""
+        styles = self.meta.get("styles")
+        if isinstance(styles, dict):
+            if name not in styles:
+                raise ValueError(f"unknown style {name!r}; this network has {', '.join(styles)}")
+            return dict(styles[name])
+        train = self.meta.get("train")
+        if not train or (name is not None and name not in self.styles):
+            raise ValueError(f"the model does not record how style {name!r} was trained")
+        return {"image": Path(train["style"]).name, "image_sha256": self.meta.get("style_sha256"),
+                "style_size": train.get("style_size") or train["image_size"],
+                "objective": training_objective(train["content_layer"], train["style_layers"],
+                                                train.get("style_layer_weights") or None,
+                                                train["content_weight"], train["style_weight"],
+                                                train["tv_weight"], train["pooling"])}
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x, style=None):
+        """``(y, cache)``; ``style`` as ``style_mix`` takes it (many-style networks)."""
+        return super().forward(x, self._mix_for(style, x))
+
     # ------------------------------------------------------------------ inference
 
-    def infer(self, x):
+    def infer(self, x, style=None):
         """``forward`` without caches: (N, 3, H, W) in [0, 255] -> same, less memory."""
-        return _infer(self, x)
+        return _infer(self, x, self._mix_for(style, x))
 
-    def stylize(self, img, xp=None):
+    def stylize(self, img, style=None, xp=None):
         """Stylise one image ``(H, W, 3)`` in [0, 1] (any size ≥ 1 px) -> ``(H, W, 3)`` in
-        [0, 1], a host float32 array. Runs in eval mode on the parameters' array module
-        (``xp`` to override). The image is reflect-padded to a multiple of 4 (and to at
-        least 16 px) so the two stride-2 steps and the two ×2 steps line up, then cropped."""
+        [0, 1], a host float32 array, in ``style`` (a name or a ``{name: weight}`` blend;
+        many-style networks). Runs in eval mode on the parameters' array module (``xp`` to
+        override). The image is reflect-padded to a multiple of 4 (and to at least 16 px)
+        so the two stride-2 steps and the two ×2 steps line up, then cropped."""
         a = np.asarray(to_host(img), dtype=np.float32)
         if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
             raise ValueError(f"stylize needs an (H, W, 3) image, got shape {a.shape}")
@@ -180,7 +286,7 @@ class TransformerNet(Sequential):
         was_training = self.training
         self.eval()
         try:
-            y = self.infer(x)
+            y = self.infer(x, style)
         finally:
             self.train(was_training)
         out = to_host(y)[0, :, :H, :W].transpose(1, 2, 0) / 255.0  # (H, W, 3)
@@ -191,7 +297,7 @@ class TransformerNet(Sequential):
     def save(self, path, meta: dict | None = None, dtype=None):
         """Write the weights, the config and ``meta`` (style, training settings) as HDF5
         (atomically). ``dtype=np.float16`` halves the file for shipping."""
-        config = {"kind": MODEL_KIND, **asdict(self.config)}
+        config = {"kind": MODEL_KIND, **self.config.to_dict()}
         return save_model(path, self.state_dict(), config, meta=meta, dtype=dtype)
 
     @classmethod

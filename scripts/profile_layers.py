@@ -4,10 +4,13 @@
 
 train: the transformer's forward + backward, batch 4 at 256² (residual rows summed over the
 five blocks); stylize: its inference at 512²; vgg: VGG16 to relu4_3, batch 4 at 256²,
-forward + backward, per call of each layer function. Milliseconds, the mean of a few runs
-after a warm-up. The thread count is the BLAS's (OPENBLAS_NUM_THREADS), which is also what
-minnst.parallel uses. Each layer is timed by a wrapper, so the totals are a little above
-the benchmark's (python -m minnst.bench fast).
+forward + backward, per call of each layer function (keyed by the convolution's path,
+``conv2d_forward``'s ``method``). Milliseconds, the mean of a few runs after a warm-up.
+The worker count is the one ``minnst.parallel.start`` takes: the BLAS thread count met at
+start-up (OPENBLAS_NUM_THREADS); BLAS then runs one thread inside the workers. Like the
+command-line tools, the script keeps freed memory in the heap (``keep_freed_memory``).
+Each layer is timed by a wrapper, so the totals are a little above the benchmark's
+(python -m minnst.bench fast).
 """
 import collections
 import sys
@@ -18,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from minnst import parallel
 from minnst import vgg as vggmod
 from minnst.backend import keep_freed_memory
 from minnst.layers.base import _Container
@@ -52,7 +56,7 @@ def report(title, reps):
     print(f"== {title}, ms")
     names = list(dict.fromkeys(k for k, _ in T))
     for n in names:
-        print(f"  {n:14s} f {T.get((n, 'f'), 0) / reps * 1e3:8.1f}  b {T.get((n, 'b'), 0) / reps * 1e3:8.1f}")
+        print(f"  {n:30s} f {T.get((n, 'f'), 0) / reps * 1e3:8.1f}  b {T.get((n, 'b'), 0) / reps * 1e3:8.1f}")
     tf = sum(v for (_, k), v in T.items() if k == "f") / reps * 1e3
     tb = sum(v for (_, k), v in T.items() if k == "b") / reps * 1e3
     print(f"  total f {tf:.0f} b {tb:.0f}")
@@ -61,6 +65,7 @@ def report(title, reps):
 
 def main(what):
     keep_freed_memory()
+    print(f"# {parallel.start()} workers")
     rng = np.random.default_rng(0)
     if "train" in what:
         net = TransformerNet(TransformerConfig(width=1.0), seed=0)
@@ -93,7 +98,10 @@ def main(what):
             def timed(*a, f=f, fname=fname, **k):
                 t = time.perf_counter()
                 r = f(*a, **k)
-                T[(f"{fname.split('_')[0]}{tuple(a[0].shape[1:])}", fname.rsplit("_", 1)[1][0])] += time.perf_counter() - t
+                path = {"conv2d_forward": lambda: r[1].method, "conv2d_backward": lambda: a[1].method}
+                tag = path[fname]() + " " if fname in path else ""
+                key = f"{fname.split('_')[0]} {tag}{tuple(a[0].shape[1:])}"
+                T[(key, fname.rsplit("_", 1)[1][0])] += time.perf_counter() - t
                 return r
 
             setattr(vggmod, fname, timed)

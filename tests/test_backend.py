@@ -39,6 +39,25 @@ def test_environment_variable_chooses_the_default(monkeypatch):
     assert backend.select_device(None).name == "cpu"
 
 
+def test_default_device_name_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("MINNST_DEVICE", raising=False)
+    assert backend.default_device_name() == "auto"
+    monkeypatch.setenv("MINNST_DEVICE", " CPU ")
+    assert backend.default_device_name() == "cpu"
+    assert backend.select_device(None).name == "cpu"
+    assert backend.select_device("cpu").name == "cpu"  # a named device wins
+
+
+def test_keep_freed_memory_says_whether_it_could():
+    """Run in a child process: it tunes the allocator of the whole process."""
+    import subprocess
+    import sys
+
+    code = "from minnst import backend; print(backend.keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("True", "False")
+
+
 def test_gpu_available_reports_a_reason_here():
     ok, why = backend.gpu_available()
     assert ok or (why and "\n" not in why)

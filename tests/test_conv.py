@@ -1,21 +1,22 @@
-"""Convolution and transposed convolution: the fast paths (channels-last shifted GEMM,
-im2col + GEMM) against the naive loop twin, and every gradient against central finite
-differences in float64."""
+"""Convolution and transposed convolution: every path of ``conv2d_forward`` (chosen by
+``method=``) against the naive loop twin, every gradient against central finite
+differences in float64, the rule ``method="auto"`` follows, and the banding."""
 import numpy as np
 import pytest
 
 from minnst.gradcheck import eval_numerical_gradient_array, rel_error
 from minnst.layers import conv as convmod
-from minnst.layers.conv import (Conv2d, ConvTranspose2d, conv2d_backward, conv2d_forward,
-                                conv2d_naive, conv_transpose2d_backward, conv_transpose2d_forward)
+from minnst.layers.conv import (Conv2d, ConvTranspose2d, auto_method, conv2d_backward,
+                                conv2d_forward, conv2d_naive, conv_transpose2d_backward,
+                                conv_transpose2d_forward)
 from minnst.layers.padding import pad2d, pad2d_backward
 
-# (N, C, H, W, F, K, stride, pad, mode): odd sizes, non-square, both methods, both paddings
+# (N, C, H, W, F, K, stride, pad, mode): odd sizes, non-square, both paddings
 CASES = [
     (2, 3, 7, 6, 4, 3, 1, 1, "zero"),       # VGG's first layer (3 channels)
     (2, 17, 7, 6, 5, 3, 1, 1, "zero"),
     (1, 16, 6, 9, 3, 3, 1, 2, "reflect"),   # reflection, pad 2
-    (2, 16, 8, 7, 3, 5, 2, 2, "reflect"),   # stride 2 -> im2col
+    (2, 16, 8, 7, 3, 5, 2, 2, "reflect"),   # stride 2: im2col only
     (1, 3, 9, 10, 2, 9, 1, 4, "reflect"),   # the transformer's 9×9 input layer
     (2, 18, 5, 5, 4, 1, 1, 0, "zero"),      # 1×1
     (1, 4, 7, 7, 3, 3, 2, 1, "zero"),       # stride 2, odd size
@@ -23,76 +24,118 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["auto", "im2col"])
-def method(request, monkeypatch):
-    """Run each case on the CPU's choice (shifted GEMM for stride 1) and forced through
-    im2col, the path the GPU takes."""
-    if request.param == "im2col":
-        monkeypatch.setattr(convmod, "_use_shifted", lambda x, stride: False)
-    return request.param
-
-
-def _ids(case):
-    N, C, H, W, F, K, s, p, m = case
-    return f"N{N}C{C}_{H}x{W}_F{F}k{K}s{s}p{p}{m[0]}"
-
-
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_forward_matches_naive(rng, case, method):
+def _methods(case):
+    """Every path that can run ``case``: "auto", im2col, and on stride 1 the CPU paths
+    (the thin lowerings are correct for any channel counts, only slower); Winograd where
+    the kernel is 3×3 with padding 1."""
     N, C, H, W, F, K, s, p, mode = case
-    x = rng.standard_normal((N, C, H, W))
-    w = rng.standard_normal((F, C, K, K))
-    b = rng.standard_normal(F)
-    y, cache = conv2d_forward(x, w, b, s, p, mode)
-    expected = (convmod._thin_method(C, F, K, K) or "shifted") if method == "auto" and s == 1 else "im2col"
-    assert cache.method == expected
+    out = ["auto", "im2col"]
+    if s == 1:
+        out += ["shifted", "thin_input", "thin_output"]
+        if K == 3 and p == 1:
+            out.append("winograd")
+    return out
+
+
+PAIRS = [(case, m) for case in CASES for m in _methods(case)]
+
+
+def _ids(pair):
+    (N, C, H, W, F, K, s, p, m), method = pair
+    return f"{method}-N{N}C{C}_{H}x{W}_F{F}k{K}s{s}p{p}{m[0]}"
+
+
+def _data(rng, case):
+    N, C, H, W, F, K, s, p, mode = case
+    return rng.standard_normal((N, C, H, W)), rng.standard_normal((F, C, K, K)), rng.standard_normal(F)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_conv2d_forward_matches_naive(rng, pair):
+    case, method = pair
+    N, C, H, W, F, K, s, p, mode = case
+    x, w, b = _data(rng, case)
+    y, cache = conv2d_forward(x, w, b, s, p, mode, method=method)
+    assert cache.method == (auto_method(x, w, s, p) if method == "auto" else method)
     assert rel_error(y, conv2d_naive(x, w, b, s, p, mode)) < 1e-10
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv2d_gradients(rng, case, method):
+@pytest.mark.parametrize("pair", PAIRS, ids=_ids)
+def test_conv2d_gradients(rng, pair):
+    case, method = pair
     N, C, H, W, F, K, s, p, mode = case
-    x = rng.standard_normal((N, C, H, W))
-    w = rng.standard_normal((F, C, K, K))
-    b = rng.standard_normal(F)
-    y, cache = conv2d_forward(x, w, b, s, p, mode)
+    x, w, b = _data(rng, case)
+    y, cache = conv2d_forward(x, w, b, s, p, mode, method=method)
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv2d_backward(dy, cache)
+
+    def f(xx, ww, bb):
+        return conv2d_forward(xx, ww, bb, s, p, mode, method=method)[0]
+
     # a linear map: central differences are exact up to rounding, so h can be large
     h = 1e-2
-    ndx = eval_numerical_gradient_array(lambda z: conv2d_forward(z, w, b, s, p, mode)[0], x, dy, h)
-    ndw = eval_numerical_gradient_array(lambda z: conv2d_forward(x, z, b, s, p, mode)[0], w, dy, h)
-    ndb = eval_numerical_gradient_array(lambda z: conv2d_forward(x, w, z, s, p, mode)[0], b, dy, h)
-    assert rel_error(dx, ndx) < 1e-6
-    assert rel_error(dw, ndw) < 1e-6
-    assert rel_error(db, ndb) < 1e-6
+    assert rel_error(dx, eval_numerical_gradient_array(lambda z: f(z, w, b), x, dy, h)) < 1e-6
+    assert rel_error(dw, eval_numerical_gradient_array(lambda z: f(x, z, b), w, dy, h)) < 1e-6
+    assert rel_error(db, eval_numerical_gradient_array(lambda z: f(x, w, z), b, dy, h)) < 1e-6
 
 
-def test_frozen_cache_gives_input_gradient_only(rng):
+def test_auto_picks_by_device_stride_and_shapes(rng):
+    def pick(C, F, K, s=1, p=1, dtype=np.float32):
+        return auto_method(np.zeros((1, C, 8, 8), dtype), np.zeros((F, C, K, K), dtype), s, p)
+
+    assert pick(3, 64, 3) == "shifted"            # VGG conv1_1
+    assert pick(64, 64, 3) == "winograd"          # VGG from conv1_2 on
+    assert pick(64, 32, 3) == "shifted"           # too few output channels for Winograd
+    assert pick(64, 64, 3, p=2) == "shifted"      # Winograd needs padding 1
+    assert pick(3, 32, 9, p=4) == "thin_input"    # the transformer's first layer
+    assert pick(32, 3, 9, p=4) == "thin_output"   # and its last
+    assert pick(32, 64, 3, s=2) == "im2col"       # strided
+    assert pick(16, 16, 3, dtype=np.float16) == "im2col"
+
+
+def test_unknown_or_impossible_method_is_a_value_error(rng):
+    x, w = rng.standard_normal((1, 4, 6, 6)), rng.standard_normal((2, 4, 3, 3))
+    with pytest.raises(ValueError, match="unknown method"):
+        conv2d_forward(x, w, method="fft")
+    with pytest.raises(ValueError, match="stride 1"):
+        conv2d_forward(x, w, None, 2, 1, method="shifted")
+    with pytest.raises(ValueError, match="3x3 kernel with padding 1"):
+        conv2d_forward(x, w, None, 1, 0, method="winograd")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        conv2d_forward(x.astype(np.float16), w, None, 1, 1, method="thin_input")
+    with pytest.raises(ValueError, match="unknown method"):
+        Conv2d(4, 2, 3, method="winograd3")
+
+
+@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd", "thin_input", "thin_output"])
+def test_frozen_cache_gives_input_gradient_only(rng, method):
     x = rng.standard_normal((1, 16, 5, 5))
     w = rng.standard_normal((4, 16, 3, 3))
-    y, cache = conv2d_forward(x, w, None, 1, 1, keep_input=False)
-    assert cache.x is None
+    y, cache = conv2d_forward(x, w, None, 1, 1, keep_input=False, method=method)
+    assert cache.x is None and cache.method == method
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv2d_backward(dy, cache)
     assert dw is None and db is None
-    _, full = conv2d_forward(x, w, None, 1, 1)
+    _, full = conv2d_forward(x, w, None, 1, 1, method=method)
     assert rel_error(dx, conv2d_backward(dy, full)[0]) < 1e-12
+    assert conv2d_backward(dy, cache, need_dx=False) == (None, None, None)
 
 
 @pytest.mark.parametrize("C", [3, 16])
+@pytest.mark.parametrize("method", ["im2col", "shifted"])
 def test_banding_does_not_change_results(rng, monkeypatch, C, method):
-    """Tiny band limits force many bands (im2col) / BLAS calls (shifted)."""
+    """Tiny band limits force many bands (im2col) / tasks and BLAS calls (shifted)."""
     x = rng.standard_normal((2, C, 9, 7))
     w = rng.standard_normal((5, C, 3, 3))
     b = rng.standard_normal(5)
-    y0, c0 = conv2d_forward(x, w, b, 1, 1)
+    y0, c0 = conv2d_forward(x, w, b, 1, 1, method=method)
     dy = rng.standard_normal(y0.shape)
     g0 = conv2d_backward(dy, c0)
-    monkeypatch.setattr(convmod, "MAX_TEMP_BYTES", 1)   # im2col: one output row per band
-    monkeypatch.setattr(convmod, "BAND_BYTES", 1)       # shifted: one output row per image band
-    monkeypatch.setattr(convmod, "_band_rows", lambda C, F: 7)  # BLAS calls of 7 rows
-    y1, c1 = conv2d_forward(x, w, b, 1, 1)
+    monkeypatch.setattr(convmod, "IM2COL_MAX_BYTES", 1)     # im2col: one output row per band
+    monkeypatch.setattr(convmod, "IM2COL_TASK_BYTES", 1)
+    monkeypatch.setattr(convmod, "SHIFTED_BAND_BYTES", 1)   # shifted: one output row per task
+    monkeypatch.setattr(convmod, "SHIFTED_GEMM_ROWS", 7)    # BLAS calls of 7 rows
+    y1, c1 = conv2d_forward(x, w, b, 1, 1, method=method)
     g1 = conv2d_backward(dy, c1)
     assert rel_error(y0, y1) < 1e-12
     for a, b_ in zip(g0, g1):
@@ -100,17 +143,18 @@ def test_banding_does_not_change_results(rng, monkeypatch, C, method):
 
 
 @pytest.mark.parametrize("mode", ["zero", "reflect"])
+@pytest.mark.parametrize("method", ["im2col", "shifted"])
 def test_temporaries_do_not_grow_with_the_image(monkeypatch, method, mode):
     """With 2 MB bands, a conv on a 32 MB image allocates little beyond its result."""
     import tracemalloc
 
-    monkeypatch.setattr(convmod, "MAX_TEMP_BYTES", 2 * 2**20)
-    monkeypatch.setattr(convmod, "BAND_BYTES", 2 * 2**20)
+    monkeypatch.setattr(convmod, "IM2COL_MAX_BYTES", 2 * 2**20)
+    monkeypatch.setattr(convmod, "SHIFTED_BAND_BYTES", 2 * 2**20)
     x = np.ones((1, 8, 1024, 1024), np.float32)
     w = np.ones((8, 8, 3, 3), np.float32)
     out_bytes = 8 * 1024 * 1026 * 4  # the result (with its two scratch columns per row)
     tracemalloc.start()
-    y, cache = conv2d_forward(x, w, None, 1, 1, mode)
+    y, cache = conv2d_forward(x, w, None, 1, 1, mode, method=method)
     fwd_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.reset_peak()
     dx, dw, _ = conv2d_backward(y, cache)
@@ -123,17 +167,19 @@ def test_temporaries_do_not_grow_with_the_image(monkeypatch, method, mode):
 
 def test_im2col_band_stays_under_memory_cap():
     # a 4096² image with 64 channels and a 3×3 kernel: the full im2col matrix is 38 GB
-    rows = convmod._row_bands(1, 4096, 4096, 64 * 9, 4)
-    biggest = max(i1 - i0 for i0, i1 in rows) * 4096 * 64 * 9 * 4
-    assert biggest <= convmod.MAX_TEMP_BYTES
+    bands = convmod.im2col_bands(1, 4096, 4096, 64 * 9, 4)
+    assert bands[0][0] == 0 and bands[-1][1] == 4096
+    biggest = max(i1 - i0 for i0, i1 in bands) * 4096 * 64 * 9 * 4
+    assert biggest <= convmod.IM2COL_MAX_BYTES
 
 
-def test_float32_runs_and_keeps_dtype(rng):
+@pytest.mark.parametrize("method", ["auto", "im2col", "shifted", "thin_input", "thin_output"])
+def test_float32_runs_and_keeps_dtype(rng, method):
     for C in (3, 16):
         x = rng.standard_normal((1, C, 6, 5)).astype(np.float32)
         w = rng.standard_normal((4, C, 3, 3)).astype(np.float32)
         b = rng.standard_normal(4).astype(np.float32)
-        y, cache = conv2d_forward(x, w, b, 1, 1)
+        y, cache = conv2d_forward(x, w, b, 1, 1, method=method)
         assert y.dtype == np.float32
         ref = conv2d_naive(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), 1, 1)
         assert np.max(np.abs(y - ref)) < 1e-4
@@ -208,6 +254,16 @@ def test_layer_classes_follow_the_contract(rng):
     assert y2.shape == (2, 2, 10, 12)
     dx2, g2 = up.backward(np.ones_like(y2), c2)
     assert dx2.shape == y.shape and set(g2) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd"])
+def test_conv2d_layer_takes_its_method(rng, method):
+    layer = Conv2d(5, 4, 3, padding=1, pad_mode="reflect", rng=rng, dtype=np.float64, method=method)
+    x = rng.standard_normal((1, 5, 6, 7))
+    y, cache = layer.forward(x)
+    assert cache.method == method
+    ref = conv2d_naive(x, layer.params["weight"], layer.params["bias"], 1, 1, "reflect")
+    assert rel_error(y, ref) < 1e-10
 
 
 def test_bad_shapes_are_rejected(rng):

@@ -1,7 +1,8 @@
 """The thin-channel lowerings of the CPU convolution (9×9 layers with 3 channels on one
 side, the transformer's first and last): im2col + one GEMM when the input is thin,
 output-side shifting when the output is thin. Each against the naive loop twin and by
-central differences in float64; banding, float32, memory, and the skipped input gradient."""
+central differences in float64; banding, float32, memory, and the skipped input gradient.
+Paths are chosen by ``method=``; the cases are those "auto" sends to each lowering."""
 import numpy as np
 import pytest
 
@@ -34,40 +35,57 @@ def _data(rng, case, dtype=np.float64):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_forward_matches_naive(rng, case):
+def test_auto_takes_the_thin_lowering_and_it_matches_naive(rng, case):
     x, w, b = _data(rng, case)
     p, mode, method = case[6:]
     y, cache = conv2d_forward(x, w, b, 1, p, mode)
     assert cache.method == method
     assert rel_error(y, conv2d_naive(x, w, b, 1, p, mode)) < 1e-10
-    y0, _ = conv2d_forward(x, w, None, 1, p, mode)
+    y0, _ = conv2d_forward(x, w, None, 1, p, mode, method=method)
     assert rel_error(y0, conv2d_naive(x, w, None, 1, p, mode)) < 1e-10
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_gradients_match_finite_differences(rng, case):
+def test_the_other_lowering_matches_naive_too(rng, case):
+    """Each lowering is correct for any channel counts (only slower on the other side)."""
     x, w, b = _data(rng, case)
-    p, mode, _ = case[6:]
-    y, cache = conv2d_forward(x, w, b, 1, p, mode)
+    p, mode, method = case[6:]
+    other = "thin_output" if method == "thin_input" else "thin_input"
+    y, cache = conv2d_forward(x, w, b, 1, p, mode, method=other)
+    assert cache.method == other
+    assert rel_error(y, conv2d_naive(x, w, b, 1, p, mode)) < 1e-10
+
+
+@pytest.mark.parametrize("which", ["own", "other"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_gradients_match_finite_differences(rng, case, which):
+    x, w, b = _data(rng, case)
+    p, mode, method = case[6:]
+    if which == "other":
+        method = "thin_output" if method == "thin_input" else "thin_input"
+    y, cache = conv2d_forward(x, w, b, 1, p, mode, method=method)
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv2d_backward(dy, cache)
     h = 1e-2  # a linear map: central differences are exact up to rounding
-    f = conv2d_forward
-    assert rel_error(dx, eval_numerical_gradient_array(lambda z: f(z, w, b, 1, p, mode)[0], x, dy, h)) < 1e-6
-    assert rel_error(dw, eval_numerical_gradient_array(lambda z: f(x, z, b, 1, p, mode)[0], w, dy, h)) < 1e-6
-    assert rel_error(db, eval_numerical_gradient_array(lambda z: f(x, w, z, 1, p, mode)[0], b, dy, h)) < 1e-6
+
+    def f(xx, ww, bb):
+        return conv2d_forward(xx, ww, bb, 1, p, mode, method=method)[0]
+
+    assert rel_error(dx, eval_numerical_gradient_array(lambda z: f(z, w, b), x, dy, h)) < 1e-6
+    assert rel_error(dw, eval_numerical_gradient_array(lambda z: f(x, z, b), w, dy, h)) < 1e-6
+    assert rel_error(db, eval_numerical_gradient_array(lambda z: f(x, w, z), b, dy, h)) < 1e-6
 
 
-def _same_after(rng, case, change):
-    """Forward + backward of ``case``, then again after ``change()``: the same numbers.
-    Returns the second forward's cache."""
+def _same_after(rng, case, change, method="auto"):
+    """Forward + backward of ``case`` on its lowering, then again after ``change()`` on
+    ``method``: the same numbers. Returns the second forward's cache."""
     x, w, b = _data(rng, case)
     p, mode, _ = case[6:]
     y0, c0 = conv2d_forward(x, w, b, 1, p, mode)
     dy = rng.standard_normal(y0.shape)
     g0 = conv2d_backward(dy, c0)
     change()
-    y1, c1 = conv2d_forward(x, w, b, 1, p, mode)
+    y1, c1 = conv2d_forward(x, w, b, 1, p, mode, method=method)
     assert rel_error(y0, y1) < 1e-12
     for a, b_ in zip(g0, conv2d_backward(dy, c1)):
         assert rel_error(a, b_) < 1e-12
@@ -75,18 +93,17 @@ def _same_after(rng, case, change):
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=_ids)
-def test_agrees_with_the_shifted_gemm(rng, monkeypatch, case):
-    """The same numbers as the path these layers took before (forward and backward)."""
-    cache = _same_after(rng, case, lambda: monkeypatch.setattr(
-        convmod, "_thin_method", lambda C, F, KH, KW: None))
+def test_agrees_with_the_shifted_gemm(rng, case):
+    """The same numbers as the shifted GEMM on the same layer (forward and backward)."""
+    cache = _same_after(rng, case, lambda: None, method="shifted")
     assert cache.method == "shifted"
 
 
 def test_three_by_three_layers_keep_the_shifted_gemm():
-    assert convmod._thin_method(3, 64, 3, 3) is None       # VGG conv1_1
-    assert convmod._thin_method(64, 64, 9, 9) is None
-    assert convmod._thin_method(3, 32, 9, 9) == "thin_input"
-    assert convmod._thin_method(32, 3, 9, 9) == "thin_output"
+    assert convmod.thin_method(3, 64, 3, 3) is None       # VGG conv1_1
+    assert convmod.thin_method(64, 64, 9, 9) is None
+    assert convmod.thin_method(3, 32, 9, 9) == "thin_input"
+    assert convmod.thin_method(32, 3, 9, 9) == "thin_output"
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=_ids)
@@ -116,7 +133,7 @@ def test_temporaries_do_not_grow_with_the_image(monkeypatch, C, F):
     weight gradient's shifted GEMM with 2 MB bands, as in test_conv.py)."""
     import tracemalloc
 
-    monkeypatch.setattr(convmod, "BAND_BYTES", 2 * 2**20)
+    monkeypatch.setattr(convmod, "SHIFTED_BAND_BYTES", 2 * 2**20)
     x = np.ones((1, C, 1024, 1024), np.float32)
     w = np.ones((F, C, 9, 9), np.float32) / (81 * C)
     out_bytes = F * 1024 * 1032 * 4      # the result, with the scratch columns of its rows
@@ -132,17 +149,15 @@ def test_temporaries_do_not_grow_with_the_image(monkeypatch, C, F):
     assert bwd_peak < out_bytes + dxpad_bytes + 16 * 2**20
 
 
-@pytest.mark.parametrize("method", ["shifted", "thin_input", "thin_output", "im2col"])
-def test_skipping_the_input_gradient(rng, monkeypatch, method):
+@pytest.mark.parametrize("method", ["shifted", "thin_input", "thin_output", "im2col", "winograd"])
+def test_skipping_the_input_gradient(rng, method):
     """need_dx=False returns dx = None and the very same dw, db, whatever the path."""
     C, F, K = {"shifted": (5, 6, 3), "thin_input": (3, 6, 9), "thin_output": (6, 3, 9),
-               "im2col": (5, 6, 3)}[method]
-    if method == "im2col":
-        monkeypatch.setattr(convmod, "_use_shifted", lambda x, stride: False)
+               "im2col": (5, 6, 3), "winograd": (5, 6, 3)}[method]
     x = rng.standard_normal((2, C, 10, 11))
     w = rng.standard_normal((F, C, K, K))
     b = rng.standard_normal(F)
-    y, cache = conv2d_forward(x, w, b, 1, K // 2, "reflect")
+    y, cache = conv2d_forward(x, w, b, 1, K // 2, "reflect", method=method)
     assert cache.method == method
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv2d_backward(dy, cache)

@@ -116,6 +116,35 @@ def test_normalisation(rng, layout, kind):
     compare(bwd(cp.asarray(dy), gcache), bwd(dy, cache), 1e-4)
 
 
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, cl])
+def test_conditional_instance_norm(rng, layout):
+    """Per-sample γ, β through the kernels (sA = C), via conditional instance norm: a
+    one-hot, a blended and an extrapolated row; style weights given on the device and on
+    the host (float64, converted)."""
+    from minnst.layers import ConditionalInstanceNorm2d
+
+    N, C, S = 3, 40, 4
+    x = layout(f32(rng, N, C, 17, 19) * 3 + 1)
+    dy = layout(f32(rng, *x.shape))
+    gamma, beta = rng.uniform(0.5, 1.5, (S, C)).astype(np.float32), f32(rng, S, C)
+    mix = np.array([[0, 0, 1, 0], [0.3, 0.7, 0, 0], [0.5, -0.25, 0.25, 0.5]], dtype=np.float32)
+    (_, gcache), (_, cache) = run_both(normalization.conditional_instance_norm_forward,
+                                       x, gamma, beta, mix, tol=1e-4)
+    compare(normalization.conditional_instance_norm_backward(cp.asarray(dy), gcache),
+            normalization.conditional_instance_norm_backward(dy, cache), 1e-4)
+    layer_cpu = ConditionalInstanceNorm2d(C, S)
+    layer_cpu.params["weight"][...], layer_cpu.params["bias"][...] = gamma, beta
+    layer_gpu = ConditionalInstanceNorm2d(C, S).to(cp)
+    layer_gpu.params["weight"][...], layer_gpu.params["bias"][...] = cp.asarray(gamma), cp.asarray(beta)
+    y, c = layer_cpu.forward(x, mix.astype(np.float64))
+    gy, gc = layer_gpu.forward(cp.asarray(x), mix.astype(np.float64))  # host style weights
+    compare(gy, y, 1e-4)
+    (gdx, ggrads), (dx, grads) = layer_gpu.backward(cp.asarray(dy), gc), layer_cpu.backward(dy, c)
+    compare(gdx, dx, 1e-4)
+    for k in grads:
+        compare(ggrads[k], grads[k], 1e-4, k)
+
+
 @pytest.mark.parametrize("case", [dict(C=3, F=64, k=3, s=1, p=1, mode="zero"),
                                   dict(C=64, F=32, k=3, s=1, p=1, mode="zero"),
                                   dict(C=32, F=64, k=3, s=2, p=1, mode="reflect"),

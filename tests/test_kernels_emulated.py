@@ -263,6 +263,38 @@ def test_norm(emulated, rng, dtype, layout, shape, affine, kind):
     assert y.dtype == dx.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("shape", [(2, 5, 4, 3), (3, 13, 3, 5), (4, 3, 1, 2)])
+@pytest.mark.parametrize("affine", ["both", "gamma", "beta"])
+def test_instance_norm_per_sample_affine(emulated, rng, dtype, layout, shape, affine):
+    """Per-sample γ, β (N, C) (the kernels' affine group stride sA = C): the launchers
+    against the NumPy twins, dγ and dβ the (N, C) per-sample sums."""
+    N, C = shape[:2]
+    x = LAYOUTS[layout]((rng.standard_normal(shape) * 2 + 0.5).astype(dtype))
+    dy = LAYOUTS[layout](rng.standard_normal(shape).astype(dtype))
+    gamma = rng.uniform(0.5, 1.5, (N, C)).astype(dtype) if affine != "beta" else None
+    beta = rng.standard_normal((N, C)).astype(dtype) if affine != "gamma" else None
+    y, cache = normalization.instance_norm_forward_gpu(x, gamma, beta, 1e-5)
+    y_ref, cache_ref = normalization.instance_norm_forward_cpu(x, gamma, beta, 1e-5)
+    close(y, y_ref, dtype, 10)
+    assert cache.per_sample_affine and cache_ref.per_sample_affine
+    dx, dgamma, dbeta = normalization.instance_norm_backward_gpu(dy, cache)
+    dx_ref, dgamma_ref, dbeta_ref = normalization.instance_norm_backward_cpu(dy, cache_ref)
+    close(dx, dx_ref, dtype, 100)
+    for a, b in ((dgamma, dgamma_ref), (dbeta, dbeta_ref)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == (N, C)
+            close(a, b, dtype, 10)
+    # row n of the per-sample parameters is what sample n alone gets with (C,) ones
+    for n in range(N):
+        g_n = None if gamma is None else gamma[n]
+        b_n = None if beta is None else beta[n]
+        y_n, _ = normalization.instance_norm_forward_gpu(x[n:n + 1], g_n, b_n, 1e-5)
+        np.testing.assert_array_equal(y[n:n + 1], y_n)
+
+
 def test_norm_production_block_shapes(emulated, rng, monkeypatch):
     """The launch shapes the GPU uses: (32, 8) channels-last and (1, 256) NCHW."""
     monkeypatch.setattr(normalization, "NORM_BLOCK_NHWC", (32, 8))
@@ -477,6 +509,36 @@ def test_layer_functions_dispatch_to_the_kernels(dispatch_to_kernels, rng, monke
     padding.pad2d_backward(x, 1, "reflect")
     padding.padded_rows_cl(x, 0, 3, 1)
     assert len(calls) == 12, calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_conditional_instance_norm_through_the_kernels(dispatch_to_kernels, rng, monkeypatch,
+                                                       dtype, layout):
+    """Conditional instance norm, a one-hot and a blended sample, forward and backward
+    through the per-sample kernel path, equals the CPU path."""
+    calls = []
+    for name in ("instance_norm_forward_gpu", "instance_norm_backward_gpu"):
+        real = getattr(normalization, name)
+        monkeypatch.setattr(normalization, name,
+                            lambda *a, _r=real, _n=name: (calls.append(_n), _r(*a))[1])
+    N, C, S = 2, 6, 3
+    x = LAYOUTS[layout]((rng.standard_normal((N, C, 5, 7)) * 2 + 0.5).astype(dtype))
+    dy = LAYOUTS[layout](rng.standard_normal(x.shape).astype(dtype))
+    gamma = rng.uniform(0.5, 1.5, (S, C)).astype(dtype)
+    beta = rng.standard_normal((S, C)).astype(dtype)
+    mix = np.array([[0.0, 1.0, 0.0], [0.25, 0.0, 0.75]])
+    y, cache = normalization.conditional_instance_norm_forward(x, gamma, beta, mix)
+    dx, dgamma, dbeta = normalization.conditional_instance_norm_backward(dy, cache)
+    assert calls == ["instance_norm_forward_gpu", "instance_norm_backward_gpu"]
+    monkeypatch.setattr(normalization, "is_gpu_array", lambda a: False)
+    y_ref, cache_ref = normalization.conditional_instance_norm_forward(x, gamma, beta, mix)
+    dx_ref, dgamma_ref, dbeta_ref = normalization.conditional_instance_norm_backward(dy, cache_ref)
+    close(y, y_ref, dtype, 10)
+    close(dx, dx_ref, dtype, 100)
+    close(dgamma, dgamma_ref, dtype, 10)
+    close(dbeta, dbeta_ref, dtype, 10)
+    assert dgamma.shape == dbeta.shape == (S, C) and y.dtype == dx.dtype == dgamma.dtype == dtype
 
 
 def test_small_network_through_the_kernels(dispatch_to_kernels, rng, monkeypatch):

@@ -259,6 +259,20 @@ def test_both_paths_share_the_argument_checks(op):
     assert messages[0] == messages[1]
 
 
+@pytest.mark.parametrize("gamma, beta", [(np.ones((3, 2)), None),           # (N, C) with N wrong
+                                         (np.ones(2), np.zeros((2, 2))),    # (C,) with (N, C)
+                                         (None, np.zeros((2, 2, 1)))])
+def test_per_sample_instance_norm_paths_share_the_check(gamma, beta):
+    """Per-sample γ, β (N, C): the same ValueError from the NumPy path and the launcher."""
+    x = np.zeros((2, 2, 3, 3))
+    messages = []
+    for fwd in (normalization.instance_norm_forward_cpu, normalization.instance_norm_forward_gpu):
+        with pytest.raises(ValueError) as err:
+            fwd(x, gamma, beta)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
 def test_batch_norm_layer_running_stats(rng):
     C, eps = 3, 1e-5
     layer = BatchNorm2d(C, dtype=np.float64)

@@ -1,6 +1,10 @@
-"""minnst.parallel: the thread pool, the GIL-free GEMM, and that every layer cut into
-``pmap`` tasks gives the same bits on one thread and on several (and agrees with the
-naive twins on several)."""
+"""minnst.parallel: the thread pool (and the one BLAS setting it makes), the helpers that
+cut work, the GIL-free GEMM, ``matmul``, and that every layer cut into ``pmap`` tasks
+gives the same bits on one thread and on several (and agrees with the naive twins on
+several)."""
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -20,22 +24,55 @@ def test_pmap_keeps_task_order_and_runs_each_task_once():
     assert sorted(seen) == list(range(50))
 
 
-def test_pmap_uses_several_threads_and_restores_blas_threads():
-    libs = parallel._blas_libraries()
-    before = [c.get_num_threads() for c in libs]
+def test_pmap_uses_several_threads():
     barrier = threading.Barrier(2, timeout=10)
     names = set()
 
     def task(t):
         names.add(threading.current_thread().name)
-        assert all(c.get_num_threads() == 1 for c in libs)  # BLAS at one thread inside
         barrier.wait()  # would time out if the two tasks ran one after the other
         return t
 
     with parallel.workers(2):
         assert parallel.pmap(task, [0, 1]) == [0, 1]
     assert len(names) == 2
-    assert [c.get_num_threads() for c in libs] == before
+
+
+POOL_SCRIPT = """
+from threadpoolctl import threadpool_info
+from minnst import parallel
+def blas():
+    return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+import scipy.linalg.blas  # (loaded before the first look, as the pool loads it)
+print(parallel.num_workers(), blas())
+parallel.pmap(lambda t: t, range(8))
+print(parallel.num_workers(), blas())
+parallel.pmap(lambda t: t, range(8))
+print(parallel.start(), blas())
+try:
+    parallel.start(parallel.num_workers() + 1)
+except ValueError:
+    print("ValueError")
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_the_pool_takes_the_blas_thread_count_once_and_sets_blas_to_one(threads):
+    """In a fresh process: the worker count is the BLAS thread count met when the pool is
+    made (by the first pmap); BLAS is at one thread from then on, and pmap changes nothing
+    around its calls; the count cannot change afterwards."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=threads)
+    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True,
+                         env=env, check=True).stdout.split("\n")
+    assert out[:4] == [f"{threads} [{threads}]", f"{threads} [1]", f"{threads} [1]", "ValueError"]
+
+
+def test_start_takes_an_explicit_count():
+    code = ("from threadpoolctl import threadpool_info\nfrom minnst import parallel\n"
+            "print(parallel.start(3), parallel.num_workers(), "
+            "sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3 3 [1]"
 
 
 def test_nested_pmap_runs_in_order_on_the_calling_thread():
@@ -64,6 +101,17 @@ def test_workers_override_and_blas_default():
     with parallel.workers(5):
         assert parallel.num_workers() == 5
     assert parallel.num_workers() == 1  # the test session runs one BLAS thread (conftest)
+    with pytest.raises(ValueError):
+        parallel.start(0)
+
+
+def test_band_helpers():
+    assert parallel.band_rows(100, 30, 10) == 3
+    assert parallel.band_rows(10, 30, 10) == 1     # a row over the budget: a band of its own
+    assert parallel.band_rows(10**6, 30, 10) == 10  # never more than the rows
+    assert parallel.row_bands(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert parallel.row_bands(0, 4) == []
+    assert parallel.chunks(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
 
 
 @pytest.mark.parametrize("N, rows, max_rows", [(1, 7, None), (4, 64, None), (2, 100, 9), (3, 2, None)])
@@ -105,6 +153,51 @@ def test_gemm_on_strided_slices_accumulates_in_place(rng):
     assert not out[0].any() and not out[:, :2].any()  # nothing written outside the view
 
 
+# --------------------------------------------------------------------------- matmul
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((1, 70000, 64), (1, 64, 64)),     # the style gradient of relu1_1 at 256², one image
+    ((2, 5000, 128), (2, 128, 128)),   # a batch
+    ((3, 20000, 32), (1, 32, 32)),     # a broadcast target
+    ((9000, 100), (100, 80)),          # plain matrices
+    ((300, 16), (16, 16)),             # too small to cut: one task
+    ((2, 40, 512), (2, 512, 512)),     # few rows: bands of at least 64 rows
+    ((1750, 32), (32, 300)),           # N not a multiple of 8: one task
+    ((6335, 27), (27, 288)),           # an odd number of rows
+])
+def test_matmul_gives_the_bits_of_numpy(rng, dtype, a_shape, b_shape):
+    """Whatever the cut and the number of workers: one undivided product's bits."""
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    want = np.matmul(a, b)
+    for n in (1, 2, 3):
+        with parallel.workers(n):
+            got = parallel.matmul(a, b)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_of_transposed_views(rng, dtype):
+    """The transposed convolution's weight gradient, xᵀ (C, M) @ cols (M, KH·KW·F)."""
+    for C, M, K in ((130, 5000, 576), (128, 16384, 288), (256, 4096, 1152)):
+        x = rng.standard_normal((M, C)).astype(dtype)
+        cols = rng.standard_normal((M, K)).astype(dtype)
+        assert np.array_equal(parallel.matmul(x.T, cols), x.T @ cols)
+
+
+def test_matmul_bands():
+    tasks = parallel.matmul_bands(1, 262144, 64, 64)
+    assert len(tasks) == parallel.MIN_TASKS and tasks[-1] == (0, 196608, 262144)
+    assert parallel.matmul_bands(2, 100, 16, 16) == [(0, 0, 100), (1, 0, 100)]  # small: one each
+    bands = parallel.matmul_bands(1, 1000, 512, 512)
+    assert [r0 for _, r0, _ in bands] == [0, 256, 512, 768]   # whole tiles of 64 rows
+    assert len(parallel.matmul_bands(1, 100000, 64, 300)) == 1  # N not a multiple of 8
+    with pytest.raises(ValueError):
+        parallel.matmul(np.zeros((3, 4)), np.zeros((5, 2)))
+
+
 # --------------------------------------------------------------------------- layers: 1 thread == 2 threads
 
 def _both(fn):
@@ -129,27 +222,29 @@ def _same_bits(a, b):
             assert np.array_equal(u, v, equal_nan=True)
 
 
-CONV_CASES = [  # N, C, F, k, stride, pad, pad_mode, size, winograd
-    (1, 64, 64, 3, 1, 1, "reflect", 13, True),   # Winograd (the residual blocks), one image
-    (3, 64, 64, 3, 1, 1, "zero", 10, True),      # Winograd (VGG)
-    (2, 5, 7, 3, 1, 1, "reflect", 11, False),    # shifted GEMM
-    (1, 3, 8, 9, 1, 4, "reflect", 17, False),    # thin input (the first layer)
-    (2, 8, 3, 9, 1, 4, "reflect", 15, False),    # thin output (the last layer)
-    (2, 6, 5, 3, 2, 1, "reflect", 13, False),    # im2col, stride 2
+CONV_CASES = [  # N, C, F, k, stride, pad, pad_mode, size, method, transformed by the caller
+    (1, 64, 64, 3, 1, 1, "reflect", 13, "winograd", False),  # the residual blocks, one image
+    (3, 64, 64, 3, 1, 1, "zero", 10, "winograd", True),      # VGG
+    (2, 5, 7, 3, 1, 1, "reflect", 11, "shifted", False),
+    (1, 3, 8, 9, 1, 4, "reflect", 17, "thin_input", False),  # the first layer
+    (2, 8, 3, 9, 1, 4, "reflect", 15, "thin_output", False), # the last layer
+    (2, 6, 5, 3, 2, 1, "reflect", 13, "im2col", False),      # stride 2
+    (2, 6, 5, 3, 1, 1, "zero", 12, "im2col", False),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[1]}to{c[2]}k{c[3]}s{c[4]}")
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[8]}-{c[1]}to{c[2]}k{c[3]}s{c[4]}")
 def test_conv_same_bits_on_one_and_two_threads_and_naive(rng, dtype, case):
-    N, C, F, k, s, p, mode, size, wino = case
+    N, C, F, k, s, p, mode, size, method, transformed = case
     x = rng.standard_normal((N, C, size, size)).astype(dtype)
     w = (rng.standard_normal((F, C, k, k)) / np.sqrt(C * k * k)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
-    wt = winograd.winograd_transform(w) if wino else None
+    wt = winograd.winograd_transform(w) if transformed else None
 
     def run():
-        y, cache = conv.conv2d_forward(x, w, b, s, p, mode, wino=wt)
+        y, cache = conv.conv2d_forward(x, w, b, s, p, mode, method=method, wino=wt)
+        assert cache.method == method
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
         return (np.ascontiguousarray(y),) + conv.conv2d_backward(dy, cache)
 

@@ -101,3 +101,53 @@ def test_bad_input_is_one_line_exit_2(model, photos, tmp_path, capsys):
         assert stylize.main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A tiny three-style network whose styles differ (random γ, β per style)."""
+    d = tmp_path_factory.mktemp("many")
+    net = TransformerNet(TransformerConfig(width=0.125, residual_blocks=1, styles=("a", "b", "c")), seed=0)
+    rng = np.random.default_rng(1)
+    for k, v in net.state_dict().items():
+        if v.ndim == 2:  # a conditional norm's (S, C) γ or β
+            v[...] = rng.normal(1.0 if k.endswith("weight") else 0.0, 0.5, v.shape)
+    return net.save(d / "many.h5")
+
+
+def test_list_styles_and_choose_or_blend(many, photos, tmp_path, capsys):
+    assert stylize.main(["--model", str(many), "--list-styles"]) == 0
+    assert capsys.readouterr().out.split() == ["a", "b", "c"]
+    src = photos / "a.png"
+    outs = {}
+    for style in ("a", "b", "a=0.5,b=0.5", "b=1,a=1"):
+        out = tmp_path / f"{style}.png"
+        assert stylize.main(["--model", str(many), "--input", str(src), "--output", str(out),
+                             "--style", style]) == 0
+        outs[style] = np.asarray(Image.open(out), dtype=np.float64)
+    assert np.abs(outs["a"] - outs["b"]).mean() > 1.0           # the styles differ
+    assert np.array_equal(outs["a=0.5,b=0.5"], outs["b=1,a=1"])  # weights are normalised
+    net = TransformerNet.load(many)
+    img = np.asarray(Image.open(src), dtype=np.float32) / 255
+    blend = net.stylize(img, style={"a": 0.5, "b": 0.5})
+    assert np.abs(blend * 255 - outs["a=0.5,b=0.5"]).max() <= 1.0  # the CLI is the API
+    # no --style: the first style
+    out = tmp_path / "default.png"
+    assert stylize.main(["--model", str(many), "--input", str(src), "--output", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out), dtype=np.float64), outs["a"])
+
+
+@pytest.mark.parametrize("style,needle", [("zz", "unknown style"), ("a=x", "NAME=WEIGHT"),
+                                          ("a=-1", "weight"), ("a=0,b=0", "not all zero")])
+def test_bad_style_is_one_line_exit_2(many, photos, tmp_path, capsys, style, needle):
+    out = tmp_path / "o.png"
+    assert stylize.main(["--model", str(many), "--input", str(photos / "a.png"), "--output", str(out),
+                         "--style", style]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err and not out.exists()
+
+
+def test_one_style_model_refuses_another_style(model, photos, tmp_path, capsys):
+    assert stylize.main(["--model", str(model), "--input", str(photos / "a.png"), "--output",
+                         str(tmp_path / "o.png"), "--style", "udnie"]) == 2
+    assert "one style" in capsys.readouterr().err

@@ -129,6 +129,7 @@ def test_training_loss_is_the_gatys_objective(vgg16_f32, pooling):
     """The training loss of one image and ``gatys.Objective`` built from
     ``training_objective`` are the same function: equal values and gradients (float64)."""
     from minnst import gatys
+    from minnst.perceptual import training_objective
 
     vgg = VGG16(vgg16_f32.weights, pooling=pooling)
     rng = np.random.default_rng(3)
@@ -140,7 +141,7 @@ def test_training_loss_is_the_gatys_objective(vgg16_f32, pooling):
     weights = dict(content_weight=1.5, style_weight=3e4, tv_weight=1e-3)
     training = train_fast.TrainingLoss(vgg, style, **layers, **weights, dtype=np.float64)
     total, parts, dy = training(y, photo[None])
-    kwargs = train_fast.training_objective(**layers, **weights, pooling=pooling)
+    kwargs = training_objective(**layers, **weights, pooling=pooling)
     obj = gatys.Objective(photo, [style], net=vgg, **kwargs)
     value, grad = obj.loss_and_grad(y[0].transpose(1, 2, 0) / 255.0)
     assert kwargs["normalization"] == "johnson"
@@ -186,6 +187,117 @@ def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k):
     assert m.meta["iterations"] == n and m.meta["style"] == "style.png"
     assert m.meta["train"]["crop_size"] == 24
     assert np.array_equal(m.params["out.weight"], b["out.weight"])
+
+
+# --------------------------------------------------------------------------- many styles
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("styles")
+    rng = np.random.default_rng(9)
+    for name, shape in (("dots", (30, 40, 3)), ("waves", (36, 28, 3)), ("stripes", (32, 32, 3))):
+        Image.fromarray(rng.integers(0, 256, shape).astype(np.uint8)).save(d / f"{name}.png")
+    return d
+
+
+def test_style_schedule_visits_every_style_once_per_round():
+    for rnd in range(3):
+        seen = [train_fast.style_schedule(0, rnd * 4 + i, 4) for i in range(4)]
+        assert sorted(seen) == [0, 1, 2, 3]
+    assert [train_fast.style_schedule(5, i, 1) for i in range(3)] == [0, 0, 0]
+
+
+def test_many_styles_resume_is_bit_exact(files, styles, tmp_path, vgg_max):
+    """A two-style run: n steps straight == k steps + resume, bit for bit; each step logs
+    its style, the model records each style's settings."""
+    paths = (str(styles / "dots.png"), str(styles / "waves.png"))
+
+    def cfg(d):
+        return tiny_config(files, tmp_path / d, style=paths, style_weight=(1e4, 3e4), iterations=4)
+
+    straight = train(cfg("a"), vgg=vgg_max, log=lambda *a: None)
+    train(cfg("b"), vgg=vgg_max, stop_after=1, log=lambda *a: None)
+    resumed = train(cfg("b"), resume=True, vgg=vgg_max, log=lambda *a: None)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert straight.styles == ["dots", "waves"]
+    rows = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert sorted(r["style_name"] for r in rows) == ["dots", "dots", "waves", "waves"]
+    net = TransformerNet.load(tmp_path / "a" / "model.h5")
+    assert net.styles == ["dots", "waves"]
+    assert net.style_settings("waves")["objective"]["beta"] == 3e4
+    assert net.style_settings("dots")["image"] == "dots.png"
+
+
+def test_style_settings_reproduce_the_training_loss(files, styles, tmp_path, vgg_max):
+    """``gatys.Objective(photo, [style image], **settings["objective"])`` at the network's
+    stylisation equals that style's training loss for the photo (issue: the model records
+    its objective)."""
+    from minnst import gatys
+    from minnst.images import load_image
+
+    paths = (str(styles / "dots.png"), str(styles / "waves.png"))
+    net = train(tiny_config(files, tmp_path / "r", style=paths, iterations=2), vgg=vgg_max, log=lambda *a: None)
+    net = TransformerNet.load(tmp_path / "r" / "model.h5")
+    photo = np.random.default_rng(4).random((32, 40, 3)).astype(np.float32)  # multiple of 4: no padding
+    for name in net.styles:
+        settings = net.style_settings(name)
+        style_img = load_image(styles / settings["image"], size=settings["style_size"])
+        kwargs = dict(settings["objective"])
+        vgg = VGG16(vgg_max.weights, pooling=kwargs.pop("pooling"))
+        obj = gatys.Objective(photo, [style_img], net=vgg, pooling=vgg.pooling, **kwargs)
+        value, _ = obj.loss_and_grad(net.stylize(photo, style=name))
+        train_cfg = net.meta["train"]
+        k = [p.endswith(settings["image"]) for p in train_cfg["style"]].index(True)
+        loss = train_fast.TrainingLoss(vgg, style_img, train_cfg["content_layer"], train_cfg["style_layers"],
+                                       train_cfg["content_weight"], train_cfg["style_weight"] if
+                                       not isinstance(train_cfg["style_weight"], list) else
+                                       train_cfg["style_weight"][k], train_cfg["tv_weight"])
+        x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
+        y = net.infer(x, style=name)
+        total = loss(y, photo[None])[0]
+        assert value == pytest.approx(total, rel=1e-4), name
+
+
+def test_add_style_trains_only_the_new_style(files, styles, tmp_path, vgg_max):
+    paths = (str(styles / "dots.png"), str(styles / "waves.png"))
+    base = train(tiny_config(files, tmp_path / "base", style=paths, iterations=2), vgg=vgg_max,
+                 log=lambda *a: None)
+    more = train(tiny_config(files, tmp_path / "more", style=str(styles / "stripes.png"), iterations=2,
+                             base_model=str(tmp_path / "base" / "model.h5")), vgg=vgg_max, log=lambda *a: None)
+    assert more.styles == ["dots", "waves", "stripes"]
+    a, b = base.state_dict(), more.state_dict()
+    changed = []
+    for k in a:
+        if a[k].shape == b[k].shape:
+            assert np.array_equal(a[k], b[k]), k
+        else:  # a conditional norm's γ or β: the old rows kept, the new one trained
+            assert np.array_equal(a[k], b[k][:2]), k
+            changed.append(not np.allclose(b[k][2], a[k].mean(axis=0)))
+    assert changed and any(changed)
+    model = TransformerNet.load(tmp_path / "more" / "model.h5")
+    assert set(model.meta["styles"]) == {"dots", "waves", "stripes"}
+
+
+def test_cli_many_styles_and_add_style(files, styles, tmp_path, vgg16_path, capsys):
+    run = tmp_path / "run"
+    argv = ["--style", str(styles / "dots.png"), str(styles / "waves.png"), "--dataset", str(files["photos"]),
+            "--output", str(run / "m.h5"), "--run-dir", str(run), "--image-size", "32", "--batch-size", "2",
+            "--width", "0.125", "--iterations", "2", "--sample-every", "2", "--quiet", "--device", "cpu"]
+    assert train_fast.main(argv) == 0
+    assert (run / "samples" / "step_000002.png").is_file()
+    assert train_fast.main(["--add-style", str(styles / "stripes.png"), "--dataset", str(files["photos"]),
+                            "--output", str(tmp_path / "m3.h5"), "--run-dir", str(tmp_path / "run3"),
+                            "--iterations", "1", "--quiet", "--device", "cpu", "--sample-every", "0"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert train_fast.main(["--add-style", str(styles / "stripes.png"), "--model", str(run / "m.h5"),
+                            "--dataset", str(files["photos"]), "--output", str(tmp_path / "m3.h5"),
+                            "--run-dir", str(tmp_path / "run3"), "--image-size", "32", "--batch-size", "2",
+                            "--iterations", "1", "--quiet", "--device", "cpu", "--sample-every", "0"]) == 0
+    assert TransformerNet.load(tmp_path / "m3.h5").styles == ["dots", "waves", "stripes"]
+    # many styles need instance norm
+    assert train_fast.main([*argv[:-2], "--norm", "batch", "--overwrite"]) == 2
+    assert "--norm" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- command line

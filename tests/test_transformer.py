@@ -96,6 +96,52 @@ def test_whole_network_backward_matches_finite_differences(upsample, norm):
         assert err < TOL or (abs(ana) < 1e-9 and abs(num) < 1e-5), (k, err, num, ana)
 
 
+def test_many_style_network_backward_matches_finite_differences():
+    """A three-style network on a batch with one-hot and blended style rows: the input and
+    every parameter (shared convolutions, each style's γ, β) against central differences."""
+    rng = np.random.default_rng(5)
+    net = TransformerNet(TransformerConfig(width=0.125, residual_blocks=1, styles=("a", "b", "c")),
+                         seed=2, dtype=np.float64, input_grad=True)
+    for k, v in net.params.items():
+        if v.ndim == 2:  # (S, C) γ or β: make the styles differ
+            v[...] = rng.normal(1.0 if k.endswith("weight") else 0.0, 0.3, v.shape)
+    x = rng.uniform(0, 1, (2, 3, 16, 16))
+    mix = np.array([[0.0, 1.0, 0.0], [0.6, 0.0, 0.4]])
+    y, cache = net.forward(x, mix)
+    dy = rng.standard_normal(y.shape)
+    dx, grads = net.backward(dy, cache)
+    assert set(grads) == set(net.params)
+    assert directional_check(lambda z: float((net.forward(z, mix)[0] * dy).sum()), x, dx, h=1e-5)[0] < TOL
+    for k in ("down1.norm.weight", "res1.body.norm1.bias", "up2.norm.weight", "down2.conv.weight"):
+        p = net.params[k]
+        p0 = p.copy()
+
+        def f(q, p=p, p0=p0):
+            p[...] = q
+            v = float((net.forward(x, mix)[0] * dy).sum())
+            p[...] = p0
+            return v
+
+        assert directional_check(f, p0, grads[k], h=1e-6, seed=len(k))[0] < TOL, k
+    # a one-hot batch: only that style's rows have a gradient
+    _, g = net.backward(dy, net.forward(x, net.style_mix("c", 2))[1])
+    assert np.all(g["up1.norm.weight"][:2] == 0) and np.any(g["up1.norm.weight"][2] != 0)
+
+
+def test_style_mix_accepts_names_blends_and_arrays():
+    net = TransformerNet(TransformerConfig(width=0.125, residual_blocks=0, styles=("a", "b")))
+    assert np.array_equal(net.style_mix("b", 2), [[0, 1], [0, 1]])
+    assert np.allclose(net.style_mix({"a": 3, "b": 1}), [[0.75, 0.25]])
+    assert np.allclose(net.style_mix(np.array([[1, 1], [0, 2]])), [[0.5, 0.5], [0, 1]])
+    for bad in (None, "z", {"a": -1}, {"a": 0, "b": 0}, np.ones(3)):
+        with pytest.raises(ValueError):
+            net.style_mix(bad)
+    one = TransformerNet(TransformerConfig(width=0.125, residual_blocks=0))
+    assert one.style_mix(None) is None and one.styles == []
+    with pytest.raises(ValueError):
+        TransformerConfig(norm="batch", styles=("a", "b"))
+
+
 def test_elementwise_gradient_of_a_few_coordinates():
     rng = np.random.default_rng(3)
     net = tiny(blocks=1)

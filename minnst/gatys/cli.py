@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import images, losses, procedural
-from ..backend import keep_freed_memory, select_device
+from ..backend import default_device_name, keep_freed_memory, select_device
 from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, run
 from ..files import sha256_file
 from ..memory import available_memory, estimate_gatys_memory, format_bytes, gpu_free_memory
@@ -187,7 +187,7 @@ def config_from_args(argv) -> tuple[GatysConfig, bool]:
         iterations=iterations, optimizer=args.optimizer, learning_rate=args.learning_rate,
         lbfgs_memory=args.lbfgs_memory, print_every=args.print_every, save_every=args.save_every,
         preserve_colors=args.preserve_colors, scales=scales, time_budget=args.time_budget,
-        tol=args.tol, device=args.device or os.environ.get("MINNST_DEVICE") or "auto", quiet=args.quiet)
+        tol=args.tol, device=args.device or default_device_name(), quiet=args.quiet)
     return cfg.validate(), demo
 
 
@@ -232,7 +232,7 @@ class _Reporter:
         self.cfg, self.paths, self.metadata = cfg, paths, metadata
         self.bar = tqdm(total=cfg.iterations * len(cfg.sizes), unit="it", disable=cfg.quiet,
                         dynamic_ncols=True, file=sys.stderr, leave=True)
-        self.log = open(paths["log"], "w", encoding="utf-8")
+        self.log = None  # opened at the first iteration: a run that fails before leaves no log
         self.history = []
 
     def __call__(self, p: Progress):
@@ -241,6 +241,8 @@ class _Reporter:
         self.bar.set_description(f"{p.size[1]}×{p.size[0]}", refresh=False)
         self.bar.set_postfix_str(f"content {t.content:.3g} style {t.style:.3g} tv {t.tv:.3g}", refresh=False)
         self.bar.update(1)
+        if self.log is None:
+            self.log = open(self.paths["log"], "w", encoding="utf-8")
         self.log.write(json.dumps(p.record) + "\n")
         self.log.flush()
         if self.cfg.print_every and p.iteration % self.cfg.print_every == 0 and not self.cfg.quiet:
@@ -252,7 +254,8 @@ class _Reporter:
 
     def close(self):
         self.bar.close()
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         if self.history:
             try:
                 plot_losses(self.history, self.paths["curve"])
@@ -302,6 +305,7 @@ def _main(argv) -> int:
         styles = [procedural.stained_glass(cfg.style_size(cfg.sizes[-1]), seed=0)]
         style_names = [DEMO_STYLE_NAME]
         style_meta = [{"procedural": "minnst.procedural.stained_glass", "seed": 0}]
+    cfg.check_image_sizes(content.shape[:2], [s.shape[:2] for s in styles])
     init_image = images.load_image(cfg.init_image) if cfg.init == "image" else None
     paths = _output_paths(cfg, content_path.stem, style_names)
     if demo_defaults:

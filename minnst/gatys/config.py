@@ -144,6 +144,25 @@ class GatysConfig:
                                                  f"they must be between {images.MIN_SIZE} and {images.MAX_SIZE}")
         return self
 
+    def check_image_sizes(self, content_hw, style_hws=()) -> None:
+        """Raise ``ConfigError`` when a scale would shrink the content (h, w) or a style
+        image below ``images.MIN_SIZE`` pixels on its shorter side, naming a size that works."""
+        field_name = "scales" if self.scales else "size"
+        for s in self.sizes:
+            for what, hw, side in [("content", content_hw, s)] + [
+                    (f"style image {i + 1}", shw, self.style_size(s)) for i, shw in enumerate(style_hws)]:
+                h, w = images.fit_longest(*hw, side)
+                if min(h, w) < images.MIN_SIZE:
+                    need = math.ceil(images.MIN_SIZE * max(hw) / min(hw))
+                    if what == "content":
+                        raise ConfigError(field_name, f"{field_name} {s} makes the {hw[1]}×{hw[0]} {what} "
+                                                      f"{w}×{h} pixels; VGG16 needs at least {images.MIN_SIZE} "
+                                                      f"on each side: use a {field_name} of at least {need}")
+                    raise ConfigError("style_scale", f"style scale {self.style_scale:g} × {s} makes the "
+                                                     f"{hw[1]}×{hw[0]} {what} {w}×{h} pixels; VGG16 needs at "
+                                                     f"least {images.MIN_SIZE} on each side: its longest side "
+                                                     f"must be at least {need}")
+
     def style_size(self, size: int) -> int:
         return int(math.ceil(self.style_scale * size))
 

@@ -180,6 +180,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
     xp = dev.xp
     content = np.asarray(content, dtype=np.float32)
     styles = [np.asarray(s, dtype=np.float32) for s in styles]
+    cfg.check_image_sizes(content.shape[:2], [s.shape[:2] for s in styles])
     if cfg.preserve_colors == "histogram":
         styles = [images.match_color_histogram(s, content) for s in styles]
     if net is None:

@@ -3,15 +3,19 @@
 // Statistics are taken per (g, c), g < G, c < C, over K = R·P elements at offsets
 //     off(g, c, r, p) = g·sG + c·sC + r·sR + p·sP        (element strides, any dense layout)
 // instance norm: G = N, R = 1, P = H·W;  batch norm: G = 1, R = N, P = H·W.
+// The affine parameters of group g are γ[g·sA + c], β[g·sA + c]: sA = 0 for one (C,)
+// vector shared by every group (batch norm, instance norm), sA = C for per-sample (G, C)
+// arrays (instance norm with per-sample γ, β: conditional instance norm).
 //
 // norm_forward:  mean = Σ x / K;  var = Σ (x − mean)² / K (biased, two passes);
 //                inv_std = 1 / sqrt(var + eps);  xhat = (x − mean)·inv_std;
-//                y = γ[c]·xhat + β[c] (each factor only when has_gamma / has_beta).
-//                Writes y, xhat (x's layout) and mean, var, inv_std (G, C).
-// norm_backward: with dxhat = γ·dy, S1 = Σ dy, S2 = Σ dy·xhat over the K elements:
-//                dx = inv_std·(dxhat − γ·S1/K − xhat·γ·S2/K);
-//                writes dx (dy's layout) and S1, S2 (G, C) from which the launcher sums
-//                dγ = Σ_g S2 and dβ = Σ_g S1.
+//                y = γ[g·sA + c]·xhat + β[g·sA + c] (each factor only when has_gamma /
+//                has_beta). Writes y, xhat (x's layout) and mean, var, inv_std (G, C).
+// norm_backward: with γ = γ[g·sA + c], dxhat = γ·dy, S1 = Σ dy, S2 = Σ dy·xhat over the
+//                K elements: dx = inv_std·(dxhat − γ·S1/K − xhat·γ·S2/K);
+//                writes dx (dy's layout) and S1, S2 (G, C), from which the launcher sums
+//                dγ = Σ_g S2 and dβ = Σ_g S1 (sA = 0) or which are dγ, dβ themselves
+//                (sA = C: per-sample sums).
 //
 // Index decomposition and launch shape: a 2-D block (bx, by), bx·by <= 256; threadIdx.x
 // picks the channel c = c0 + threadIdx.x of a tile of bx channels, threadIdx.y a lane of
@@ -52,7 +56,7 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ gamm
                              T* __restrict__ inv_std,
                              int G, int C, int R, int P,
                              long long sG, long long sC, long long sR, long long sP,
-                             T eps, int has_gamma, int has_beta)
+                             long long sA, T eps, int has_gamma, int has_beta)
 {
     __shared__ acc_t buf[MINNST_MAX_BLOCK];
     const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
@@ -80,8 +84,8 @@ __global__ void norm_forward(const T* __restrict__ x, const T* __restrict__ gamm
             const T inv = T(1) / minnst_sqrt(v + eps);
             if (!active)
                 continue;
-            const T gam = has_gamma ? gamma[c] : T(1);
-            const T bet = has_beta ? beta[c] : T(0);
+            const T gam = has_gamma ? gamma[(long long)g * sA + c] : T(1);
+            const T bet = has_beta ? beta[(long long)g * sA + c] : T(0);
             for (int r = 0; r < R; ++r)
                 for (int p = ty; p < P; p += by) {
                     const long long o = base + r * sR + p * sP;
@@ -110,7 +114,7 @@ __global__ void norm_backward(const T* __restrict__ dy, const T* __restrict__ xh
                               T* __restrict__ sum_dy_xhat,
                               int G, int C, int R, int P,
                               long long sG, long long sC, long long sR, long long sP,
-                              int has_gamma)
+                              long long sA, int has_gamma)
 {
     __shared__ acc_t buf[MINNST_MAX_BLOCK];
     const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
@@ -133,7 +137,7 @@ __global__ void norm_backward(const T* __restrict__ dy, const T* __restrict__ xh
             s2 = column_sum(s2, buf);
             if (!active)
                 continue;
-            const T gam = has_gamma ? gamma[c] : T(1);
+            const T gam = has_gamma ? gamma[(long long)g * sA + c] : T(1);
             const T m1 = (T)((acc_t)gam * s1 / K);
             const T m2 = (T)((acc_t)gam * s2 / K);
             const T inv = inv_std[(long long)g * C + c];

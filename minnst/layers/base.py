@@ -13,6 +13,11 @@ buffers.
 Containers name their children; their ``params`` are the children's, flattened with dotted
 keys (``"res1.conv1.weight"``), and the dict holds the children's very arrays, so an
 optimiser that updates ``net.params[k]`` in place updates the layer.
+
+Conditioning: a layer whose output depends on the style (``conditioned = True``, e.g.
+``ConditionalInstanceNorm2d``) takes it as a second argument, ``forward(x, style)``, with
+``style`` the (N, S) style weights of the batch. Containers are conditioned too and hand
+``style`` to their conditioned children only: ``net.forward(x, style)``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from collections import OrderedDict
 class Layer:
     """Base class: a stateless map with parameters. Subclasses set ``params`` and
     implement ``forward`` / ``backward``."""
+
+    conditioned = False  # True: ``forward(x, style)`` takes the batch's style weights
 
     def __init__(self):
         self.params: dict = {}
@@ -85,7 +92,14 @@ class Layer:
         return f"{self.__class__.__name__}()"
 
 
+def forward_child(layer: Layer, x, style=None):
+    """``layer.forward(x, style)`` for a conditioned layer, else ``layer.forward(x)``."""
+    return layer.forward(x, style) if layer.conditioned else layer.forward(x)
+
+
 class _Container(Layer):
+    conditioned = True
+
     def __init__(self, layers):
         super().__init__()
         if isinstance(layers, dict):
@@ -132,10 +146,10 @@ class _Container(Layer):
 class Sequential(_Container):
     """``y = f_n(… f_1(x))``; the cache is the list of the children's caches."""
 
-    def forward(self, x):
+    def forward(self, x, style=None):
         caches = []
         for layer in self.layers.values():
-            x, cache = layer.forward(x)
+            x, cache = forward_child(layer, x, style)
             caches.append(cache)
         return x, caches
 
@@ -154,8 +168,8 @@ class Residual(_Container):
     def __init__(self, body):
         super().__init__({"body": body})
 
-    def forward(self, x):
-        y, cache = self.layers["body"].forward(x)
+    def forward(self, x, style=None):
+        y, cache = self.layers["body"].forward(x, style)
         if y.shape != x.shape:
             raise ValueError(f"residual body changes the shape {x.shape} -> {y.shape}")
         return x + y, cache

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ..parallel import band_rows, gemm, image_bands, pmap, row_bands
+from ..parallel import band_rows, gemm, image_bands, matmul, pmap, row_bands
 from .base import Layer
 from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
@@ -616,6 +616,12 @@ def _gemm_backward(dy, cache, need_dx):
 
 # --------------------------------------------------------------------------- transposed conv
 
+def _matmul(a, b):
+    """``a @ b``; on the CPU cut into bands of rows on the pool's workers
+    (``parallel.matmul``: the same bits)."""
+    return matmul(a, b) if get_xp(a) is np else a @ b
+
+
 class ConvTransposeCache(NamedTuple):
     x: object
     w: object
@@ -638,7 +644,7 @@ def conv_transpose2d_forward(x, w, b=None, stride: int = 2, pad: int = 1, output
 
         y = crop_pad( col2im( x_mat (N·H·W, C) @ w_mat (C, KH·KW·F) ) ) + b
 
-    in ``im2col_bands`` of input rows.
+    in ``im2col_bands`` of input rows, the products cut into tasks by ``_matmul``.
     """
     xp = get_xp(x)
     N, C, H, W = x.shape
@@ -658,7 +664,7 @@ def conv_transpose2d_forward(x, w, b=None, stride: int = 2, pad: int = 1, output
     K = KH * KW * F
     for i0, i1 in im2col_bands(N, H, W, K, x.itemsize):
         xb = xp.ascontiguousarray(x_nhwc[:, i0:i1]).reshape(-1, C)
-        cols = (xb @ wmat).reshape(N, i1 - i0, W, KH, KW, F)
+        cols = _matmul(xb, wmat).reshape(N, i1 - i0, W, KH, KW, F)
         col2im_add(full, cols, stride, i0)
     y = full[:, pad:pad + OH, pad:pad + OW, :].transpose(0, 3, 1, 2)
     if b is not None:
@@ -672,7 +678,8 @@ def conv_transpose2d_backward(dy, cache: ConvTransposeCache):
         dx[n, c, i, j] = Σ_{f,u,v} w[c, f, u, v] · dy_full[n, f, s·i + u, s·j + v]
         dw[c, f, u, v] = Σ_{n,i,j} x[n, c, i, j] · dy_full[n, f, s·i + u, s·j + v]
 
-    where dy_full is dy zero-padded back to the uncropped output size.
+    where dy_full is dy zero-padded back to the uncropped output size, in
+    ``im2col_bands`` of rows, the products cut into tasks by ``_matmul``.
     """
     xp = get_xp(dy)
     x, w = cache.x, cache.w
@@ -691,9 +698,9 @@ def conv_transpose2d_backward(dy, cache: ConvTransposeCache):
     dwmat = xp.zeros((C, K), dtype=dy.dtype)
     for i0, i1 in im2col_bands(N, H, W, K, dy.itemsize):
         cols = im2col(dyfull, KH, KW, s, i0, i1, W).reshape(-1, K)  # (M, KH·KW·F)
-        dx[:, i0:i1] = (cols @ wmat.T).reshape(N, i1 - i0, W, C)
+        dx[:, i0:i1] = _matmul(cols, wmat.T).reshape(N, i1 - i0, W, C)
         xb = xp.ascontiguousarray(x_nhwc[:, i0:i1]).reshape(-1, C)
-        dwmat += xb.T @ cols
+        dwmat += _matmul(xb.T, cols)
     dw = dwmat.reshape(C, KH, KW, F).transpose(0, 3, 1, 2)
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx.transpose(0, 3, 1, 2), xp.ascontiguousarray(dw), db

@@ -14,9 +14,21 @@ Both backward passes are the same formula over those ``m`` elements:
 with two passes (mean, then mean of squared deviations). ``gamma``/``beta`` may be
 ``None`` (no affine map); their gradients are then ``None``.
 
+Instance norm also takes a per-sample affine map, γ and β of shape (N, C):
+``y[n] = γ[n]·x̂[n] + β[n]``, whose gradients are the per-sample sums
+``dγ[n] = Σ_{H,W} dy[n]·x̂[n]`` and ``dβ[n] = Σ_{H,W} dy[n]``. Conditional instance norm
+(Dumoulin, Shlens & Kudlur 2017) is built on it: S styles, each with its own (γ_s, β_s),
+and a batch of style weights ``mix`` (N, S) that picks or blends them,
+
+    y[n] = x̂[n]·(mix @ γ)[n] + (mix @ β)[n],    dγ = mixᵀ @ dγ_n,   dβ = mixᵀ @ dβ_n
+
+with ``dγ_n``, ``dβ_n`` the (N, C) per-sample sums above.
+
 The training-mode functions dispatch on the array's device to ``op_cpu`` (array code, the
 reference) or ``op_gpu`` (the launcher of kernels/norm.cu); both validate with
-``check_nchw``, ``channel_vector`` and, for batch norm, ``check_batch_norm``.
+``check_nchw``, ``channel_vector`` (batch norm), ``instance_affine`` (instance norm) and,
+for batch norm, ``check_batch_norm``; conditional instance norm validates with
+``check_conditional_norm`` and runs on either.
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minnst.backend import get_xp, is_gpu_array
+from minnst.backend import get_xp, is_gpu_array, to_host
 from minnst.kernels import launch
 from minnst.layers.base import Layer
 from minnst.parallel import image_bands, pmap
@@ -36,15 +48,21 @@ _BATCH_AXES = (0, 2, 3)
 class NormCache(NamedTuple):
     xhat: object     # (N, C, H, W) normalised input
     inv_std: object  # 1/σ, broadcastable to x: (N, C, 1, 1) or (1, C, 1, 1)
-    gamma: object    # (C,) or None
+    gamma: object    # (C,), (N, C) (per-sample, instance norm) or None
     has_beta: bool
     axes: tuple      # the axes the statistics were taken over
+    per_sample_affine: bool = False  # γ, β and their gradients are (N, C)
 
 
 class BatchNormCache(NamedTuple):
     norm: NormCache
     mean: object     # (C,) batch mean, for the running statistics
     var: object      # (C,) unbiased batch variance, for the running statistics (as PyTorch)
+
+
+class ConditionalNormCache(NamedTuple):
+    norm: NormCache  # the per-sample instance norm's, with γ_mix = mix @ γ (N, C)
+    mix: object      # (N, S) style weights, in x's dtype and array module
 
 
 class BatchNormEvalCache(NamedTuple):
@@ -73,6 +91,50 @@ def channel_vector(a, x):
 def _channel(a, x):
     """``channel_vector(a, x)`` as (1, C, 1, 1), broadcastable against x."""
     return channel_vector(a, x).reshape(1, -1, 1, 1)
+
+
+def instance_affine(gamma, beta, x):
+    """γ and β of instance norm checked against NCHW ``x`` (N, C, H, W): each ``None``, (C,)
+    (shared by the batch) or (N, C) (per sample), one shape when both are given, in x's
+    dtype and array module. Returns ``(gamma, beta, per_sample)``."""
+    check_nchw(x)
+    N, C = x.shape[:2]
+    xp = get_xp(x)
+    out = []
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if a is not None:
+            a = xp.asarray(a, dtype=x.dtype)
+            if a.shape not in ((C,), (N, C)):
+                raise ValueError(f"instance norm {name} of shape {tuple(a.shape)} for {C} channels "
+                                 f"and {N} samples: expected ({C},) or ({N}, {C})")
+        out.append(a)
+    gamma, beta = out
+    if gamma is not None and beta is not None and gamma.shape != beta.shape:
+        raise ValueError(f"instance norm gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} "
+                         f"must have one shape, ({C},) or ({N}, {C})")
+    per_sample = any(a is not None and a.ndim == 2 for a in (gamma, beta))
+    return gamma, beta, per_sample
+
+
+def check_conditional_norm(x, gamma, beta, mix):
+    """The arguments of conditional instance norm checked and converted to x's dtype and
+    array module: x (N, C, H, W), gamma and beta (S, C), mix (N, S) finite (``mix`` may
+    come from either array module). Returns ``(gamma, beta, mix)``."""
+    check_nchw(x)
+    N, C = x.shape[:2]
+    xp = get_xp(x)
+    gamma, beta = xp.asarray(gamma, dtype=x.dtype), xp.asarray(beta, dtype=x.dtype)
+    if gamma.ndim != 2 or gamma.shape[1] != C or beta.shape != gamma.shape:
+        raise ValueError(f"conditional instance norm needs gamma and beta of shape (styles, {C}), "
+                         f"got {tuple(gamma.shape)} and {tuple(beta.shape)}")
+    S = gamma.shape[0]
+    mix = xp.asarray(to_host(mix) if xp is np else mix, dtype=x.dtype)
+    if mix.shape != (N, S):
+        raise ValueError(f"style weights of shape {tuple(mix.shape)} for {N} samples and {S} styles: "
+                         f"expected ({N}, {S})")
+    if not bool(xp.isfinite(mix).all()):
+        raise ValueError("style weights must be finite")
+    return gamma, beta, mix
 
 
 def check_batch_norm(x) -> int:
@@ -107,8 +169,8 @@ def _normalize(x, gamma, beta, eps, axes):
 
 
 def _normalize_backward(dy, cache):
-    """Shared backward: ``(dx, dγ, dβ)`` for a ``NormCache``."""
-    xhat, inv_std, gamma, has_beta, axes = cache
+    """Shared backward: ``(dx, dγ, dβ)`` for a ``NormCache`` with (C,) γ, β."""
+    xhat, inv_std, gamma, has_beta, axes, _ = cache
     dxhat = dy if gamma is None else dy * _channel(gamma, dy)
     dx = inv_std * (dxhat - dxhat.mean(axis=axes, keepdims=True)
                     - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
@@ -122,8 +184,9 @@ def _normalize_backward(dy, cache):
 def instance_norm_forward(x, gamma, beta, eps=1e-5):
     """Instance normalisation: statistics per sample and channel over (H, W).
 
-    x: (N, C, H, W), gamma/beta: (C,) or None -> y: (N, C, H, W);
-    ``y = γ · (x − mean_{HW} x) / sqrt(var_{HW} x + eps) + β``.
+    x: (N, C, H, W), gamma/beta: (C,), (N, C) (per sample) or None -> y: (N, C, H, W);
+    ``y[n] = γ[n] · (x[n] − mean_{HW} x[n]) / sqrt(var_{HW} x[n] + eps) + β[n]``
+    (γ[n] = γ for (C,) parameters).
     """
     if is_gpu_array(x):
         return instance_norm_forward_gpu(x, gamma, beta, eps)
@@ -131,7 +194,9 @@ def instance_norm_forward(x, gamma, beta, eps=1e-5):
 
 
 def instance_norm_backward(dy, cache):
-    """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (H, W)."""
+    """``(dx, dgamma, dbeta)``; the formula in the module docstring with means over (H, W).
+    dgamma/dbeta have the shape of the forward's gamma/beta: (C,) sums over (N, H, W), or
+    (N, C) per-sample sums over (H, W)."""
     if is_gpu_array(dy):
         return instance_norm_backward_gpu(dy, cache)
     return instance_norm_backward_cpu(dy, cache)
@@ -159,8 +224,9 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
     """The forward of ``_normalize`` over (H, W) on NumPy, on the channels-last view
     (N, H, W, C) (the convolutions' memory order) in bands of rows (``pmap`` tasks): the
     band sums of x, then of (x − μ)², are added per image in task order; then the band is
-    normalised. Four passes over the data and no temporary of its size."""
-    check_nchw(x)
+    normalised. Four passes over the data and no temporary of its size. Per-sample γ, β
+    (N, C) scale and shift image n by row n; (C,) ones are every image's row."""
+    gamma, beta, per_sample = instance_affine(gamma, beta, x)
     N, C, H, W = x.shape
     M = H * W
     v = x.transpose(0, 2, 3, 1)
@@ -177,8 +243,8 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
 
     var = _per_image(N, tasks, pmap(centre, tasks)) / M
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)  # (N, C)
-    g = None if gamma is None else _channel(gamma, x).reshape(C)
-    bt = None if beta is None else _channel(beta, x).reshape(C)
+    g = None if gamma is None else np.broadcast_to(gamma, (N, C))  # row n: image n's γ
+    bt = None if beta is None else np.broadcast_to(beta, (N, C))
 
     def scale(task):
         n, r0, r1 = task
@@ -187,13 +253,13 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
         if g is None:
             yb[...] = hb
         else:
-            np.multiply(hb, g, out=yb)
+            np.multiply(hb, g[n], out=yb)
         if bt is not None:
-            yb += bt
+            yb += bt[n]
 
     pmap(scale, tasks)
     cache = NormCache(xhat.transpose(0, 3, 1, 2), inv_std.reshape(N, C, 1, 1), gamma,
-                      beta is not None, _INSTANCE_AXES)
+                      beta is not None, _INSTANCE_AXES, per_sample)
     return y.transpose(0, 3, 1, 2), cache
 
 
@@ -201,8 +267,10 @@ def instance_norm_backward_cpu(dy, cache):
     """The backward of ``_normalize`` over (H, W) on NumPy, in bands of rows of the
     channels-last view, with the means written as sums:  s1 = Σ dy,  s2 = Σ dy·x̂  (over H, W), and
 
-        dx = γ/σ · (dy − s1/M − x̂ · s2/M),   dβ = Σ_n s1,   dγ = Σ_n s2."""
-    xhat, inv_std, gamma, has_beta, axes = cache
+        dx = γ/σ · (dy − s1/M − x̂ · s2/M),   dβ = Σ_n s1,   dγ = Σ_n s2
+
+    (per-sample γ (N, C): γ[n] for image n, and dβ = s1, dγ = s2, both (N, C))."""
+    xhat, inv_std, gamma, has_beta, axes, per_sample = cache
     N, C, H, W = dy.shape
     M = H * W
     d, h = dy.transpose(0, 2, 3, 1), xhat.transpose(0, 2, 3, 1)
@@ -216,7 +284,7 @@ def instance_norm_backward_cpu(dy, cache):
 
     s = _per_image(N, tasks, pmap(sums, tasks))
     s1, s2 = s[:, :C], s[:, C:]
-    k = inv_std.reshape(N, C) * (1 if gamma is None else _channel(gamma, dy).reshape(C))
+    k = inv_std.reshape(N, C) * (1 if gamma is None else gamma.astype(dy.dtype, copy=False))
     m1, m2 = s1 / M, s2 / M
 
     def grad(task):
@@ -227,8 +295,8 @@ def instance_norm_backward_cpu(dy, cache):
         xb *= k[n]
 
     pmap(grad, tasks)
-    dgamma = None if gamma is None else s2.sum(axis=0)
-    dbeta = s1.sum(axis=0) if has_beta else None
+    dgamma = None if gamma is None else (s2.copy() if per_sample else s2.sum(axis=0))
+    dbeta = None if not has_beta else (s1.copy() if per_sample else s1.sum(axis=0))
     return dx.transpose(0, 3, 1, 2), dgamma, dbeta
 
 
@@ -324,13 +392,21 @@ def _norm_grid(C, G, block):
 
 def _normalize_gpu(x, gamma, beta, eps, per_sample):
     """``_normalize`` by the kernel ``norm_forward``: ``(y, NormCache, mean, biased var)``
-    with the statistics as (G, C) arrays."""
+    with the statistics as (G, C) arrays. Instance norm (``per_sample``) takes (C,) or
+    per-sample (N, C) γ, β (the kernel's affine group stride sA = 0 or C), batch norm (C,)."""
     check_nchw(x)
     xp = get_xp(x)
     dt = launch.float_dtype("normalisation kernel", x)
-    g = xp.ascontiguousarray(channel_vector(gamma, x)) if gamma is not None else xp.ones(1, dtype=dt)
-    b = xp.ascontiguousarray(channel_vector(beta, x)) if beta is not None else xp.zeros(1, dtype=dt)
+    if per_sample:
+        gamma, beta, affine_per_sample = instance_affine(gamma, beta, x)
+    else:
+        gamma = None if gamma is None else channel_vector(gamma, x)
+        beta = None if beta is None else channel_vector(beta, x)
+        affine_per_sample = False
+    g = xp.ascontiguousarray(gamma) if gamma is not None else xp.ones(1, dtype=dt)
+    b = xp.ascontiguousarray(beta) if beta is not None else xp.zeros(1, dtype=dt)
     xc, perm, G, C, R, P, strides, block = _norm_geometry(x, per_sample)
+    sA = C if affine_per_sample else 0
     y = launch.empty(xp, xc.shape, dt)
     xhat = launch.empty(xp, xc.shape, dt)
     mean, var, inv_std = (launch.empty(xp, (G, C), dt) for _ in range(3))
@@ -339,20 +415,21 @@ def _normalize_gpu(x, gamma, beta, eps, per_sample):
         kern = launch.kernel("norm.cu", "norm_forward", xp, dt)
         kern(_norm_grid(C, G, block), block,
              (xc, g, b, y, xhat, mean, var, inv_std,
-              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides),
+              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides), i64(sA),
               dt.type(eps), i32(gamma is not None), i32(beta is not None)))
     inv = launch.inverse_permutation(perm)
     axes = _INSTANCE_AXES if per_sample else _BATCH_AXES
     cache = NormCache(xhat.transpose(inv), inv_std.reshape(G, C, 1, 1),
-                      g if gamma is not None else None, beta is not None, axes)
+                      g if gamma is not None else None, beta is not None, axes, affine_per_sample)
     return y.transpose(inv), cache, mean, var
 
 
 def _normalize_backward_gpu(dy, cache):
     """``_normalize_backward`` by the kernel ``norm_backward``: ``(dx, dγ, dβ)``, dx in the
-    memory order of the cached x̂."""
+    memory order of the cached x̂; dγ, dβ summed over the groups for (C,) γ, β, the
+    kernel's per-sample sums themselves (N, C) for per-sample ones."""
     xp = get_xp(dy)
-    xhat, inv_std, gamma, has_beta, axes = cache
+    xhat, inv_std, gamma, has_beta, axes, affine_per_sample = cache
     dt = launch.float_dtype("normalisation kernel", dy, xhat)
     per_sample = tuple(axes) == _INSTANCE_AXES
     xc, perm, G, C, R, P, strides, block = _norm_geometry(xhat, per_sample)
@@ -362,15 +439,16 @@ def _normalize_backward_gpu(dy, cache):
     dx = launch.empty(xp, xc.shape, dt)
     s1 = launch.empty(xp, (G, C), dt)
     s2 = launch.empty(xp, (G, C), dt)
+    sA = C if affine_per_sample else 0
     i32, i64 = launch.i32, launch.i64
     if xc.size:
         kern = launch.kernel("norm.cu", "norm_backward", xp, dt)
         kern(_norm_grid(C, G, block), block,
              (dyc, xc, g, inv, dx, s1, s2,
-              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides),
+              i32(G), i32(C), i32(R), i32(P), *(i64(s) for s in strides), i64(sA),
               i32(gamma is not None)))
-    dgamma = s2.sum(axis=0) if gamma is not None else None
-    dbeta = s1.sum(axis=0) if has_beta else None
+    dgamma = None if gamma is None else (s2 if affine_per_sample else s2.sum(axis=0))
+    dbeta = None if not has_beta else (s1 if affine_per_sample else s1.sum(axis=0))
     return dx.transpose(launch.inverse_permutation(perm)), dgamma, dbeta
 
 
@@ -398,6 +476,40 @@ def batch_norm_backward_gpu(dy, cache):
     return _normalize_backward_gpu(dy, cache.norm)
 
 
+# ---------------------------------------------------------- conditional instance norm
+
+def conditional_instance_norm_forward(x, gamma, beta, mix, eps=1e-5):
+    """Conditional instance normalisation (Dumoulin, Shlens & Kudlur 2017): S styles, each
+    with its own per-channel scale and shift, mixed per sample.
+
+    x: (N, C, H, W), gamma/beta: (S, C) (row s: style s's γ_s, β_s), mix: (N, S) (row n:
+    the style weights of sample n, one-hot for one style, convex for a blend; any array
+    module, converted to x's dtype and module) -> ``(y, ConditionalNormCache)`` with
+
+        y[n] = x̂[n] · (mix @ γ)[n] + (mix @ β)[n]
+
+    ``x̂`` instance-normalised over (H, W): ``instance_norm_forward`` with the per-sample
+    (N, C) parameters ``mix @ γ`` and ``mix @ β``, so the CPU and the GPU path both run it.
+    """
+    gamma, beta, mix = check_conditional_norm(x, gamma, beta, mix)
+    y, norm = instance_norm_forward(x, mix @ gamma, mix @ beta, eps)
+    return y, ConditionalNormCache(norm, mix)
+
+
+def conditional_instance_norm_backward(dy, cache):
+    """``(dx, dgamma (S, C), dbeta (S, C))`` of ``conditional_instance_norm_forward``:
+    ``dx`` is instance norm's with the per-sample γ_mix = mix @ γ, and by the chain rule
+    through ``γ_mix = mix @ γ``
+
+        dγ = mixᵀ @ dγ_n,   dβ = mixᵀ @ dβ_n,
+
+    with ``dγ_n[n] = Σ_{H,W} dy[n]·x̂[n]``, ``dβ_n[n] = Σ_{H,W} dy[n]`` the (N, C)
+    per-sample sums of ``instance_norm_backward``."""
+    dx, dgamma_n, dbeta_n = instance_norm_backward(dy, cache.norm)
+    mix_t = cache.mix.T  # (S, N)
+    return dx, mix_t @ dgamma_n, mix_t @ dbeta_n
+
+
 # ------------------------------------------------------------------------------- layers
 
 class InstanceNorm2d(Layer):
@@ -419,6 +531,40 @@ class InstanceNorm2d(Layer):
 
     def __repr__(self):
         return f"InstanceNorm2d({self.C}, affine={self.affine}, eps={self.eps})"
+
+
+class ConditionalInstanceNorm2d(Layer):
+    """Conditional instance normalisation: instance norm over (H, W) with one learned
+    per-channel ``weight`` (γ) and ``bias`` (β) per style, (S, C) each (ones and zeros).
+
+    ``forward(x, style)`` takes the batch's style weights ``style`` (N, S) (any array
+    module; converted to x's dtype and module) and returns ``(y, cache)``;
+    ``backward(dy, cache)`` returns ``(dx, {"weight": dγ, "bias": dβ})``, (S, C) each.
+    """
+
+    conditioned = True  # containers hand it the batch's style weights
+
+    def __init__(self, C, n_styles, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        if n_styles < 1:
+            raise ValueError(f"conditional instance norm needs at least one style, got {n_styles}")
+        self.C, self.n_styles, self.eps = C, n_styles, eps
+        self.params = {"weight": np.ones((n_styles, C), dtype=dtype),
+                       "bias": np.zeros((n_styles, C), dtype=dtype)}
+
+    def forward(self, x, style):
+        return conditional_instance_norm_forward(x, self.params["weight"], self.params["bias"],
+                                                 style, self.eps)
+
+    def backward(self, dy, cache):
+        dx, dgamma, dbeta = conditional_instance_norm_backward(dy, cache)
+        return dx, {"weight": dgamma, "bias": dbeta}
+
+    def __call__(self, x, style):
+        return self.forward(x, style)[0]
+
+    def __repr__(self):
+        return f"ConditionalInstanceNorm2d({self.C}, n_styles={self.n_styles}, eps={self.eps})"
 
 
 class BatchNorm2d(Layer):
