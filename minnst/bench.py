@@ -223,30 +223,33 @@ def torch_train_step(torch, net, loss):
 
     params = {id(v): torch.from_numpy(np.array(v)).requires_grad_(True) for v in net.params.values()}
     tnet = torch_layer(torch, net, params)
-    tvgg = torch_vgg(torch, loss.vgg, upto=loss.layers[-1])
+    p = loss.loss  # the perceptual.PerceptualLoss inside train_fast.TrainingLoss
+    tvgg = torch_vgg(torch, p.net, upto=p.layers[-1])
     opt = torch.optim.Adam(list(params.values()), lr=1e-3)
     mean = torch.from_numpy(images.IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.from_numpy(images.IMAGENET_STD).reshape(1, 3, 1, 1)
     A = {l: torch.from_numpy(np.asarray(t)) for l, t in loss.targets.items()}
+    content_layer = p.content_layers[0]
+    layer_w = dict(zip(p.style_layers, p.style_layer_weights))  # w_l / C_l²
 
     def step(batch):
         x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32))
         N = x.shape[0]
         with torch.no_grad():
-            pc = tvgg((x / 255.0 - mean) / std)[loss.content_layer]
+            pc = tvgg((x / 255.0 - mean) / std)[content_layer]
         y = tnet(x)
         feats = tvgg((y / 255.0 - mean) / std)
-        Fc = feats[loss.content_layer]
-        total = loss.content_weight * ((Fc - pc) ** 2).sum() / Fc.numel()
-        for l in loss.style_layers:
+        Fc = feats[content_layer]
+        total = p.alpha * ((Fc - pc) ** 2).sum() / Fc.numel()
+        for l in p.style_layers:
             f = feats[l]
             n, C, H, W = f.shape
             fm = f.reshape(n, C, H * W)
             G = fm @ fm.transpose(1, 2) / (C * H * W)
-            total = total + loss.style_weight * loss.layer_weights[l] / (C * C) * ((G - A[l]) ** 2).sum() / n
+            total = total + p.beta * layer_w[l] * ((G - A[l]) ** 2).sum() / n
         yi = y / 255.0
         tv = ((yi[:, :, 1:] - yi[:, :, :-1]) ** 2).sum() + ((yi[:, :, :, 1:] - yi[:, :, :, :-1]) ** 2).sum()
-        total = total + loss.tv_weight * tv / N
+        total = total + p.tv_weight * tv / N
         opt.zero_grad()
         total.backward()
         opt.step()

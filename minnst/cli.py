@@ -26,11 +26,12 @@ class UsageError(ValueError):
 
 def _user_errors():
     from .backend import DeviceError
+    from .files import OutputPathError
     from .images import ImageError
     from .modelfile import ModelFileError
     from .weights import WeightsError
 
-    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError)
+    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError)
 
 
 def error(message: str, prog: str = "minnst") -> int:

@@ -34,7 +34,7 @@ import numpy as np
 from . import images
 from .optim import lbfgs
 from .cli import ArgumentParser, UsageError, run
-from .files import atomic_write
+from .files import atomic_write, make_dir
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 MAX_JPEG_BYTES = 300_000
@@ -544,7 +544,7 @@ def _main(argv=None):
     args.data = args.data or default_data()
     if not args.data.is_dir():
         raise UsageError(f"data folder {args.data} not found (pass --data DIR with content/ and styles/)")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(args.output_dir)
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     nets = {}
     for name in names:

@@ -19,6 +19,25 @@ from pathlib import Path
 from typing import Iterator
 
 
+class OutputPathError(ValueError):
+    """An output cannot be written where it was asked (a folder that cannot be made, a
+    parent that is a file, no permission); one line naming the path."""
+
+
+def make_dir(path) -> Path:
+    """``mkdir -p path``, or ``OutputPathError`` in plain words (e.g. a parent is a file)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputPathError(f"cannot create the folder {path}: a file of that name is in the way") from None
+    except NotADirectoryError:
+        raise OutputPathError(f"cannot create the folder {path}: part of its path is a file") from None
+    except OSError as e:
+        raise OutputPathError(f"cannot create the folder {path}: {e.strerror}") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path) -> Iterator[Path]:
     """Yield a temp path in ``path``'s directory; ``os.replace`` it onto ``path`` on success.
@@ -28,13 +47,17 @@ def atomic_write(path) -> Iterator[Path]:
     so tools that look at the extension still work; it is created with mode 0666 & ~umask.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write {path}: it is a folder")
     while True:
         tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue
+        except PermissionError:
+            raise OutputPathError(f"cannot write into the folder {path.parent}: permission denied") from None
         os.close(fd)
         break
     try:

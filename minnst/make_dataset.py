@@ -19,7 +19,7 @@ import numpy as np
 from .cli import ArgumentParser, UsageError, run
 from .data import list_images, resize_center_crop
 from .images import ImageError, check_size, load_image
-from .files import atomic_write
+from .files import atomic_write, make_dir
 
 
 def make_dataset(images_dir, output, size: int = 256, limit: int | None = None,
@@ -70,6 +70,14 @@ def _main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only the first N files (sorted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if not Path(a.images).is_dir():
+        raise UsageError(f"--images: no such folder: {a.images}")
+    if a.limit is not None and a.limit < 1:
+        raise UsageError("--limit must be >= 1")
+    check_size(a.size, "--size")
+    make_dir(Path(a.output).parent)
+    if Path(a.output).is_dir():
+        raise UsageError(f"--output is a folder: {a.output}")
     written, skipped = make_dataset(a.images, a.output, a.size, a.limit, progress=not a.quiet)
     print(f"wrote {written} images of {a.size}x{a.size} to {a.output}"
           + (f" ({skipped} unreadable files skipped)" if skipped else ""))

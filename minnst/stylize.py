@@ -29,6 +29,7 @@ from .cli import ArgumentParser, UsageError, error, run
 from .data import IMAGE_SUFFIXES, list_images
 from .images import ImageError
 from .transformer import TransformerNet
+from .files import make_dir
 from .modelfile import ModelFileError, load_model
 from .weights import cache_dir, checkout_weights_dir
 
@@ -131,6 +132,8 @@ def _main(argv=None):
         return 0
     inp = Path(a.input) if a.input else demo_photo()
     jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
+    for folder in sorted({dst.parent for _, dst in jobs}):
+        make_dir(folder)
     device = select_device(a.device)
     keep_freed_memory()
     net = load_network(model_path).to(device.xp)

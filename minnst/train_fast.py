@@ -33,13 +33,14 @@ give bit for bit the weights of N steps straight (on the CPU; tests/test_train_f
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import signal
 import sys
 import threading
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from . import images, losses
 from .backend import get_xp, keep_freed_memory, select_device, to_host
 from .cli import ArgumentParser, UsageError, run
 from .errors import ConfigError
-from .files import sha256_file
+from .files import make_dir, sha256_file
 from .data import BatchSampler, list_images, open_dataset, random_crops
 from .optim import Adam
 from .layers.normalization import ConditionalInstanceNorm2d
@@ -190,9 +191,11 @@ class TrainConfig:
         return cls(**d)
 
 
-# Settings that may differ on --resume: they do not change the computation.
+# Settings that may differ on --resume: they do not change the computation — except
+# crop_size, which a resume may change on purpose (a crop-size schedule: cheap small crops
+# first, larger ones later); the checkpoint records each change in "crop_schedule".
 RESUMABLE_OVERRIDES = ("dataset", "output", "iterations", "device", "checkpoint_every",
-                       "checkpoint_minutes", "sample_every", "samples", "quiet")
+                       "checkpoint_minutes", "sample_every", "samples", "quiet", "crop_size")
 
 
 # --------------------------------------------------------------------------- the loss
@@ -411,14 +414,45 @@ def _sample_photos(cfg: TrainConfig, dataset) -> list:
     return [a.astype(np.float32) / 255.0 for a in dataset.get_batch(list(range(n)))]
 
 
+def dataset_fingerprint(dataset, samples: int = 16) -> str:
+    """sha256 of the dataset's size and of ``samples`` images at evenly spaced indices (as
+    training sees them): a changed folder or file is caught without reading all of it."""
+    n = len(dataset)
+    idx = sorted({int(i) for i in np.linspace(0, n - 1, min(samples, n))})
+    h = hashlib.sha256(f"{n}".encode())
+    for i in idx:
+        h.update(np.ascontiguousarray(dataset.get_batch([i])).tobytes())
+    return h.hexdigest()
+
+
+class InputsChangedError(ValueError):
+    """A resumed run's style images or dataset are not the checkpoint's."""
+
+
+def check_inputs_unchanged(meta: dict, style_sha256: list, fingerprint: str, allow: bool) -> dict:
+    """On resume: the style images and the dataset must be those the checkpoint was trained
+    on (sha256 / ``dataset_fingerprint``), else ValueError — unless ``allow``, and then the
+    change is recorded (``input_changes``). Checkpoints from before these records pass."""
+    changes = list(meta.get("input_changes", []))
+    for what, old, new in (("style images", meta.get("style_sha256"), style_sha256),
+                           ("dataset", meta.get("dataset_fingerprint"), fingerprint)):
+        if old is not None and old != new:
+            if not allow:
+                raise InputsChangedError(f"the {what} differ from those the checkpoint was trained on "
+                                 f"(sha256 {str(old)[:12]}… → {str(new)[:12]}…); resuming would mix them")
+            changes.append({"step": int(meta["step"]), "what": what, "before": old, "after": new})
+    return {"input_changes": changes} if changes else {}
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: VGG16 | None = None,
-          stop_after: int | None = None, log=print):
+          stop_after: int | None = None, log=print, allow_changed_inputs: bool = False):
     """Run (or resume) training to ``cfg.iterations``; returns the trained network.
 
     ``vgg``: a loaded loss network (default: ``VGG16.load(pooling=cfg.pooling)``).
     ``stop_after``: stop (checkpointing) after this many steps of this call, as if killed
     (tests use it to prove exact resume). Raises ``KeyboardInterrupt`` after saving a
-    checkpoint when interrupted.
+    checkpoint when interrupted. ``allow_changed_inputs``: resume even if the style images
+    or the dataset changed since the checkpoint (the checkpoint then records the change).
     """
     cfg = dataclasses.replace(cfg)  # the resumed settings go into a copy, not the caller's
     run_dir = cfg.resolved_run_dir()
@@ -474,20 +508,30 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         params = {k: net.params[k] for k in _conditional_norm_keys(net)}
     opt = Adam(params, lr=cfg.lr)
     sampler = BatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
+    style_sha256 = [sha256_file(p) for p in paths]
+    fingerprint = dataset_fingerprint(dataset)
+    recorded = {"style_sha256": style_sha256, "dataset_fingerprint": fingerprint}
     if resume:
+        recorded.update(check_inputs_unchanged(meta, style_sha256, fingerprint, allow_changed_inputs))
+        schedule = meta.get("crop_schedule", [[0, saved_cfg.crop_size]])
+        if cfg.crop_size != schedule[-1][1]:
+            schedule = schedule + [[step, cfg.crop_size]]
+            log(f"crop size {schedule[-2][1]} → {cfg.crop_size} from step {step}")
+        if len(schedule) > 1:
+            recorded["crop_schedule"] = schedule
         opt.load_state_dict(adam_state)
         sampler.load_state(meta["sampler"])
     photos = _sample_photos(cfg, dataset) if cfg.sample_every else []
     sample_styles = [net.styles[i] for i in trained] if cfg.multi_style else [None]
     if cfg.multi_style:
         photos = photos[:1]  # one photo in every style
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n", encoding="utf-8")
 
     last_plot = [-math.inf]
 
     def checkpoint(final=False):
-        extra = {"skipped_images": getattr(dataset, "skipped", 0)}
+        extra = {"skipped_images": getattr(dataset, "skipped", 0), **recorded}
         if base_meta is not None:
             extra["base_meta"] = base_meta
         save_checkpoint(ckpt_path, net, opt, sampler, step, cfg, extra=extra)
@@ -563,11 +607,16 @@ def _parser() -> ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="logs, samples and the checkpoint (default runs/<output stem>)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in the run directory")
     p.add_argument("--overwrite", action="store_true", help="start again even if a checkpoint exists")
+    p.add_argument("--allow-changed-inputs", action="store_true",
+                   help="with --resume: continue even though the style images or the dataset changed "
+                        "since the checkpoint (recorded in it); refused otherwise")
     p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
     p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
     g = p.add_argument_group("training (fixed once a run has started)")
     g.add_argument("--image-size", type=int, metavar="N", help=f"photos are resized and centre-cropped to this ({d.image_size})")
-    g.add_argument("--crop-size", type=int, metavar="N", help="then train on a random window of this size (0: whole photo)")
+    g.add_argument("--crop-size", type=int, metavar="N",
+                   help="then train on a random window of this size (0: whole photo); a --resume may "
+                        "change it (a crop-size schedule, recorded in the checkpoint)")
     g.add_argument("--batch-size", type=int, metavar="N", help=f"({d.batch_size})")
     g.add_argument("--lr", type=float, metavar="X", help=f"Adam learning rate ({d.lr})")
     g.add_argument("--content-weight", type=float, metavar="X", help=f"({d.content_weight})")
@@ -604,6 +653,7 @@ def _main(argv=None):
         print(f"wrote {path}")
         return 0
     resume, overwrite = args.pop("resume", False), args.pop("overwrite", False)
+    allow_changed = args.pop("allow_changed_inputs", False)
     args.pop("float16", None)
     if "add_style" in args:
         if "model" not in args or "style" in args:
@@ -635,6 +685,9 @@ def _main(argv=None):
             if k not in args:
                 raise UsageError(f"--{k} is required (or --resume, or --export)")
         cfg = TrainConfig(**args)
+    make_dir(Path(cfg.output).parent)  # before hours of training, not after
+    if Path(cfg.output).is_dir():
+        raise UsageError(f"--output is a folder: {cfg.output}")
     ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
     if resume and not ckpt.exists():
         raise UsageError(f"--resume: no checkpoint at {ckpt}")
@@ -642,9 +695,11 @@ def _main(argv=None):
         raise UsageError(f"{ckpt} exists: pass --resume to continue it or --overwrite to start again")
     keep_freed_memory()
     try:
-        train(cfg, resume=resume, overwrite=overwrite)
+        train(cfg, resume=resume, overwrite=overwrite, allow_changed_inputs=allow_changed)
     except FloatingPointError as e:
         raise UsageError(str(e)) from None
+    except InputsChangedError as e:
+        raise UsageError(f"{e} (pass --allow-changed-inputs to resume anyway)") from None
     return 0
 
 

@@ -189,6 +189,52 @@ def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k):
     assert np.array_equal(m.params["out.weight"], b["out.weight"])
 
 
+def test_resume_refuses_changed_style_or_dataset(files, tmp_path, capsys):
+    """The checkpoint records the style's sha256 and a dataset fingerprint: a resume on other
+    inputs is one line and exit 2, unless --allow-changed-inputs (then recorded)."""
+    import shutil
+
+    photos, style = tmp_path / "photos", tmp_path / "style.png"
+    shutil.copytree(files["photos"], photos)
+    shutil.copy(files["style"], style)
+    run = tmp_path / "run"
+    base = ["--dataset", str(photos), "--output", str(run / "m.h5"), "--run-dir", str(run), "--image-size", "32",
+            "--batch-size", "2", "--width", "0.125", "--sample-every", "0", "--quiet", "--device", "cpu"]
+    assert train_fast.main(["--style", str(style), *base, "--iterations", "1"]) == 0
+    ckpt_meta = read_checkpoint(run / "checkpoint.h5")[3]
+    assert ckpt_meta["style_sha256"] and len(ckpt_meta["dataset_fingerprint"]) == 64
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(style)  # the same path, other pixels
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "style images differ" in err and "--allow-changed-inputs" in err and len(err.strip().splitlines()) == 1
+    shutil.copy(files["style"], style)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photos / "p0.png")  # a photo replaced
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "2", "--quiet"]) == 2
+    assert "dataset differ" in capsys.readouterr().err
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "2", "--quiet",
+                            "--allow-changed-inputs"]) == 0
+    changes = read_checkpoint(run / "checkpoint.h5")[3]["input_changes"]
+    assert [c["what"] for c in changes] == ["dataset"] and changes[0]["step"] == 1
+    # another style file on resume is another run
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--style", str(files["photos"] / "p0.png"),
+                            "--iterations", "3", "--quiet"]) == 2
+    assert "cannot change --style" in capsys.readouterr().err
+
+
+def test_bad_run_settings_are_refused_before_training(files, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    base = ["--style", str(files["style"]), "--dataset", str(files["photos"]), "--image-size", "32",
+            "--width", "0.125", "--quiet", "--device", "cpu", "--run-dir", str(tmp_path / "run")]
+    cases = [(["--checkpoint-every", "0"], "--checkpoint-every"), (["--sample-every", "-1"], "--sample-every"),
+             (["--batch-size", "99"], "--batch-size"), (["--output", str(tmp_path / "file" / "m.h5")], "file"),
+             (["--checkpoint-minutes", "0"], "--checkpoint-minutes")]
+    for extra, needle in cases:
+        code = train_fast.main([*base, "--output", str(tmp_path / "m.h5"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not (tmp_path / "run" / "checkpoint.h5").exists()
+
+
 # --------------------------------------------------------------------------- many styles
 
 @pytest.fixture(scope="module")
