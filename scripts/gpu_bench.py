@@ -107,9 +107,8 @@ def bench_vgg(net, size, repeat):
 
 
 def bench_objective(net, size, repeat, lbfgs_iters):
-    from scipy.optimize import minimize
-
     from minnst import gatys
+    from minnst.optim import lbfgs
 
     r = np.random.default_rng(2)
     content = cp.asarray(r.uniform(0, 1, (size, size, 3)), dtype=cp.float32)
@@ -123,13 +122,20 @@ def bench_objective(net, size, repeat, lbfgs_iters):
         obj.flat_loss_and_grad(z)
     out["flat_loss_and_grad_ms"] = (time.perf_counter() - t0) / repeat * 1e3
     if lbfgs_iters:
+        its, evals = [0], [0]
+
+        def fun(zz):
+            evals[0] += 1
+            return obj.flat_loss_and_grad(zz)
+
+        def count(_):
+            its[0] += 1
+
         t0 = time.perf_counter()
-        res = minimize(obj.flat_loss_and_grad, z, jac=True, method="L-BFGS-B",
-                       bounds=[(0.0, 1.0)] * z.size, options=dict(maxiter=lbfgs_iters))
+        lbfgs(fun, z, 0.0, 1.0, lbfgs_iters, on_iteration=count)
         seconds = time.perf_counter() - t0
-        out.update(lbfgs_iterations=int(res.nit), lbfgs_evaluations=int(res.nfev),
-                   lbfgs_seconds=seconds,
-                   lbfgs_500_iterations_estimate_s=seconds / max(res.nit, 1) * 500)
+        out.update(lbfgs_iterations=its[0], lbfgs_evaluations=evals[0], lbfgs_seconds=seconds,
+                   lbfgs_500_iterations_estimate_s=seconds / max(its[0], 1) * 500)
     return out
 
 
