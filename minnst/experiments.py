@@ -13,8 +13,9 @@ The figure carries the same facts in its footer. ``docs/experiments.md`` present
     pooling       average vs max pooling: results and loss curves
     content-layer relu2_2 vs relu4_2 as the content layer
     fast          the fast network's one-pass loss vs L-BFGS per iteration (same objective)
+    fast-styles   the same for every style of a many-style model, with its median against 50
     gallery       a few Gatys results and the shipped fast model on held-out photos
-    all           every one of the above, in that order
+    all           every one of the above but fast-styles, in that order
 
 Gatys runs use ``gatys.stylize`` (L-BFGS-B from white noise, average pooling, the Gatys
 normalisation); ``fast`` uses the training objective of ``train_fast.TrainingLoss``.
@@ -61,6 +62,7 @@ class Context:
     seed: int = 0
     quiet: bool = False
     command: str = ""
+    model: str | None = None  # model file of the fast experiments (None: the shipped default)
     _nets: dict = field(default_factory=dict)
     _bar: object = None
 
@@ -362,16 +364,49 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
     return curve
 
 
+def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None) -> tuple[dict, tuple]:
+    """The network's loss on ``photo`` (size × size) in one pass, then L-BFGS-B from white
+    noise over the pixels on the same ``loss`` for ``ctx.iterations``: the iteration at which
+    it first matches the network. Returns ``(record, (y_fast, seen, curve))``."""
+    x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
+    t = time.perf_counter()
+    y_fast = net.infer(x, style)
+    fast_seconds = time.perf_counter() - t
+    fast_loss = float(loss(y_fast, photo[None])[0])
+    y0 = rng.uniform(0.0, 255.0, size=x.shape).astype(np.float32)
+    seen = {"cross": None, "cross_img": None, "cross_seconds": None, "final_img": y0}
+    start = time.perf_counter()
+
+    def on_iteration(k, value, z):
+        ctx.step(label, loss=f"{value:.3g}", fast=f"{fast_loss:.3g}")
+        seen["final_img"] = z.reshape(x.shape).copy()
+        if seen["cross"] is None and value <= fast_loss:
+            seen.update(cross=k, cross_img=z.reshape(x.shape).copy(), cross_seconds=time.perf_counter() - start)
+
+    curve = lbfgs_pixels(loss, photo, y0, ctx.iterations, on_iteration)
+    lbfgs_seconds = time.perf_counter() - start
+    record = {"fast_loss": fast_loss, "fast_seconds": round(fast_seconds, 3),
+              "lbfgs_iterations_to_match": seen["cross"],
+              "lbfgs_seconds_to_match": None if seen["cross_seconds"] is None else round(seen["cross_seconds"], 1),
+              "lbfgs_final_loss": curve[-1], "lbfgs_iterations": len(curve),
+              "lbfgs_seconds": round(lbfgs_seconds, 1), "lbfgs_curve": [round(v, 5) for v in curve]}
+    ctx.say(f"{label}: network {fast_loss:.4g} in {fast_seconds:.2f} s; L-BFGS matches it at iteration "
+            f"{seen['cross']} and reaches {curve[-1]:.4g} after {len(curve)} ({lbfgs_seconds:.0f} s)")
+    return record, (y_fast, seen, curve)
+
+
 def exp_fast(ctx: Context, model_path=None):
     """The fast network's loss in one pass against L-BFGS on the same objective per
     iteration, from white noise, on held-out photos at size × size (the paper's Fig. 5)."""
     from .stylize import default_model_path, load_network
     from .train_fast import TrainingLoss
 
-    net = load_network(model_path or default_model_path())
+    net = load_network(model_path or ctx.model or default_model_path())
     train = net.meta.get("train", {})
     if not train:
         raise UsageError("the model file does not record its training settings")
+    if net.config.styles:
+        raise UsageError("a many-style model: use the fast-styles experiment")
     style = ctx.image("styles", Path(train["style"]).name, size=train.get("style_size") or ctx.size)
     weights = {k: train[k] for k in ("content_weight", "style_weight", "tv_weight", "content_layer",
                                      "style_layers", "pooling")}
@@ -384,40 +419,91 @@ def exp_fast(ctx: Context, model_path=None):
     results, rows = [], []
     for name in FAST_PHOTOS:
         photo = square(ctx.image("content", name), ctx.size)
-        x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
-        t = time.perf_counter()
-        y_fast = net.infer(x)
-        fast_seconds = time.perf_counter() - t
-        fast_loss = float(loss(y_fast, photo[None])[0])
-        y0 = rng.uniform(0.0, 255.0, size=x.shape).astype(np.float32)
-        seen = {"cross": None, "cross_img": None, "cross_seconds": None, "final_img": y0}
-        start = time.perf_counter()
-
-        def on_iteration(k, value, z, name=name, fast_loss=fast_loss, seen=seen, start=start):
-            ctx.step(Path(name).stem, loss=f"{value:.3g}", fast=f"{fast_loss:.3g}")
-            seen["final_img"] = z.reshape(x.shape).copy()
-            if seen["cross"] is None and value <= fast_loss:
-                seen.update(cross=k, cross_img=z.reshape(x.shape).copy(),
-                            cross_seconds=time.perf_counter() - start)
-
-        curve = lbfgs_pixels(loss, photo, y0, ctx.iterations, on_iteration)
-        lbfgs_seconds = time.perf_counter() - start
-        results.append({"photo": name, "fast_loss": fast_loss, "fast_seconds": round(fast_seconds, 3),
-                        "lbfgs_iterations_to_match": seen["cross"],
-                        "lbfgs_seconds_to_match": None if seen["cross_seconds"] is None
-                        else round(seen["cross_seconds"], 1),
-                        "lbfgs_final_loss": curve[-1], "lbfgs_iterations": len(curve),
-                        "lbfgs_seconds": round(lbfgs_seconds, 1),
-                        "lbfgs_curve": [round(v, 5) for v in curve]})
+        record, (y_fast, seen, curve) = match_with_lbfgs(ctx, net, loss, photo, Path(name).stem, rng)
+        results.append({"photo": name, **record})
         rows.append((photo, y_fast, seen, curve))
-        ctx.say(f"{name}: network {fast_loss:.4g} in {fast_seconds:.2f} s; L-BFGS matches it at "
-                f"iteration {seen['cross']} and reaches {curve[-1]:.4g} after {len(curve)} "
-                f"({lbfgs_seconds:.0f} s)")
     seconds = time.perf_counter() - t0
     _fast_curve_figure(ctx, results, seconds, weights, net)
     _fast_gallery_figure(ctx, rows, results, seconds)
-    write_record(ctx, seconds, weights, results, model=str(model_path or "shipped default"),
+    write_record(ctx, seconds, weights, results, model=str(model_path or ctx.model or "shipped default"),
                  model_iterations=net.meta.get("iterations"))
+
+
+# The training photos 000001–002100 of data/train train the shipped models; from 002101 on
+# they are held out, for the quality experiments.
+HELD_OUT_FROM = 2100
+QUALITY_TARGET = 50  # median L-BFGS iterations to match the network (Johnson et al.: 50–100)
+
+
+def held_out_photos(ctx: Context, n: int) -> list:
+    """File names of the first ``n`` held-out training photos (``HELD_OUT_FROM`` on)."""
+    folder = ctx.data / "train"
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return names[HELD_OUT_FROM:HELD_OUT_FROM + n]
+
+
+def exp_fast_styles(ctx: Context, model_path=None):
+    """For every style of a many-style model: its one-pass loss against L-BFGS from noise on
+    that style's recorded objective (``style_settings``), on four photos never trained on
+    (three content photos and one held-out training photo); the median iterations L-BFGS
+    needs to match the network, against the target of 50. Also a grid of every style on
+    the four photos and a row of blends."""
+    from .stylize import default_model_path, load_network
+    from .train_fast import TrainingLoss
+
+    net = load_network(model_path or ctx.model or default_model_path())
+    names = net.styles
+    if not net.config.styles:
+        raise UsageError("fast-styles needs a many-style model (--model); the fast experiment takes one style")
+    photos = [("content", n) for n in FAST_PHOTOS] + [("train", n) for n in held_out_photos(ctx, 1)]
+    ctx.progress(len(names) * len(photos) * ctx.iterations)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(ctx.seed)
+    results, outs = [], {}
+    imgs = [square(ctx.image(folder, n), ctx.size) for folder, n in photos]
+    for style in names:
+        settings = net.style_settings(style)
+        objective = settings["objective"]
+        style_img = ctx.image("styles", settings["image"], size=settings["style_size"])
+        loss = TrainingLoss.from_objective(ctx.vgg(objective["pooling"]), style_img, objective)
+        per_photo = []
+        for (folder, n), photo in zip(photos, imgs):
+            record, (y_fast, _, _) = match_with_lbfgs(ctx, net, loss, photo, f"{style}/{Path(n).stem}", rng,
+                                                      style=style)
+            record.pop("lbfgs_curve")
+            per_photo.append({"photo": f"{folder}/{n}", **record})
+            outs[style, n] = np.clip(y_fast[0].transpose(1, 2, 0) / 255.0, 0, 1)
+        its = [r["lbfgs_iterations_to_match"] or ctx.iterations + 1 for r in per_photo]
+        results.append({"style": style, "median_iterations_to_match": float(np.median(its)),
+                        "meets_target": bool(np.median(its) >= QUALITY_TARGET), "photos": per_photo,
+                        "beta": objective["beta"]})
+        ctx.say(f"{style}: median {np.median(its):g} L-BFGS iterations to match the network")
+    seconds = time.perf_counter() - t0
+    _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds)
+    write_record(ctx, seconds, {"objective": "each style's recorded objective"}, results,
+                 model=str(model_path or ctx.model or "shipped default"), model_iterations=net.meta.get("iterations"),
+                 target=QUALITY_TARGET)
+
+
+def _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds):
+    """Rows: the photos, then each style; columns: the four photos; a last row of blends
+    of the first style with the others (0.5/0.5) on the first photo."""
+    rows = 1 + len(names) + 1
+    fig = new_figure(rows, len(photos), panel=1.6)
+    med = {r["style"]: r["median_iterations_to_match"] for r in results}
+    for j, img in enumerate(imgs):
+        show(fig.add_subplot(rows, len(photos), j + 1), img, Path(photos[j][1]).stem)
+    for i, style in enumerate(names):
+        for j, (_, n) in enumerate(photos):
+            title = f"{style} (median {med[style]:g})" if j == 0 else ""
+            show(fig.add_subplot(rows, len(photos), (i + 1) * len(photos) + j + 1), outs[style, n], title)
+    for j in range(len(photos)):
+        other = names[(j + 1) % len(names)]
+        blend = {names[0]: 0.5, other: 0.5} if other != names[0] else {names[0]: 1.0}
+        ax = fig.add_subplot(rows, len(photos), (rows - 1) * len(photos) + j + 1)
+        show(ax, net.stylize(imgs[0], style=blend), " + ".join(f"{k} {v:g}" for k, v in blend.items()))
+    save_figure(fig, ctx.out_dir / "fast-styles.jpg",
+                footer(ctx, seconds, f"each style's recorded objective; target: median ≥ {QUALITY_TARGET}"))
 
 
 def _fast_curve_figure(ctx, results, seconds, weights, net):
@@ -510,8 +596,10 @@ EXPERIMENTS = {
     "pooling": (exp_pooling, 200),
     "content-layer": (exp_content_layer, 200),
     "fast": (exp_fast, 300),
+    "fast-styles": (exp_fast_styles, 300),
     "gallery": (exp_gallery, 200),
 }
+ALL = [name for name in EXPERIMENTS if name != "fast-styles"]  # fast-styles needs a many-style model
 
 
 # --------------------------------------------------------------------------- command line
@@ -531,6 +619,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--content", default="tubingen.jpg", help="content photo in DATA/content (tubingen.jpg)")
     p.add_argument("--style", default="starry_night.jpg", help="style image in DATA/styles (starry_night.jpg)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (0)")
+    p.add_argument("--model", default=None, help="model file of fast / fast-styles (default: the shipped one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -545,13 +634,13 @@ def _main(argv=None):
     if not args.data.is_dir():
         raise UsageError(f"data folder {args.data} not found (pass --data DIR with content/ and styles/)")
     make_dir(args.output_dir)
-    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    names = ALL if args.name == "all" else [args.name]
     nets = {}
     for name in names:
         fn, default_iterations = EXPERIMENTS[name]
         ctx = Context(name=name, data=args.data, out_dir=args.output_dir, size=args.size,
                       iterations=args.iterations or default_iterations, content=args.content,
-                      style=args.style, seed=args.seed, quiet=args.quiet, _nets=nets,
+                      style=args.style, seed=args.seed, quiet=args.quiet, _nets=nets, model=args.model,
                       command="python -m minnst.experiments " + " ".join([name, *argv[1:]]))
         t0 = time.perf_counter()
         try:

@@ -221,6 +221,21 @@ class TrainingLoss:
         style = xp.asarray(np.asarray(style_img, dtype=dtype))
         self.targets = self.loss.style_targets([style])
 
+    @classmethod
+    def from_objective(cls, vgg: VGG16, style_img, objective: dict, xp=np, dtype=np.float32):
+        """The loss a model records for one style (``TransformerNet.style_settings(name)
+        ["objective"]``, whose style layer weights already hold the ``1/C_l²``)."""
+        if objective.get("normalization") != losses.JOHNSON or len(objective["content_layers"]) != 1:
+            raise ValueError("not a training objective: Johnson's normalisation and one content layer")
+        if objective.get("pooling", vgg.pooling) != vgg.pooling:
+            raise ValueError(f"the objective pools with {objective['pooling']!r}, the net with {vgg.pooling!r}")
+        loss = cls.__new__(cls)
+        loss.objective = dict(objective)
+        kwargs = {k: v for k, v in objective.items() if k != "pooling"}
+        loss.loss = PerceptualLoss(vgg, **kwargs)
+        loss.targets = loss.loss.style_targets([xp.asarray(np.asarray(style_img, dtype=dtype))])
+        return loss
+
     def __call__(self, y, img):
         yimg = y.transpose(0, 2, 3, 1) / 255.0  # (N, H, W, 3) in [0, 1]
         terms, dimg = self.loss.loss_and_grad(yimg, self.loss.content_targets(img), self.targets)

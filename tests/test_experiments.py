@@ -96,3 +96,41 @@ def test_missing_image_is_one_line_exit_2(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "missing.jpg not found" in err and len(err.splitlines()) == 1
 
+
+
+def test_fast_styles_experiment_end_to_end(data, tmp_path, vgg16_path):
+    """A tiny two-style model trained for 2 steps: per style, the recorded objective, the
+    median iterations to match, a figure ≤ 300 KB and a record."""
+    from minnst.train_fast import TrainConfig, train
+
+    rng = np.random.default_rng(4)
+    (data / "train").mkdir()
+    for i in range(experiments.HELD_OUT_FROM + 1):  # empty stand-ins; only the held-out one is read
+        (data / "train" / f"{i + 1:06d}.jpg").touch()
+    images.save_image(data / "train" / f"{experiments.HELD_OUT_FROM + 1:06d}.jpg", rng.random((30, 30, 3)))
+    for name in ("tubingen.jpg", "taj_mahal.jpg", "cat.jpg"):
+        images.save_image(data / "content" / name, rng.random((28, 36, 3)))
+    images.save_image(data / "styles" / "other.png", rng.random((30, 30, 3)))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        images.save_image(photos / f"p{i}.png", rng.random((32, 32, 3)))
+    cfg = TrainConfig(style=(str(data / "styles" / "art.png"), str(data / "styles" / "other.png")),
+                      dataset=str(photos), output=str(tmp_path / "many.h5"), run_dir=str(tmp_path / "run"),
+                      image_size=32, batch_size=2, width=0.125, iterations=2, sample_every=0, device="cpu",
+                      quiet=True, style_layers=("relu1_2", "relu2_2"))
+    train(cfg, log=lambda *a: None)
+    out = tmp_path / "out"
+    code = experiments.main(["fast-styles", "--data", str(data), "--model", str(tmp_path / "many.h5"),
+                             "--size", "24", "--iterations", "4", "--output-dir", str(out), "--quiet"])
+    assert code == 0
+    assert 0 < (out / "fast-styles.jpg").stat().st_size <= experiments.MAX_JPEG_BYTES
+    rec = json.loads((out / "fast-styles.json").read_text())
+    assert [r["style"] for r in rec["results"]] == ["art", "other"] and rec["target"] == 50
+    for r in rec["results"]:
+        assert len(r["photos"]) == 4 and r["photos"][-1]["photo"].startswith("train/")
+        its = [p["lbfgs_iterations_to_match"] or 5 for p in r["photos"]]
+        assert r["median_iterations_to_match"] == float(np.median(its))
+    # a one-style model is refused with one line
+    assert experiments.main(["fast-styles", "--data", str(data), "--size", "24", "--quiet",
+                             "--output-dir", str(out)]) == 2
