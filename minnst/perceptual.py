@@ -23,6 +23,14 @@ an ordinary set of keyword arguments of this class and of ``gatys.Objective``.
     P = loss.content_targets(photo[None])
     A = loss.style_targets([painting])
     terms, grad = loss.loss_and_grad(x[None], P, A)    # grad: (1, H, W, 3)
+
+At print size the same loss is evaluated tile by tile, exactly, in the memory of one
+tile's crop plus the image-sized arrays (``loss_and_grad_tiled``; the geometry is
+``tiling``'s, the argument in docs/gatys.md):
+
+    P = loss.content_targets(photo[None], tile=512)
+    A = loss.style_targets([painting], tile=512)
+    terms, grad = loss.loss_and_grad_tiled(x[None], P, A, tile=512)
 """
 from __future__ import annotations
 
@@ -32,9 +40,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import images, losses
+from . import images, losses, tiling
 from .backend import get_xp
-from .vgg import LAYER_NAMES, check_layer_names, layer_channels
+from .parallel import matmul
+from .vgg import LAYER_NAMES, check_layer_names, layer_channels, layer_shapes
 
 
 @dataclass(frozen=True)
@@ -138,21 +147,49 @@ class PerceptualLoss:
         (N, H, W, 3) in [0, 1]); the forward's cache is dropped at once."""
         return self.net.forward(images.preprocess(x), self.layers if layers is None else layers)[0]
 
-    def content_targets(self, x) -> dict:
-        """``{layer: P_l}`` for the content layers, from images ``x``."""
+    def content_targets(self, x, tile=None) -> dict:
+        """``{layer: P_l}`` for the content layers, from images ``x``. With ``tile`` (and
+        an image larger than one tile) each tile's own positions are computed on its crop
+        (``tiling``) and written into P_l at the image's feature size."""
         if not self.content_layers:
             return {}
-        feats = self.features(x, self.content_layers)
-        return {l: feats[l] for l in self.content_layers}
+        x4 = x if x.ndim == 4 else x[None]
+        plan = None if tile is None else tiling.tiles(x4.shape[1], x4.shape[2], tile, self.content_layers)
+        if plan is None or len(plan) == 1:
+            feats = self.features(x, self.content_layers)
+            return {l: feats[l] for l in self.content_layers}
+        xp = get_xp(x)
+        shapes = self.feature_shapes(x4.shape, self.content_layers)
+        targets = {}
+        for t in plan:
+            owned = [l for l in self.content_layers if t.owns(l)]
+            if not owned:
+                continue
+            feats = self.crop_forward(x4, t, owned)[0]
+            for l in owned:
+                F = feats.pop(l)
+                if l not in targets:  # channels-last memory, like the CPU layers' outputs
+                    N, C, h, w = shapes[l]
+                    targets[l] = xp.empty((N, h, w, C), dtype=F.dtype).transpose(0, 3, 1, 2)
+                targets[l][(..., *t.whole(l))] = F[(..., *t.local(l))]
+            del feats
+        return targets
 
-    def style_targets(self, styles, blend_weights=None, target_hw=None) -> dict:
+    def style_targets(self, styles, blend_weights=None, target_hw=None, tile=None) -> dict:
         """``{layer: A_l}`` (1, C, C): the Gram targets of the style images (each (H, W, 3)
         at its own size), blended ``A_l = Σ_k b_k A_l^(k)`` with ``blend_weights`` (None:
         equal; normalised to sum 1). ``target_hw``: ``{layer: (h, w)}`` of the pastiche's
-        features, for the Gatys normalisation's rescaling (``losses.style_target``)."""
+        features, for the Gatys normalisation's rescaling (``losses.style_target``).
+        With ``tile``, a style image larger than one tile has its targets accumulated tile
+        by tile (``tiled_style_target``)."""
         blend = check_weights(blend_weights, len(styles), "style blend weights", True, "style images")
         targets = {}
         for b, s in zip(blend, styles):
+            if tile is not None and len(tiling.tiles(s.shape[0], s.shape[1], tile, self.style_layers)) > 1:
+                for l, A in self.tiled_style_target(s, tile, target_hw).items():
+                    A = A * b
+                    targets[l] = A if l not in targets else targets[l] + A
+                continue
             sf = self.features(s, self.style_layers)
             for l in self.style_layers:
                 hw = None if target_hw is None else target_hw[l]
@@ -161,11 +198,38 @@ class PerceptualLoss:
             del sf
         return targets
 
+    def tiled_style_target(self, s, tile, target_hw=None) -> dict:
+        """``{layer: A_l}`` of one style image ``s`` (H, W, 3), tile by tile: what
+        ``losses.style_target`` gives on the whole image's features.
+
+        ``losses.style_target`` is a mean over positions (Johnson's Gram is one, and the
+        Gatys Gram becomes one once rescaled to a target size), so the image's target is
+        the tiles' targets of their own positions averaged with the weights M_t / M, the
+        tile's share of the layer's M positions. Under the Gatys normalisation without
+        ``target_hw`` the target size is the style image's own (a factor of 1).
+        """
+        x4 = s[None]
+        shapes = self.feature_shapes(x4.shape, self.style_layers)
+        targets = {}
+        for t in tiling.tiles(s.shape[0], s.shape[1], tile, self.style_layers):
+            owned = [l for l in self.style_layers if t.owns(l)]
+            if not owned:
+                continue
+            feats = self.crop_forward(x4, t, owned)[0]
+            for l in owned:
+                F = feats.pop(l)[(..., *t.local(l))]
+                h, w = shapes[l][2:]
+                hw = (h, w) if target_hw is None else target_hw[l]
+                share = F.shape[2] * F.shape[3] / (h * w)  # M_t / M
+                A = losses.style_target(F, self.normalization, target_hw=hw) * share
+                targets[l] = A if l not in targets else targets[l] + A
+            del feats
+        return targets
+
     def loss_and_grad(self, x, content_targets: dict, style_targets: dict):
         """``(LossTerms, ∂L/∂x)`` for images ``x`` (N, H, W, 3) in [0, 1]; the gradient has
         x's shape, dtype and device."""
         xp = get_xp(x)
-        N = x.shape[0]
         feats, cache = self.net.forward(images.preprocess(x), self.layers)
         grads = {}
 
@@ -198,6 +262,12 @@ class PerceptualLoss:
         else:
             grad = xp.zeros_like(x)
         del cache, grads
+        return self._with_tv(x, grad, content_raw, style_raw, style_layers)
+
+    def _with_tv(self, x, grad, content_raw, style_raw, style_layers):
+        """Adds λ_tv·TV(x)/N (on the whole images) to the feature terms and their gradient
+        ``grad``; returns ``(LossTerms, ∂L/∂x)``."""
+        N = x.shape[0]
         tv_raw = 0.0
         if self.tv_weight:
             tv_sum, g_tv = losses.tv_loss(x)  # over the (H, W) axes of (N, H, W, 3)
@@ -209,6 +279,127 @@ class PerceptualLoss:
             tv=self.tv_weight * tv_raw, content_raw=content_raw, style_raw=style_raw,
             tv_raw=tv_raw, style_layers=style_layers)
         return terms, grad
+
+    # ------------------------------------------------------------------ tiled evaluation
+
+    def feature_shapes(self, x_shape, layers=None) -> dict:
+        """``{layer: (N, C, h, w)}``: the features' shapes for images of shape ``x_shape``
+        (N, H, W, 3) (``vgg.layer_shapes``), for ``layers`` (default: the loss's)."""
+        layers = self.layers if layers is None else list(layers)
+        N, H, W = x_shape[:3]
+        shapes = {name: (N, C, h, w) for name, C, h, w in layer_shapes(H, W, tiling.deepest(layers))}
+        return {l: shapes[l] for l in layers}
+
+    def crop_forward(self, x, t, layers):
+        """``net.forward`` on the crop of tile ``t`` (a ``tiling.Tile``) of images ``x``
+        (N, H, W, 3): ``({layer: (N, C, h_crop, w_crop)}, cache)``."""
+        return self.net.forward(images.preprocess(x[:, t.rows.crop, t.cols.crop]), layers)
+
+    def loss_and_grad_tiled(self, x, content_targets: dict, style_targets: dict, tile: int):
+        """``loss_and_grad`` evaluated tile by tile (``tiling.tiles`` with side ``tile``),
+        exactly: the same ``(LossTerms, ∂L/∂x)`` within rounding, with the memory of one
+        tile's crop (its activations and cache) on top of the image-sized arrays (x, the
+        gradient, the content targets at their layers' sizes).
+
+        Pass 1, for each tile: the forward on its crop up to the deepest style layer, and
+        the Gram sums of its own positions, ``S_l = Σ_tiles Σ_{p ∈ own} f_p f_pᵀ``; then
+        ``G_l = S_l / gram_divisor``, ``D_l = G_l − A_l``, ``E_l = style_value(Σ D_l²)``
+        with the whole image's shapes. Pass 2, for each tile: the forward again, at its own
+        positions ∂L/∂F = α·c·(F − P) (c = ``content_grad_factor``) plus
+        β·w_l·k·D_l F (k = ``style_grad_factor``), zero elsewhere in the crop, back through
+        the crop's network to its pixels and added into the whole gradient; the content
+        values from Σ_tiles Σ_own (F − P)². TV on the whole image. An image that fits in
+        one tile is evaluated by ``loss_and_grad``.
+
+        ``content_targets`` at the image's feature size (``content_targets(…, tile)``
+        makes them tile by tile), ``style_targets`` as for ``loss_and_grad``.
+        """
+        xp = get_xp(x)
+        plan = tiling.tiles(x.shape[1], x.shape[2], tile, self.layers)
+        if len(plan) == 1:
+            return self.loss_and_grad(x, content_targets, style_targets)
+        norm = self.normalization
+        shapes = self.feature_shapes(x.shape)
+        style_w = dict(zip(self.style_layers, self.style_layer_weights))
+        style_ls = [l for l in self.layers if l in style_targets]
+
+        # Pass 1: the Gram sums over every tile's own positions.
+        sums = {}
+        for t in plan if style_ls else ():
+            owned = [l for l in style_ls if t.owns(l)]
+            if not owned:
+                continue
+            feats = self.crop_forward(x, t, owned)[0]
+            for l in owned:
+                S = losses.gram_matrix(feats.pop(l)[(..., *t.local(l))], losses.GATYS)  # Σ f fᵀ
+                sums[l] = S if l not in sums else sums[l] + S
+            del feats
+
+        # The style values, and each layer's gradient matrix β·w_l·k·(G − A) for pass 2.
+        style_raw, style_layers, style_D = 0.0, {}, {}
+        for l in style_ls:
+            divisor = losses.gram_divisor(shapes[l], norm)
+            G = sums.pop(l)
+            D = (G if divisor == 1 else G / divisor) - style_targets[l]  # (N, C, C), symmetric
+            v = losses.style_value(float((D * D).sum()), shapes[l], norm)
+            style_layers[l] = v
+            style_raw += style_w[l] * v
+            if self.beta and style_w[l]:
+                k = self.beta * style_w[l] * losses.style_grad_factor(shapes[l], norm)
+                style_D[l] = (D * k).astype(x.dtype, copy=False)
+            del G, D
+
+        # Pass 2: ∂L/∂F at the own positions, back to the crop's pixels, into the gradient.
+        grad = xp.zeros_like(x)
+        content_sq = {l: 0.0 for l in self.layers if l in content_targets}
+        for t in plan:
+            owned = [l for l in self.layers if t.owns(l) and (l in content_sq or l in style_D)]
+            if not owned:
+                continue
+            feats, cache = self.crop_forward(x, t, owned)
+            grads = {}
+            for l in owned:
+                F = feats.pop(l)
+                own = (..., *t.local(l))
+                Fo = F[own]
+                g = None
+                if l in content_sq:
+                    D = Fo - content_targets[l][(..., *t.whole(l))]
+                    content_sq[l] += float((D * D).sum())
+                    if self.alpha:
+                        g = D * (self.alpha * losses.content_grad_factor(shapes[l], norm))
+                    del D
+                if l in style_D:
+                    gs = gram_product(Fo, style_D[l])
+                    g = gs if g is None else g + gs
+                if g is not None:
+                    full = xp.zeros_like(F)  # F's memory order
+                    full[own] = g
+                    grads[l] = full
+                del F, Fo, g
+            del feats
+            if grads:
+                dx = images.preprocess_backward(self.net.backward(grads, cache), batch=True)
+                grad[:, t.rows.crop, t.cols.crop] += dx
+                del dx
+            del cache, grads
+        content_raw = 0.0
+        for l, sq in content_sq.items():
+            content_raw += losses.content_value(sq, shapes[l], norm)
+        return self._with_tv(x, grad, content_raw, style_raw, style_layers)
+
+
+def gram_product(F, D):
+    """``D F`` per image for features F (N, C, h, w) (any memory order) and a symmetric D
+    (1 or N, C, C), as (N, C, h, w) in channels-last memory: the product is taken as
+    ``F_mᵀ D`` with F_m the (N, h·w, C) position-by-channel matrix, which D's symmetry
+    makes the transpose of D F_m."""
+    xp = get_xp(F)
+    N, C, h, w = F.shape
+    Fm = F.transpose(0, 2, 3, 1).reshape(N, h * w, C)  # (N, M, C); a copy unless contiguous
+    D = D.astype(F.dtype, copy=False)
+    out = matmul(Fm, D) if xp is np else Fm @ D  # (N, M, C)
+    return out.reshape(N, h, w, C).transpose(0, 3, 1, 2)
 
 
 JOHNSON_CONTENT_LAYER = "relu2_2"

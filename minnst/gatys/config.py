@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import images, losses
+from .. import images, losses, tiling
 from ..errors import ConfigError
 from ..perceptual import check_layers, check_weights
 from .objective import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS
@@ -64,6 +64,7 @@ class GatysConfig:
     time_budget: float | None = None  # seconds for the whole run (None: no limit)
     tol: float | None = None          # stop a scale once the best loss fell < tol·loss over TOL_WINDOW steps
     device: str = "auto"              # "cpu", "gpu" or "auto"
+    tile: int | None = None           # evaluate the objective exactly in tiles of this side, pixels (None: whole)
     quiet: bool = False               # no progress bar or printed losses
 
     @property
@@ -127,6 +128,7 @@ class GatysConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{words(name)} must be one of {', '.join(allowed)}, "
                                         f"got {getattr(self, name)!r}")
+        checked("tile", tiling.check_tile, self.tile)
         checked("content_layers", check_layers, self.content_layers, "content layers")
         checked("style_layers", check_layers, self.style_layers, "style layers")
         checked("style_blend_weights", check_weights, self.style_blend_weights, max(1, len(self.style)),

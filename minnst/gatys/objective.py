@@ -6,12 +6,16 @@ The content targets ``P_l`` come from the content photo, the Gram targets ``A_l`
 style images (blended), both computed once here; ``loss_and_grad`` evaluates L and its
 gradient for a pastiche of the photo's shape, and ``flat_loss_and_grad`` is the same at
 scipy's float64 boundary (what the L-BFGS-B driver calls).
+
+With ``tile=T`` every evaluation, and the targets, are computed tile by tile
+(``PerceptualLoss.loss_and_grad_tiled``, ``minnst.tiling``): the same loss and gradient
+within rounding, in the memory of one tile's crop plus the image-sized arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import images
+from .. import images, tiling
 from ..backend import get_xp, to_host
 from ..perceptual import LossTerms, PerceptualLoss, check_weights
 from ..vgg import VGG16
@@ -42,12 +46,17 @@ class Objective:
     equal). ``style_layer_weights``: the w_l (default equal, summing to 1; used as given).
     ``alpha``, ``beta``, ``tv_weight``: α, β, λ_tv. ``net``: a loaded ``VGG16`` to share
     (its pooling must equal ``pooling``); loaded on the content's device if None.
+    ``tile``: None (the whole image at once) or a tile side in pixels (≥
+    ``tiling.MIN_TILE``): the content targets, the Gram targets of every style image
+    larger than one tile, and each evaluation are then computed tile by tile, exactly; an
+    image within one tile is evaluated whole.
     """
 
     def __init__(self, content, styles=(), content_layers=DEFAULT_CONTENT_LAYERS,
                  style_layers=DEFAULT_STYLE_LAYERS, style_layer_weights=None,
                  style_blend_weights=None, alpha=1.0, beta=1e3, tv_weight=0.0,
-                 pooling="avg", normalization="gatys", net=None):
+                 pooling="avg", normalization="gatys", net=None, tile=None):
+        self.tile = tiling.check_tile(tile)
         xp = get_xp(content)
         self.dtype = np.float64 if xp.asarray(content).dtype == np.float64 else np.float32
         content = check_image(content, "content image", xp, self.dtype)
@@ -64,13 +73,20 @@ class Objective:
             self.loss.net = net = VGG16.load(pooling=pooling, dtype=self.dtype, xp=xp)
         self.net, self.pooling = net, pooling
         self.shape = tuple(content.shape)
+        # tiles per evaluation (1: the whole image at once, also when it fits in one tile)
+        self.tile_count = 1 if self.tile is None else len(
+            tiling.tiles(self.shape[0], self.shape[1], self.tile, self.loss.layers))
 
         # Content targets, and each layer's spatial size for the pastiche (= the content's).
-        feats = self.loss.features(content)
-        self.content_targets = {l: feats[l] for l in self.loss.content_layers}
-        self.layer_hw = {l: tuple(feats[l].shape[2:]) for l in self.loss.layers}
-        del feats
-        self.style_targets = self.loss.style_targets(styles, style_blend_weights, self.layer_hw)
+        if self.tile is None:
+            feats = self.loss.features(content)
+            self.content_targets = {l: feats[l] for l in self.loss.content_layers}
+            self.layer_hw = {l: tuple(feats[l].shape[2:]) for l in self.loss.layers}
+            del feats
+        else:
+            self.content_targets = self.loss.content_targets(content, self.tile)
+            self.layer_hw = {l: s[2:] for l, s in self.loss.feature_shapes(content[None].shape).items()}
+        self.style_targets = self.loss.style_targets(styles, style_blend_weights, self.layer_hw, self.tile)
         self.style_blend_weights = check_weights(style_blend_weights, len(styles), "style blend weights",
                                                  True, "style images")
         self.content = content
@@ -100,7 +116,11 @@ class Objective:
             raise ValueError(f"the pastiche must have the content's shape {self.shape}, "
                              f"got {tuple(x_img.shape)}")
         x_img = x_img.astype(self.dtype, copy=False)
-        terms, grad = self.loss.loss_and_grad(x_img[None], self.content_targets, self.style_targets)
+        if self.tile is None:
+            terms, grad = self.loss.loss_and_grad(x_img[None], self.content_targets, self.style_targets)
+        else:
+            terms, grad = self.loss.loss_and_grad_tiled(x_img[None], self.content_targets,
+                                                        self.style_targets, self.tile)
         self.last = terms
         self.evaluations += 1
         return terms.total, grad[0]

@@ -211,7 +211,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                             style_layer_weights=cfg.style_layer_weights,
                             style_blend_weights=cfg.style_blend_weights, alpha=cfg.content_weight,
                             beta=cfg.beta, tv_weight=cfg.tv, pooling=cfg.pooling,
-                            normalization=cfg.normalization, net=net)
+                            normalization=cfg.normalization, net=net, tile=cfg.tile)
             if k == 0:
                 x0 = _init_image(cfg, content_s, init_image, cfg.seed)
             else:
