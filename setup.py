@@ -6,23 +6,23 @@ setup(
     description="Neural style transfer from scratch on NumPy and CuPy (Gatys and Johnson et al.)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["minnst", "minnst.*"]),
     package_data={"minnst": ["kernels/*.cu", "kernels/*.h"]},
     # the project's trained style models (VGG16 itself is fetched, never shipped)
     data_files=[("share/minnst", ["weights/starry_night.h5"])],
     install_requires=[
-        "numpy>=1.22",
-        "scipy>=1.11",
-        "pillow>=9",
-        "h5py>=3",
+        "numpy>=1.23.2",
+        "scipy>=1.11.1",
+        "pillow>=9.2",
+        "h5py>=3.15",
         "tqdm>=4.60",
-        "matplotlib>=3.5",
+        "matplotlib>=3.6",
         "threadpoolctl>=3",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=12"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6.88"],
     },
     entry_points={
         "console_scripts": [
