@@ -34,8 +34,8 @@ import numpy as np
 
 from . import images
 from .optim import lbfgs
-from .cli import ArgumentParser, UsageError, run
-from .files import atomic_write, make_dir
+from .cli import ArgumentParser, UsageError, run, whole
+from .files import atomic_write, check_writable
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 MAX_JPEG_BYTES = 300_000
@@ -613,28 +613,56 @@ def _parser() -> ArgumentParser:
                    help="folder with content/ and styles/ (default: $MINNST_DATA, else ../shared/data)")
     p.add_argument("--output-dir", type=Path, default=Path("minnst_out/experiments"),
                    help="where NAME.jpg and NAME.json go (default: minnst_out/experiments)")
-    p.add_argument("--size", type=int, default=256, help="image size, pixels (default: 256)")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--size", type=whole(), default=256,
+                   help=f"image size, pixels, {images.MIN_SIZE} to {images.MAX_SIZE} (default: 256)")
+    p.add_argument("--iterations", type=whole(1, 10**7), default=None,
                    help="L-BFGS iterations per run (default: 200; 300 for fast)")
     p.add_argument("--content", default="tubingen.jpg", help="content photo in DATA/content (tubingen.jpg)")
     p.add_argument("--style", default="starry_night.jpg", help="style image in DATA/styles (starry_night.jpg)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start (0)")
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0, help="seed of the white-noise start (0)")
     p.add_argument("--model", default=None, help="model file of fast / fast-styles (default: the shipped one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+# which of --content and --style each experiment reads (the others read fixed photos or a model)
+_READS = {"content": ("content",), "style": ("content", "style"), "tradeoff": ("content", "style"),
+          "pooling": ("content", "style"), "content-layer": ("content", "style")}
+
+
+def _check_inputs(args, names):
+    """Before any experiment runs: the --content and --style images they read decode, the
+    --model loads, and every figure and record can be written under --output-dir."""
+    from .gatys import GatysConfig
+
+    read = {flag for n in names for flag in _READS.get(n, ())}
+    hw = {}
+    for flag, folder, name in (("content", "content", args.content), ("style", "styles", args.style)):
+        if flag in read:
+            path = args.data / folder / name
+            if not path.is_file():
+                raise UsageError(f"--{flag}: {path} not found (pass --data DIR with content/ and styles/)")
+            hw[flag] = images.load_image(path).shape[:2]
+    if hw:  # the Gatys runs' images keep VGG16's 16 px on each side at --size
+        GatysConfig(size=args.size).check_image_sizes(hw.get("content", hw.get("style")),
+                                                      [hw["style"]] if "style" in hw else [])
+    if args.model is not None:
+        from .stylize import load_network
+
+        load_network(args.model)
+    for name in names:
+        check_writable(args.output_dir / f"{name}.json")
+
+
 def _main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    images.check_size(args.size)
-    if args.iterations is not None and args.iterations < 1:
-        raise UsageError("--iterations must be ≥ 1")
+    images.check_size(args.size, "--size")
     args.data = args.data or default_data()
     if not args.data.is_dir():
         raise UsageError(f"data folder {args.data} not found (pass --data DIR with content/ and styles/)")
-    make_dir(args.output_dir)
     names = ALL if args.name == "all" else [args.name]
+    _check_inputs(args, names)
     nets = {}
     for name in names:
         fn, default_iterations = EXPERIMENTS[name]

@@ -1,9 +1,12 @@
-"""Small file utilities every module shares: atomic writes and sha256 digests.
+"""Small file utilities every module shares: atomic writes, output checks, sha256 digests.
 
 ``atomic_write(path)`` yields a temp path in the same directory and ``os.replace``-s it
 onto ``path`` only when the block finishes, so a killed process never leaves a
 half-written file under the real name (images, model files, checkpoints, records).
+``check_writable(path)`` says up front, creating nothing, whether ``atomic_write`` could
+write there: the command lines call it on every output before any work starts.
 
+    check_writable("out/result.png")
     with atomic_write("out.png") as tmp:
         image.save(tmp)
     write_text_atomic("record.json", text)
@@ -38,6 +41,57 @@ def make_dir(path) -> Path:
     return path
 
 
+def _temp_name(path: Path) -> str:
+    """The name ``atomic_write`` writes first: ``.<stem>.<8 hex>.tmp<suffix>``."""
+    return f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def check_writable(path) -> Path:
+    """``path`` as a ``Path`` if ``atomic_write`` could write it, else ``OutputPathError``
+    naming the problem: ``path`` is a folder, part of its folder is a file, the nearest
+    existing folder is not writable, or a name is too long (counting the temp name).
+    Nothing is created."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise OutputPathError(f"cannot write {path}: it names a folder, not a file")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        raise OutputPathError(f"cannot write {path!r}: the name cannot be encoded") from None
+    if os.path.isdir(path):
+        raise OutputPathError(f"cannot write {path}: it is a folder")
+    existing = next((p for p in (path.parent, *path.parent.parents) if _exists(p)), None)
+    if existing is None:  # a relative path in a current folder that was deleted
+        raise OutputPathError(f"cannot write {path}: none of its folders exists")
+    if not os.path.isdir(existing):
+        raise OutputPathError(f"cannot write {path}: {existing} is a file, not a folder")
+    limit = _name_max(existing)
+    missing = path.parent.relative_to(existing).parts if existing != path.parent else ()
+    for part in (*missing, _temp_name(path)):
+        if len(os.fsencode(part)) > limit:
+            raise OutputPathError(f"cannot write {path}: the name {part[:40]}… is longer than {limit} bytes")
+    if len(os.fsencode(path.absolute())) + 20 >= 4096:
+        raise OutputPathError(f"cannot write {path}: the path is too long")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write into the folder {existing}: permission denied")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path) -> Iterator[Path]:
     """Yield a temp path in ``path``'s directory; ``os.replace`` it onto ``path`` on success.
@@ -51,13 +105,15 @@ def atomic_write(path) -> Iterator[Path]:
     if path.is_dir():
         raise OutputPathError(f"cannot write {path}: it is a folder")
     while True:
-        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        tmp = path.with_name(_temp_name(path))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue
         except PermissionError:
             raise OutputPathError(f"cannot write into the folder {path.parent}: permission denied") from None
+        except OSError as e:
+            raise OutputPathError(f"cannot write {path}: {e.strerror or e}") from None
         os.close(fd)
         break
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import ArgumentParser, UsageError, run
-from .data import list_images, resize_center_crop
-from .images import ImageError, check_size, load_image
-from .files import atomic_write, make_dir
+from .cli import ArgumentParser, UsageError, run, whole
+from .data import IMAGE_SUFFIXES, list_images, resize_center_crop
+from .files import atomic_write, check_writable
+from .images import MAX_SIZE, MIN_SIZE, ImageError, check_size, load_image
 
 
 def make_dataset(images_dir, output, size: int = 256, limit: int | None = None,
@@ -42,7 +42,8 @@ def make_dataset(images_dir, output, size: int = 256, limit: int | None = None,
             ds = f.create_dataset("images", shape=(len(files), size, size, 3), dtype=np.uint8,
                                   maxshape=(None, size, size, 3), chunks=(1, size, size, 3))
             names = []
-            for p in tqdm(files, unit="img", disable=not progress, file=sys.stderr):
+            bar = None if progress else True  # None: a progress bar on a terminal only
+            for p in tqdm(files, unit="img", disable=bar, file=sys.stderr):
                 try:
                     ds[written] = resize_center_crop(load_image(p), size)
                 except ImageError:
@@ -66,18 +67,17 @@ def _main(argv=None):
                                    "(uint8) for python -m minnst.train_fast --dataset.")
     p.add_argument("--images", required=True, help="folder of photos (searched recursively)")
     p.add_argument("--output", required=True, help="HDF5 file to write, e.g. train.h5")
-    p.add_argument("--size", type=int, default=256, help="side of the square crops (256)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N files (sorted)")
+    p.add_argument("--size", type=whole(), default=256,
+                   help=f"side of the square crops, {MIN_SIZE} to {MAX_SIZE} (256)")
+    p.add_argument("--limit", type=whole(1), default=None, help="use only the first N files (sorted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if not Path(a.images).is_dir():
         raise UsageError(f"--images: no such folder: {a.images}")
-    if a.limit is not None and a.limit < 1:
-        raise UsageError("--limit must be >= 1")
     check_size(a.size, "--size")
-    make_dir(Path(a.output).parent)
-    if Path(a.output).is_dir():
-        raise UsageError(f"--output is a folder: {a.output}")
+    if Path(a.output).suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"--output is the HDF5 file to write, not an image: {a.output} (e.g. train.h5)")
+    check_writable(a.output)
     written, skipped = make_dataset(a.images, a.output, a.size, a.limit, progress=not a.quiet)
     print(f"wrote {written} images of {a.size}x{a.size} to {a.output}"
           + (f" ({skipped} unreadable files skipped)" if skipped else ""))

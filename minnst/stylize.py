@@ -14,23 +14,32 @@
 * ``--size``: the longest side is resized to this before stylising (default: as is; the
   network runs at any resolution).
 
+Before any image is stylised, the arguments, the model and every output path are checked,
+and the memory of the largest image is estimated (``memory.estimate_stylize_memory``,
+from the image headers): an image that cannot fit is refused with the estimate and a
+``--size`` that fits. Each output appears atomically.
+
 Exit codes as every minnst tool: 0, 2 for bad input (one line; for a folder every other
 image is still processed, then 2 if any failed), 130 on Ctrl-C.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from . import images
 from .backend import keep_freed_memory, select_device
-from .cli import ArgumentParser, UsageError, error, run
+from .cli import ArgumentParser, UsageError, error, run, whole
 from .data import IMAGE_SUFFIXES, list_images
+from .files import check_writable
 from .images import ImageError
-from .transformer import TransformerNet
-from .files import make_dir
+from .memory import available_memory, estimate_stylize_memory, format_bytes, gpu_free_memory, largest_fitting
 from .modelfile import ModelFileError, load_model
+from .transformer import TransformerNet
 from .weights import cache_dir, checkout_weights_dir
 
 DEFAULT_MODEL = "starry_night.h5"
@@ -52,9 +61,16 @@ def default_model_path() -> Path:
 
 
 def demo_photo() -> Path:
-    import matplotlib.cbook
+    try:
+        import matplotlib.cbook
 
-    return Path(matplotlib.cbook.get_sample_data(DEMO_PHOTO, asfileobj=False))
+        path = Path(matplotlib.cbook.get_sample_data(DEMO_PHOTO, asfileobj=False))
+    except Exception as e:  # matplotlib missing or built without its sample data
+        raise UsageError(f"matplotlib's sample photo {DEMO_PHOTO} is unavailable ({e}); "
+                         f"pass --input FILE") from None
+    if not path.is_file():
+        raise UsageError(f"matplotlib's sample photo is missing ({path}); pass --input FILE")
+    return path
 
 
 def load_network(path) -> TransformerNet:
@@ -93,7 +109,7 @@ def parse_style(text: str):
 
 def _plan(inp: Path, out: Path | None, model_stem: str) -> list[tuple[Path, Path]]:
     """(source, destination) pairs for a file or folder input."""
-    if inp.is_dir():
+    if os.path.isdir(inp):
         out_dir = out or DEFAULT_OUTPUT_DIR
         if out_dir.suffix.lower() in OUTPUT_SUFFIXES:
             raise UsageError(f"--input is a folder, so --output must be a folder, not {out_dir}")
@@ -101,16 +117,61 @@ def _plan(inp: Path, out: Path | None, model_stem: str) -> list[tuple[Path, Path
         if not files:
             raise UsageError(f"no image files (.jpg, .png, …) in {inp}")
         return [(f, out_dir / f.relative_to(inp).parent / f"{f.stem}_{model_stem}.jpg") for f in files]
-    if not inp.exists():
+    if not os.path.exists(inp):
         raise UsageError(f"--input not found: {inp}")
     if out is not None and out.suffix.lower() in IMAGE_SUFFIXES and out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"cannot write {out}: use a .png or .jpg file name (or a folder)")
-    if out is None or out.is_dir() or out.suffix.lower() not in OUTPUT_SUFFIXES:
+    if out is None or os.path.isdir(out) or out.suffix.lower() not in OUTPUT_SUFFIXES:
         out = (out or DEFAULT_OUTPUT_DIR) / f"{inp.stem}_{model_stem}.jpg"
     return [(inp, out)]
 
 
-def _main(argv=None):
+def header_hw(path) -> tuple[int, int] | None:
+    """``(H, W)`` of an image file as ``images.load_image`` will see it (EXIF rotation
+    applied), read from its header only; None if the header cannot be read (``load_image``
+    then reports the file)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # any unreadable header: the decode will name the problem
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def check_memory(net: TransformerNet, sources, size, device: str) -> int | None:
+    """Refuse (``UsageError``) the largest of ``sources`` at ``size`` (None: as is) if its
+    estimate does not fit in the memory there is, naming a ``--size`` that fits; else
+    return its estimate in bytes (None when no header could be read)."""
+    worst = None
+    for src in sources:
+        hw = header_hw(src)
+        if hw is None:
+            continue
+        target = images.fit_longest(*hw, size) if size else hw
+        est = estimate_stylize_memory(net, *target, device, source_hw=hw)
+        if worst is None or est["total"] > worst[3]["total"]:
+            worst = (src, hw, target, est)
+    if worst is None:
+        return None
+    src, hw, (h, w), est = worst
+    if device == "gpu":
+        checks = [("GPU", "device", gpu_free_memory()), ("host", "host", available_memory())]
+    else:
+        checks = [("host", "total", available_memory())]
+    for where, part, have in checks:
+        if have is None or est[part] <= have:
+            continue
+        fit = largest_fitting(lambda s: estimate_stylize_memory(net, *images.fit_longest(*hw, s), device,
+                                                                source_hw=hw)[part],
+                              images.MIN_SIZE, max(h, w) - 1, have)
+        hint = f"try --size {fit}" if fit else "it is too large for this machine at any size"
+        raise UsageError(f"stylising {src} at {w}×{h} needs about {format_bytes(est[part])} of {where} "
+                         f"memory but only {format_bytes(have)} is available: {hint}")
+    return est["total"]
+
+
+def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m minnst.stylize",
                        description="Stylise an image or a folder with a trained feed-forward network.")
     p.add_argument("--model", help=f"model file from minnst.train_fast (default: the shipped {DEFAULT_MODEL})")
@@ -119,35 +180,45 @@ def _main(argv=None):
     p.add_argument("--style", help="with a many-style model: a style NAME, or a blend a=0.6,b=0.4 "
                                    "(default: the model's first style)")
     p.add_argument("--list-styles", action="store_true", help="print the model's styles, one per line, and exit")
-    p.add_argument("--size", type=int, default=None, help="longest side before stylising (default: as is)")
+    p.add_argument("--size", type=whole(), default=None,
+                   help=f"longest side before stylising, {images.MIN_SIZE} to {images.MAX_SIZE} (default: as is)")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None, help="(auto; or MINNST_DEVICE)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+    return p
+
+
+def _main(argv=None):
+    a = _parser().parse_args(argv)
     if a.size is not None:
         images.check_size(a.size, "--size")
     model_path = Path(a.model) if a.model else default_model_path()
+    net = load_network(model_path)
     if a.list_styles:
-        for name in load_network(model_path).styles:
+        for name in net.styles:
             print(name)
         return 0
     inp = Path(a.input) if a.input else demo_photo()
     jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
-    for folder in sorted({dst.parent for _, dst in jobs}):
-        make_dir(folder)
-    device = select_device(a.device)
-    keep_freed_memory()
-    net = load_network(model_path).to(device.xp)
+    for _, dst in jobs:
+        check_writable(dst)
     style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
     try:
         net.style_mix(style)
     except ValueError as e:
         raise UsageError(f"--style: {e}") from None
+    device = select_device(a.device)
+    need = check_memory(net, [src for src, _ in jobs], a.size, device.name)
+    avail = available_memory()
+    if need is not None and avail is not None and 2 * need < avail:
+        keep_freed_memory()  # faster allocations, but a fragmented heap: only with room to spare
+    net = net.to(device.xp)
     style_text = a.style or (style or net.meta.get("style", ""))
     meta = {"minnst": "stylize", "model": model_path.name, "style": style_text}
     from tqdm import tqdm
 
     failed, t0 = [], time.monotonic()
-    for src, dst in tqdm(jobs, unit="img", disable=a.quiet or len(jobs) == 1, file=sys.stderr):
+    bar = True if a.quiet or len(jobs) == 1 else None  # None: on a terminal only
+    for src, dst in tqdm(jobs, unit="img", disable=bar, file=sys.stderr):
         try:
             stylize_file(net, src, dst, a.size, meta, style)
         except ImageError as e:
@@ -162,8 +233,9 @@ def _main(argv=None):
               f"in {time.monotonic() - t0:.1f} s")
     if failed:
         for msg in failed:
-            print(f"stylize: skipped: {msg}", file=sys.stderr)
-        return error(f"{len(failed)} of {len(jobs)} images could not be read", "stylize")
+            print(f"skipped: {msg}")
+        more = f" (all {len(failed)} listed above)" if len(failed) > 1 else ""
+        return error(f"{len(failed)} of {len(jobs)} images could not be read: {failed[0]}{more}", "stylize")
     return 0
 
 

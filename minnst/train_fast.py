@@ -48,16 +48,17 @@ import numpy as np
 
 from . import images, losses
 from .backend import get_xp, keep_freed_memory, select_device, to_host
-from .cli import ArgumentParser, UsageError, run
+from .cli import ArgumentParser, UsageError, number, run, vgg_min_side, whole
 from .errors import ConfigError
-from .files import make_dir, sha256_file
+from .files import check_writable, make_dir, sha256_file
 from .data import BatchSampler, list_images, open_dataset, random_crops
 from .optim import Adam
 from .layers.normalization import ConditionalInstanceNorm2d
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
 from .modelfile import ModelFileError, load_model, save_model
-from .perceptual import JOHNSON_STYLE_LAYERS, PerceptualLoss, training_objective
+from .memory import available_memory, estimate_training_memory, format_bytes, gpu_free_memory, largest_fitting
+from .perceptual import JOHNSON_STYLE_LAYERS, PerceptualLoss, check_layers, training_objective
 from .plots import plot_losses
 
 CHECKPOINT_KIND = "minnst-train-checkpoint"
@@ -605,6 +606,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
 
 # --------------------------------------------------------------------------- command line
 
+MAX_WEIGHT = 1e15  # a loss weight beyond this overflows the float32 loss: refused up front
+
+
 def _parser() -> ArgumentParser:
     d = TrainConfig()
     # argparse.SUPPRESS as the default: only the options given on the command line appear
@@ -618,7 +622,7 @@ def _parser() -> ArgumentParser:
                    help="with --model: add these styles to a many-style model, training only their γ, β")
     p.add_argument("--model", metavar="MODEL.h5", help="the many-style model that --add-style extends")
     p.add_argument("--dataset", metavar="DIR_OR_H5", help="folder of training photos, or an .h5 from minnst.make_dataset")
-    p.add_argument("--output", metavar="MODEL.h5", help="model file written at the end (and by --export)")
+    p.add_argument("--output", metavar="MODEL.h5", help="model file (.h5) written at the end (and by --export)")
     p.add_argument("--run-dir", metavar="DIR", help="logs, samples and the checkpoint (default runs/<output stem>)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in the run directory")
     p.add_argument("--overwrite", action="store_true", help="start again even if a checkpoint exists")
@@ -628,34 +632,149 @@ def _parser() -> ArgumentParser:
     p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
     p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
     g = p.add_argument_group("training (fixed once a run has started)")
-    g.add_argument("--image-size", type=int, metavar="N", help=f"photos are resized and centre-cropped to this ({d.image_size})")
-    g.add_argument("--crop-size", type=int, metavar="N",
+    g.add_argument("--image-size", type=whole(images.MIN_SIZE, images.MAX_SIZE), metavar="N",
+                   help=f"photos are resized and centre-cropped to this ({d.image_size})")
+    g.add_argument("--crop-size", type=whole(0, images.MAX_SIZE), metavar="N",
                    help="then train on a random window of this size (0: whole photo); a --resume may "
                         "change it (a crop-size schedule, recorded in the checkpoint)")
-    g.add_argument("--batch-size", type=int, metavar="N", help=f"({d.batch_size})")
-    g.add_argument("--lr", type=float, metavar="X", help=f"Adam learning rate ({d.lr})")
-    g.add_argument("--content-weight", type=float, metavar="X", help=f"({d.content_weight})")
-    g.add_argument("--style-weight", type=float, nargs="+", metavar="X",
+    g.add_argument("--batch-size", type=whole(1, 4096), metavar="N", help=f"({d.batch_size})")
+    g.add_argument("--lr", type=number(0, 1, lo_open=True), metavar="X",
+                   help=f"Adam learning rate, in (0, 1] ({d.lr})")
+    g.add_argument("--content-weight", type=number(0, MAX_WEIGHT), metavar="X", help=f"({d.content_weight})")
+    g.add_argument("--style-weight", type=number(0, MAX_WEIGHT), nargs="+", metavar="X",
                    help=f"({d.style_weight}; or one per style image)")
-    g.add_argument("--tv-weight", type=float, metavar="X", help=f"({d.tv_weight})")
+    g.add_argument("--tv-weight", type=number(0, MAX_WEIGHT), metavar="X", help=f"({d.tv_weight})")
     g.add_argument("--content-layer", metavar="LAYER", help=f"({d.content_layer})")
     g.add_argument("--style-layers", nargs="+", metavar="LAYER", help=f"({' '.join(d.style_layers)})")
-    g.add_argument("--style-layer-weights", nargs="+", type=float, metavar="X", help="one per style layer (all 1)")
-    g.add_argument("--style-size", type=int, metavar="N", help="longest side of the style image (the image size)")
+    g.add_argument("--style-layer-weights", nargs="+", type=number(0), metavar="X",
+                   help="one per style layer (all 1)")
+    g.add_argument("--style-size", type=whole(images.MIN_SIZE, images.MAX_SIZE), metavar="N",
+                   help="longest side of the style image (the image size)")
     g.add_argument("--pooling", choices=("avg", "max"), help=f"loss network pooling ({d.pooling})")
-    g.add_argument("--width", type=float, metavar="X", help=f"channel multiplier of the network ({d.width})")
+    g.add_argument("--width", type=number(0, 8, lo_open=True), metavar="X",
+                   help=f"channel multiplier of the network, in (0, 8] ({d.width})")
     g.add_argument("--norm", choices=("instance", "batch"), help=f"({d.norm})")
     g.add_argument("--upsample", choices=("nearest", "transpose"), help=f"({d.upsample})")
-    g.add_argument("--seed", type=int, metavar="N", help=f"({d.seed})")
+    g.add_argument("--seed", type=whole(0, 2**63 - 1), metavar="N", help=f"({d.seed})")
     g = p.add_argument_group("run (may change on --resume)")
-    g.add_argument("--iterations", type=int, metavar="N", help=f"({d.iterations})")
+    g.add_argument("--iterations", type=whole(1, 10**9), metavar="N", help=f"({d.iterations})")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), help=f"({d.device})")
-    g.add_argument("--checkpoint-every", type=int, metavar="N", help=f"iterations ({d.checkpoint_every})")
-    g.add_argument("--checkpoint-minutes", type=float, metavar="X", help=f"({d.checkpoint_minutes})")
-    g.add_argument("--sample-every", type=int, metavar="N", help=f"iterations, 0 = off ({d.sample_every})")
+    g.add_argument("--checkpoint-every", type=whole(1), metavar="N", help=f"iterations ({d.checkpoint_every})")
+    g.add_argument("--checkpoint-minutes", type=number(0, lo_open=True), metavar="X",
+                   help=f"({d.checkpoint_minutes})")
+    g.add_argument("--sample-every", type=whole(0), metavar="N", help=f"iterations, 0 = off ({d.sample_every})")
     g.add_argument("--samples", nargs="+", metavar="PHOTO", help="photos for the samples (first 2 of the dataset)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+MODEL_SUFFIXES = (".h5", ".hdf5")
+
+
+def _check_model_output(path, flag: str = "--output") -> None:
+    if Path(path).suffix.lower() not in MODEL_SUFFIXES:
+        raise UsageError(f"{flag} is the model file to write: give it a .h5 name, not {path}")
+    check_writable(path)
+
+
+def _check_image(path, flag: str, size: int | None = None, min_side: int = images.MIN_SIZE) -> None:
+    """``path`` decodes, and resized to ``size`` (longest side) keeps ``min_side`` pixels
+    (what VGG16 needs) on its shorter side."""
+    try:
+        h, w = images.load_image(path).shape[:2]
+    except images.ImageError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    if size is None:
+        return
+    if min(images.fit_longest(h, w, size)) < min_side:
+        need = math.ceil(min_side * max(h, w) / min(h, w))
+        raise UsageError(f"{flag}: {path} is {w}×{h}; at {size} px its shorter side falls under {min_side} px "
+                         f"(what VGG16 needs for these layers): use a --style-size of at least "
+                         f"{need}")
+
+
+def _check_training_memory(cfg: TrainConfig, net_config: TransformerConfig, device: str) -> int:
+    """Refuse (``UsageError``) a step whose estimate does not fit, naming a --batch-size
+    (or, at batch 1, a --crop-size) that fits; else return the estimate in bytes."""
+    size = cfg.crop_size or cfg.image_size
+
+    def estimate(batch=cfg.batch_size, crop=size):
+        return estimate_training_memory(net_config, batch, crop, cfg.content_layer, cfg.style_layers, device)
+
+    est = estimate()
+    if device == "gpu":
+        checks = [("GPU", "device", gpu_free_memory()), ("host", "host", available_memory())]
+    else:
+        checks = [("host", "total", available_memory())]
+    for where, part, have in checks:
+        if have is None or est[part] <= have:
+            continue
+        batch = largest_fitting(lambda b: estimate(batch=b)[part], 1, cfg.batch_size - 1, have)
+        crop = largest_fitting(lambda s: estimate(batch=1, crop=s)[part],
+                               vgg_min_side([cfg.content_layer, *cfg.style_layers]), size - 1, have, step=4)
+        hint = (f"try --batch-size {batch}" if batch else
+                f"try --batch-size 1 --crop-size {crop}" if crop else "this machine is too small")
+        raise UsageError(f"a training step on {cfg.batch_size} crops of {size}×{size} needs about "
+                         f"{format_bytes(est[part])} of {where} memory but only {format_bytes(have)} "
+                         f"is available: {hint}")
+    return est["total"]
+
+
+def _check_run(cfg: TrainConfig, base_model: TransformerNet | None, resumed: dict | None = None,
+               allow_changed: bool = False) -> int:
+    """Everything a run reads and writes, before any training: the settings, the style
+    images and sample photos, the dataset against the batch size, the layers, the outputs,
+    the base model of --add-style, on resume the inputs against the checkpoint's
+    (``resumed``: its metadata), and the memory of one step (returned, in bytes)."""
+    cfg.check()
+    try:
+        check_layers(cfg.style_layers, "style layers")
+    except ValueError as e:
+        raise ConfigError("style_layers", str(e)) from None
+    _check_model_output(cfg.output)
+    run_dir = cfg.resolved_run_dir()
+    for name in ("checkpoint.h5", "log.jsonl", "config.json", "loss.png"):
+        check_writable(run_dir / name)
+    field = "crop_size" if cfg.crop_size else "image_size"
+    size = cfg.crop_size or cfg.image_size
+    if size % 4:  # two stride-2 steps and two ×2 steps: the output is 4·⌈size/4⌉ pixels
+        raise ConfigError(field, f"{field.replace('_', ' ')} must be a multiple of 4 (the network's "
+                                 f"output is then the input's size), got {size}: try {size - size % 4}")
+    need = vgg_min_side([cfg.content_layer, *cfg.style_layers])
+    if size < need:
+        layers = ", ".join([cfg.content_layer, *cfg.style_layers])
+        raise ConfigError(field, f"{field.replace('_', ' ')} must be at least {need} for the layers {layers} "
+                                 f"(or use layers before pool5)")
+    for path in cfg.style_paths():
+        _check_image(path, "--style", cfg.style_size or cfg.image_size, need)
+    for path in cfg.samples:
+        _check_image(path, "--samples")
+    dataset = open_dataset(cfg.dataset, cfg.image_size)
+    try:
+        n = len(dataset)
+        if resumed is not None:
+            try:
+                check_inputs_unchanged(resumed, [sha256_file(p) for p in cfg.style_paths()],
+                                       dataset_fingerprint(dataset), allow_changed)
+            except InputsChangedError as e:
+                raise UsageError(f"{e} (pass --allow-changed-inputs to resume anyway)") from None
+    finally:
+        if hasattr(dataset, "close"):
+            dataset.close()
+    if cfg.batch_size > n:
+        raise ConfigError("batch_size", f"batch size {cfg.batch_size} is larger than the dataset "
+                                        f"({n} images): use at most {n}")
+    if base_model is not None:
+        if not base_model.config.styles:
+            raise UsageError(f"--model {cfg.base_model} has one style; --add-style needs a many-style model "
+                             f"(trained with several --style images)")
+        clash = [Path(p).stem for p in cfg.style_paths() if Path(p).stem in base_model.config.styles]
+        if clash:
+            raise UsageError(f"--add-style: the model already has the style {clash[0]!r}")
+    device = select_device(cfg.device)
+    net_config = cfg.model_config() if base_model is None else dataclasses.replace(
+        base_model.config, styles=tuple(base_model.config.styles) + tuple(Path(p).stem for p in cfg.style_paths()))
+    return _check_training_memory(cfg, net_config, device.name)
 
 
 def _main(argv=None):
@@ -664,6 +783,7 @@ def _main(argv=None):
     if "export" in args:
         if "output" not in args:
             raise UsageError("--export needs --output MODEL.h5")
+        _check_model_output(args["output"])
         path = export(args["export"], args["output"], float16=args.get("float16", False))
         print(f"wrote {path}")
         return 0
@@ -685,30 +805,33 @@ def _main(argv=None):
     if resume:
         cfg = TrainConfig(**{k: v for k, v in args.items() if k in RESUMABLE_OVERRIDES or k == "run_dir"})
         ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
-        if ckpt.exists():
-            saved = read_checkpoint(ckpt)[0]
-            fixed = [k for k in args if k not in RESUMABLE_OVERRIDES and k != "run_dir"
-                     and args[k] != getattr(saved, k)]
-            if fixed:
-                raise UsageError(f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in fixed)} "
-                                 f"(the checkpoint fixes them); start a new run instead")
-            for k in RESUMABLE_OVERRIDES:  # keep the checkpoint's unless given now
-                if k not in args:
-                    setattr(cfg, k, getattr(saved, k))
+        if not ckpt.exists():
+            raise UsageError(f"--resume: no checkpoint at {ckpt}")
+        saved, _, _, resumed = read_checkpoint(ckpt)
+        fixed = [k for k in args if k not in RESUMABLE_OVERRIDES and k != "run_dir"
+                 and args[k] != getattr(saved, k)]
+        if fixed:
+            raise UsageError(f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in fixed)} "
+                             f"(the checkpoint fixes them); start a new run instead")
+        for k in RESUMABLE_OVERRIDES:  # keep the checkpoint's unless given now
+            if k not in args:
+                setattr(cfg, k, getattr(saved, k))
+        # what train() will run: the checkpoint's settings with this command's run settings
+        effective = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in (*RESUMABLE_OVERRIDES, "run_dir")})
     else:
         for k in ("style", "dataset"):
             if k not in args:
                 raise UsageError(f"--{k} is required (or --resume, or --export)")
-        cfg = TrainConfig(**args)
-    make_dir(Path(cfg.output).parent)  # before hours of training, not after
-    if Path(cfg.output).is_dir():
-        raise UsageError(f"--output is a folder: {cfg.output}")
-    ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
-    if resume and not ckpt.exists():
-        raise UsageError(f"--resume: no checkpoint at {ckpt}")
-    if not resume and ckpt.exists() and not overwrite:
-        raise UsageError(f"{ckpt} exists: pass --resume to continue it or --overwrite to start again")
-    keep_freed_memory()
+        cfg = effective = TrainConfig(**args)
+        resumed = None
+        ckpt = cfg.resolved_run_dir() / "checkpoint.h5"
+        if ckpt.exists() and not overwrite:
+            raise UsageError(f"{ckpt} exists: pass --resume to continue it or --overwrite to start again")
+    base_model = TransformerNet.load(effective.base_model) if effective.base_model and not resume else None
+    need = _check_run(effective, base_model, resumed, allow_changed)
+    avail = available_memory()
+    if avail is not None and 2 * need < avail:
+        keep_freed_memory()  # faster allocations, but a fragmented heap: only with room to spare
     try:
         train(cfg, resume=resume, overwrite=overwrite, allow_changed_inputs=allow_changed)
     except FloatingPointError as e:

@@ -218,16 +218,38 @@ BAD_ARGS = [
     (["--output", "result.txt"], ".png or .jpg"),
     (["--no-such-flag"], "unrecognized"),
     (["--device", "tpu"], "--device"),
+    (["--size", "24", "--style-layers", "pool5"], "pool5"),  # 24 px halved five times: nothing left
+    (["--output", "afile/o.png"], "is a file"),  # under a regular file (made by the test)
 ]
 
 
 @pytest.mark.parametrize("args,needle", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
-def test_bad_arguments(pics, tmp_path, capsys, args, needle):
+def test_bad_arguments(pics, tmp_path, capsys, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a regular file")
     base = ["--content", pics["content"], "--style", pics["style"], "--output", tmp_path / "o.png",
             "--quiet", "--device", "cpu"]
     code, _, err = run_main([*base, *args], capsys)
     assert_one_line_error(code, err, needle)
-    assert not (tmp_path / "o.png").exists()
+    assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob("*.losses.*"))
+
+
+def test_save_every_names_and_sizes_are_those_the_help_gives(pics, tmp_path, capsys, vgg16_path):
+    """--save-every writes <output stem>_<iteration, 4 digits><output suffix>, the iterations
+    counted on over --scales, each image at the size of the scale it was saved in."""
+    help_text = " ".join(gatys_cli.build_parser().format_help().split())
+    assert "<output stem>_<iteration, 4 digits><output suffix> (out.png: out_0050.png" in help_text
+    assert "during a coarse scale has that scale's size" in help_text
+    out = tmp_path / "run.jpg"
+    argv = ["--content", pics["content"], "--style", pics["style"], "--output", out, "--scales", "24,32",
+            "--iterations", "2", "--save-every", "1", "--content-layers", "relu1_1", "--style-layers", "relu1_1",
+            "--device", "cpu"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert "images saved before the last scale have that scale's size (24 px)" in err
+    saved = sorted(p.name for p in tmp_path.glob("run_*.jpg"))
+    assert saved == ["run_0001.jpg", "run_0002.jpg", "run_0003.jpg", "run_0004.jpg"]
+    assert [max(Image.open(tmp_path / n).size) for n in saved] == [24, 24, 32, 32]
 
 
 def test_subprocess_bad_input_and_help(tmp_path):

@@ -151,3 +151,29 @@ def test_one_style_model_refuses_another_style(model, photos, tmp_path, capsys):
     assert stylize.main(["--model", str(model), "--input", str(photos / "a.png"), "--output",
                          str(tmp_path / "o.png"), "--style", "udnie"]) == 2
     assert "one style" in capsys.readouterr().err
+
+
+def test_memory_refusal_names_a_size_that_fits(model, photos, tmp_path, capsys, monkeypatch):
+    """An image whose estimate exceeds the memory there is is refused before any work, with
+    the estimate and a --size that fits; that size then runs (issue 13)."""
+    import re
+
+    from minnst.memory import estimate_stylize_memory
+    from minnst.transformer import TransformerNet as Net
+
+    net = Net.load(model)
+    have = estimate_stylize_memory(net, 80, 128)["total"]  # a.png is 21×34: 80×128 at --size 128
+    monkeypatch.setattr(stylize, "available_memory", lambda: have)
+    out = tmp_path / "o.png"
+    argv = ["--model", str(model), "--input", str(photos / "a.png"), "--output", str(out), "--device", "cpu"]
+    assert stylize.main([*argv, "--size", "2048"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "memory" in err and "2048×1265" in err and not out.exists()
+    fit = int(re.search(r"try --size (\d+)", err).group(1))
+    assert 128 <= fit < 140  # the largest that fits: 128, or a little more (the rounding of the sides)
+    assert stylize.main([*argv, "--size", str(fit)]) == 0
+    assert max(Image.open(out).size) == fit
+    # a folder: the largest image decides
+    assert stylize.main(["--model", str(model), "--input", str(photos), "--output", str(tmp_path / "d"),
+                         "--size", "1024"]) == 2
+    assert "try --size" in capsys.readouterr().err and not (tmp_path / "d").exists()

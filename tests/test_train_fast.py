@@ -423,3 +423,23 @@ def test_defaults_are_the_papers():
     assert (c.image_size, c.batch_size, c.iterations, c.lr) == (256, 4, 40000, 1e-3)
     assert c.content_layer == "relu2_2" and c.style_layers == ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
     assert (c.pooling, c.norm, c.upsample, c.width, c.crop_size) == ("max", "instance", "nearest", 1.0, 0)
+
+
+def test_memory_refusal_names_a_batch_or_crop_that_fits(files, tmp_path, capsys, monkeypatch):
+    """A step whose estimate exceeds the memory there is is refused before any work, naming
+    a --batch-size that fits, or at batch 1 a --crop-size (issue 13)."""
+    from minnst.memory import estimate_training_memory
+    from minnst.transformer import TransformerConfig
+
+    net = TransformerConfig(width=0.125)
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_fast, "available_memory",
+                        lambda: estimate_training_memory(net, 2, 32)["total"] + 1)
+    assert train_fast.main(_args(files, run, "--image-size", "32", "--crop-size", "0", "--batch-size", "4")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "try --batch-size 2" in err and "4 crops of 32×32" in err
+    monkeypatch.setattr(train_fast, "available_memory",
+                        lambda: estimate_training_memory(net, 1, 27)["total"] + 1)
+    assert train_fast.main(_args(files, run, "--image-size", "32", "--crop-size", "0", "--batch-size", "1")) == 2
+    assert "try --batch-size 1 --crop-size 24" in capsys.readouterr().err  # a multiple of 4
+    assert not run.exists()

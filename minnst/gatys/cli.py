@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 from .. import images, losses, procedural
 from ..backend import default_device_name, keep_freed_memory, select_device
-from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, run
-from ..files import sha256_file
+from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, run, vgg_min_side
+from ..files import check_writable, make_dir, sha256_file
 from ..memory import available_memory, estimate_gatys_memory, format_bytes, gpu_free_memory
 from ..plots import plot_losses
 from ..vgg import VGG16
@@ -139,8 +138,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--print-every", type=_int, default=50, metavar="N",
                    help="print the losses every N iterations (default 50; 0: never)")
     g.add_argument("--save-every", type=_int, default=0, metavar="N",
-                   help="also save the best image so far every N iterations as <output>_<N>.png "
-                        "(default 0: no)")
+                   help="also save the best image so far every N iterations, next to the output as "
+                        "<output stem>_<iteration, 4 digits><output suffix> (out.png: out_0050.png, …; "
+                        "default 0: no). With --scales the iterations count on over the scales, and an "
+                        "image saved during a coarse scale has that scale's size")
     g.add_argument("--preserve-colors", choices=PRESERVE_COLORS, default="none",
                    help="luminance: keep the photo's colours, take the result's luminance (YIQ); "
                         "histogram: recolour the style images to the photo's colour mean and covariance "
@@ -206,21 +207,21 @@ def demo_content_path() -> Path:
 
 
 def _output_paths(cfg: GatysConfig, content_name: str, style_names: list) -> dict:
+    """The output image, loss log and loss curve, each checked (``files.check_writable``);
+    nothing is created yet."""
     out = Path(cfg.output) if cfg.output else (
         Path("minnst_out") / f"{content_name}_{'+'.join(style_names)}.png")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UsageError(f"--output must end in .png or .jpg, got {out}")
-    if out.is_dir():
-        raise UsageError(f"--output is a directory: {out}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the output folder {out.parent}: {e.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UsageError(f"cannot write into the output folder {out.parent}")
     stem = out.with_suffix("")
-    return {"image": out, "log": Path(f"{stem}.losses.jsonl"), "curve": Path(f"{stem}.losses.png"),
-            "stem": stem, "suffix": out.suffix}
+    paths = {"image": out, "log": Path(f"{stem}.losses.jsonl"), "curve": Path(f"{stem}.losses.png"),
+             "stem": stem, "suffix": out.suffix}
+    if cfg.save_every:
+        paths["snapshot"] = Path(f"{stem}_{cfg.iterations * len(cfg.sizes):04d}{out.suffix}")
+    for key in ("image", "log", "curve", "snapshot"):
+        if key in paths:
+            check_writable(paths[key])
+    return paths
 
 
 class _Reporter:
@@ -230,7 +231,8 @@ class _Reporter:
         from tqdm import tqdm
 
         self.cfg, self.paths, self.metadata = cfg, paths, metadata
-        self.bar = tqdm(total=cfg.iterations * len(cfg.sizes), unit="it", disable=cfg.quiet,
+        self.bar = tqdm(total=cfg.iterations * len(cfg.sizes), unit="it",
+                        disable=True if cfg.quiet else None,  # None: on a terminal only
                         dynamic_ncols=True, file=sys.stderr, leave=True)
         self.log = None  # opened at the first iteration: a run that fails before leaves no log
         self.history = []
@@ -290,6 +292,27 @@ def _largest_fitting_size(content_hw, cfg, styles, device: str, where: str, have
     return lo * 16
 
 
+def _check_deep_layers(cfg: GatysConfig, content_hw, style_hws) -> None:
+    """Every image at every scale keeps the side its deepest loss layer needs
+    (``cli.vgg_min_side``: 32 px for pool5, else 16, which ``check_image_sizes`` checks too)."""
+    need = vgg_min_side(cfg.content_layers + cfg.style_layers)
+    flag = "--scales" if cfg.scales else "--size"
+    for s in cfg.sizes:
+        for i, hw in enumerate([content_hw, *style_hws]):
+            h, w = images.fit_longest(*hw, cfg.style_size(s) if i else s)
+            if min(h, w) >= need:
+                continue
+            if i == 0:
+                hint = f"use a {flag} of at least {math.ceil(need * max(hw) / min(hw))}"
+                what = f"{flag} {s} makes the content"
+            else:
+                hint = "raise --style-scale"
+                what = f"--style-scale {cfg.style_scale:g} × {s} makes style image {i}"
+            layers = "pool5 needs" if need > images.MIN_SIZE else "VGG16 needs"
+            raise UsageError(f"{what} {w}×{h} pixels, but {layers} at least {need} on each side: {hint}"
+                             + (", or use layers before pool5" if need > images.MIN_SIZE else ""))
+
+
 def _main(argv) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg, demo_defaults = config_from_args(argv)
@@ -306,6 +329,7 @@ def _main(argv) -> int:
         style_names = [DEMO_STYLE_NAME]
         style_meta = [{"procedural": "minnst.procedural.stained_glass", "seed": 0}]
     cfg.check_image_sizes(content.shape[:2], [s.shape[:2] for s in styles])
+    _check_deep_layers(cfg, content.shape[:2], [s.shape[:2] for s in styles])
     init_image = images.load_image(cfg.init_image) if cfg.init == "image" else None
     paths = _output_paths(cfg, content_path.stem, style_names)
     if demo_defaults:
@@ -346,6 +370,10 @@ def _main(argv) -> int:
                 "minnst-inputs": json.dumps({"content": {"path": str(content_path),
                                                          "sha256": sha256_file(content_path)},
                                              "styles": style_meta}, sort_keys=True)}
+    if cfg.save_every and len(cfg.sizes) > 1:
+        _say(cfg, f"note: --save-every images saved before the last scale have that scale's size "
+                  f"({', '.join(map(str, cfg.sizes[:-1]))} px)")
+    make_dir(paths["image"].parent)  # the loss log is appended to there from the first iteration
     reporter = _Reporter(cfg, paths, metadata)
     result, status, failure = None, 0, None
     try:
@@ -377,9 +405,6 @@ def _main(argv) -> int:
 
 def main(argv=None) -> int:
     """``python -m minnst.gatys``; returns the exit code (see ``minnst.cli``)."""
-    try:
-        return run(_main, argv, prog=PROG)
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2, its line already printed)
-        return e.code if isinstance(e.code, int) else 2
+    return run(_main, argv, prog=PROG)
 
 

