@@ -22,7 +22,8 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=12"],
-        "test": ["pytest>=7", "hypothesis>=6.88"],
+        "video": ["av>=14", "opencv-python-headless>=4.5"],
+        "test": ["pytest>=7", "hypothesis>=6.88", "av>=14", "opencv-python-headless>=4.5"],
     },
     entry_points={
         "console_scripts": [

@@ -27,8 +27,11 @@ import tracemalloc
 import numpy as np
 
 from .backend import keep_freed_memory
+from .cli import ArgumentParser, UsageError, run, whole
+from .files import check_writable, write_text_atomic
 
-WORKLOADS = ("vgg", "gatys", "fast")
+WORKLOADS = ("vgg", "gatys", "fast", "video")
+PROG = "python -m minnst.bench"
 
 
 # --------------------------------------------------------------------------- machine
@@ -403,7 +406,87 @@ def bench_fast(sizes, repeat, torch=None):
     return rows
 
 
-RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys, "fast": bench_fast}
+def bench_video(sizes, repeat, torch=None, frames=10):
+    """Video with the shipped model (``stylize.default_model_path``; a random width-0.5
+    network if there is none): a pan (3 px/frame) and a zoom (1 %/frame) of ``frames``
+    4:3 frames over a procedural picture (``video.camera_clip``: the true motion is
+    known), stylised frame by frame and with the flow stabiliser (``measure_stability``:
+    each frame both ways, alternately, so both see the same load). Rows, per size (the
+    frame's long side): ``video_frame_by_frame`` and ``video_stabilized``, seconds per
+    frame (the network; the network with the stabiliser as ``stylize_frames`` runs it),
+    warping error (true motion; and with the Farnebäck flow
+    of the input frames), sharpness (``video.sharpness``: mean gradient and Laplacian
+    variance of the luma and of R, G, B), means over the two clips; and ``video_file_*``:
+    ``stylize_video`` on the pan encoded as H.264 (decode + stylise + encode, best of two
+    alternated runs). ``repeat`` is unused: each frame is its own sample."""
+    import tempfile
+    from fractions import Fraction
+
+    try:
+        from . import procedural, video
+        from .stylize import default_model_path
+        from .transformer import TransformerConfig, TransformerNet
+
+        import cv2  # noqa: F401  (the stabiliser's optical flow)
+    except ImportError as e:
+        print(f"# video skipped ({e}): pip install 'minnst[video]'", file=sys.stderr)
+        return []
+    try:
+        net, model = TransformerNet.load(default_model_path()), default_model_path().name
+    except ValueError:
+        net, model = TransformerNet(TransformerConfig(width=0.5), seed=0), "random width 0.5"
+    rows = []
+    for s in sizes:
+        H, W = 3 * s // 4 // 2 * 2, s
+        scene = procedural.stained_glass(H * 3 // 2, W * 3 // 2, seed=0)
+        clips = {"pan": video.camera_clip(scene, frames, H, W, "pan", 3.0),
+                 "zoom": video.camera_clip(scene, frames, H, W, "zoom", 1.0)}
+        ms = [video.measure_stability(net, *clip) for clip in clips.values()]
+        sharp = ("gradient", "laplacian", "gradient_rgb", "laplacian_rgb")  # video.sharpness
+        t_net = float(np.mean([m["seconds_network"] for m in ms]))
+        t_stab = float(np.mean([m["seconds_stabilized"] for m in ms]))
+
+        def stabilize_two():  # the stabiliser's own memory: two frames, the second blended
+            stab = video.Stabilizer()
+            for f, o in zip(clips["pan"][0][:2], ms[0]["none"]["outputs"][:2]):
+                stab(f, o.astype(np.float32))
+
+        mb = peak_mb(stabilize_two)
+        for name, mode, seconds in (("video_frame_by_frame", "none", t_net),
+                                    ("video_stabilized", "flow", t_stab)):
+            row = _row(name, s, seconds, None, mb)
+            row.update({k: float(np.mean([m[mode][k] for m in ms]))
+                        for k in ("warping_error", "warping_error_flow", *sharp)})
+            row.update({"frames_per_second": 1 / seconds, "model": model, "clips": list(clips)})
+            rows.append(row)
+        base, stab = rows[-2], rows[-1]
+        stab.update({"time_ratio": stab["seconds"] / base["seconds"],
+                     "error_ratio": stab["warping_error"] / base["warping_error"],
+                     **{f"{k}_ratio": stab[k] / base[k] for k in sharp}})
+        print(f"# video {W}x{H} ({model}): warping error {base['warping_error']:.2f} -> "
+              f"{stab['warping_error']:.2f} ({stab['error_ratio']:.2f}x, target <= 0.5) at "
+              f"{stab['time_ratio']:.2f}x the time (target <= 1.3); sharpness (luma; RGB): gradient "
+              f"{stab['gradient_ratio']:.2f}x; {stab['gradient_rgb_ratio']:.2f}x, Laplacian variance "
+              f"{stab['laplacian_ratio']:.2f}x; {stab['laplacian_rgb_ratio']:.2f}x")
+        try:
+            import av  # noqa: F401  (decoding and encoding)
+        except ImportError:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "pan.mp4")
+            video.write_video(src, (video.Frame(i, i, Fraction(1, 30), f) for i, f in enumerate(clips["pan"][0])),
+                              rate=Fraction(30))
+            best = {"none": np.inf, "flow": np.inf}
+            for mode in ("none", "flow", "none", "flow"):  # alternated: the best of two each
+                st = video.stylize_video(net, src, os.path.join(tmp, f"{mode}.mp4"), stabilize=mode)
+                best[mode] = min(best[mode], st["seconds"] / st["frames"])
+            for name, mode in (("video_file_frame_by_frame", "none"), ("video_file_stabilized", "flow")):
+                rows.append(_row(name, s, best[mode], None, 0.0))
+                rows[-1]["frames_per_second"] = 1 / best[mode]
+    return rows
+
+
+RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys, "fast": bench_fast, "video": bench_video}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -412,21 +495,22 @@ def _sizes(text):
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes takes comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes comma-separated whole numbers, got {text!r}") from None
     if not sizes or any(s < 32 or s > 4096 for s in sizes):
-        raise argparse.ArgumentTypeError("each size must be between 32 and 4096")
+        raise argparse.ArgumentTypeError(f"each size must be between 32 and 4096, got {text!r}")
     return sizes
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="python -m minnst.bench",
+    p = ArgumentParser(
+        prog=PROG,
         description="Time minnst's workloads against this machine's float32 matrix-multiply rate.")
     p.add_argument("workloads", nargs="*", default=["all"], metavar="WORKLOAD",
                    help=f"any of {', '.join(WORKLOADS)} (conv is another name for vgg), or all (default)")
     p.add_argument("--sizes", type=_sizes, default=[256, 512, 1024],
-                   help="image sizes (square), comma-separated (default: 256,512,1024)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per number, the best is kept (default 3)")
+                   help="image sizes (square), comma-separated, each 32 to 4096 (default: 256,512,1024)")
+    p.add_argument("--repeat", type=whole(1, 1000), default=3,
+                   help="timed runs per number, the best is kept (default 3)")
     p.add_argument("--json", metavar="FILE", nargs="?", const="bench.json",
                    help="also write the results as JSON to FILE (default: bench.json)")
     p.add_argument("--compare-torch", action="store_true",
@@ -450,26 +534,22 @@ def print_table(info, mm, rows):
         print(line)
 
 
-def main(argv=None):
+def _main(argv=None):
     args = build_parser().parse_args(argv)
     chosen = list(WORKLOADS) if "all" in args.workloads else args.workloads
     chosen = list(dict.fromkeys("vgg" if w == "conv" else w for w in chosen))
     for w in chosen:
         if w not in RUNNERS:
-            print(f"error: unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or all",
-                  file=sys.stderr)
-            return 2
-    if args.repeat < 1:
-        print("error: --repeat must be at least 1", file=sys.stderr)
-        return 2
+            raise UsageError(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or all")
+    if args.json:
+        check_writable(args.json)
     keep_freed_memory()
     info = machine_info()
     torch = None
     if args.compare_torch:
         torch = torch_module(info["threads"])
         if torch is None:
-            print("error: --compare-torch needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
-            return 2
+            raise UsageError("--compare-torch needs PyTorch: pip install torch==2.13.0")
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
     mm = matmul_gflops()
@@ -488,10 +568,15 @@ def main(argv=None):
         print(f"# VGG16 forward+backward at 512²: {fb[0]['fraction_of_matmul']:.2f} of the matmul rate "
               f"(target ≥ 0.75)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "matmul_gflops": mm, "results": rows}, f, indent=2)
+        write_text_atomic(args.json, json.dumps({"machine": info, "matmul_gflops": mm, "results": rows},
+                                                indent=2))
         print(f"# wrote {args.json}")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m minnst.bench``; returns the exit code (``minnst.cli``)."""
+    return run(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ def _user_errors():
     from .files import OutputPathError
     from .images import ImageError
     from .modelfile import ModelFileError
+    from .video import VideoError
     from .weights import WeightsError
 
-    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError)
+    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError, VideoError)
 
 
 def one_line(text) -> str:

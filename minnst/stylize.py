@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import images
+from . import images, video
 from .backend import keep_freed_memory, select_device
 from .cli import ArgumentParser, UsageError, error, run, whole
 from .data import IMAGE_SUFFIXES, list_images
@@ -183,6 +183,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--size", type=whole(), default=None,
                    help=f"longest side before stylising, {images.MIN_SIZE} to {images.MAX_SIZE} (default: as is)")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None, help="(auto; or MINNST_DEVICE)")
+    p.add_argument("--stabilize", choices=video.STABILIZE, default="flow",
+                   help="a video: blend each frame with the previous one along the optical flow, "
+                        "against flicker (default), or none: frame by frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -198,6 +201,8 @@ def _main(argv=None):
             print(name)
         return 0
     inp = Path(a.input) if a.input else demo_photo()
+    if os.path.isfile(inp) and inp.suffix.lower() in video.INPUT_SUFFIXES:
+        return _video(a, inp, net, model_path)
     jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
     for _, dst in jobs:
         check_writable(dst)
@@ -236,6 +241,44 @@ def _main(argv=None):
             print(f"skipped: {msg}")
         more = f" (all {len(failed)} listed above)" if len(failed) > 1 else ""
         return error(f"{len(failed)} of {len(jobs)} images could not be read: {failed[0]}{more}", "stylize")
+    return 0
+
+
+def _video_output(inp: Path, out: Path | None, model_stem: str) -> Path:
+    """The output file of a clip: ``--output`` if it names a video file, else
+    ``<stem>_<model stem><suffix>`` in ``--output`` (a folder) or ``minnst_out/``."""
+    if out is not None and out.suffix and not os.path.isdir(out):
+        if out.suffix.lower() not in video.OUTPUT_FORMATS:
+            raise UsageError(f"--input is a video, so --output must be a {', '.join(video.OUTPUT_FORMATS)} "
+                             f"file (or a folder), not {out}")
+        return out
+    suffix = inp.suffix.lower() if inp.suffix.lower() in video.OUTPUT_FORMATS else ".mp4"
+    return (out or DEFAULT_OUTPUT_DIR) / f"{inp.stem}_{model_stem}{suffix}"
+
+
+def _video(a, inp: Path, net: TransformerNet, model_path: Path) -> int:
+    """``--input clip.mp4``: stylise a clip (``video.stylize_video``), progress in frames."""
+    from tqdm import tqdm
+
+    dst = check_writable(_video_output(inp, Path(a.output) if a.output else None, model_path.stem))
+    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
+    try:
+        net.style_mix(style)
+    except ValueError as e:
+        raise UsageError(f"--style: {e}") from None
+    info = video.probe(inp)  # a bad clip fails here, before the model moves to a device
+    device = select_device(a.device)
+    keep_freed_memory()
+    net = net.to(device.xp)
+    bar = tqdm(total=info.total, unit="frame", disable=True if a.quiet else None, file=sys.stderr)
+    try:
+        stats = video.stylize_video(net, inp, dst, style=style, size=a.size, stabilize=a.stabilize,
+                                    progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    audio = f", audio {stats['audio']}" if stats["audio"] else ""
+    print(f"wrote {dst} ({stats['frames']} frames, {stats['width']}x{stats['height']} at {stats['fps']:.3g} fps"
+          f"{audio}; {stats['frames_per_second']:.2f} frames/s)")
     return 0
 
 
