@@ -50,7 +50,7 @@ from . import images, losses
 from .backend import get_xp, keep_freed_memory, select_device, to_host
 from .cli import ArgumentParser, UsageError, number, run, vgg_min_side, whole
 from .errors import ConfigError
-from .files import check_writable, make_dir, sha256_file
+from .files import check_writable, make_dir, sha256_file, write_text_atomic
 from .data import BatchSampler, list_images, open_dataset, random_crops
 from .optim import Adam
 from .layers.normalization import ConditionalInstanceNorm2d
@@ -384,7 +384,7 @@ def truncate_log(path, step: int):
     kept = [r for r in read_log(path) if r.get("step", 0) <= step]
     path = Path(path)
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def write_samples(net: TransformerNet, photos: list, path, styles=(None,)):
@@ -398,6 +398,30 @@ def write_samples(net: TransformerNet, photos: list, path, styles=(None,)):
 
 
 # --------------------------------------------------------------------------- training
+
+class _LazyAppend:
+    """A text file opened for appending at its first write: a run that fails before its
+    first step leaves no empty log."""
+
+    def __init__(self, path):
+        self.path, self.f = path, None
+
+    def write(self, text: str):
+        if self.f is None:
+            self.f = open(self.path, "a", encoding="utf-8")
+        self.f.write(text)
+
+    def flush(self):
+        if self.f is not None:
+            self.f.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()
+
 
 class _StopFlag:
     """SIGINT/SIGTERM set a flag that the loop checks between steps, so a checkpoint never
@@ -542,7 +566,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     if cfg.multi_style:
         photos = photos[:1]  # one photo in every style
     make_dir(run_dir)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / "config.json", json.dumps(cfg.to_json(), indent=1) + "\n")
 
     last_plot = [-math.inf]
 
@@ -561,7 +585,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     last_ckpt, t0, done = time.monotonic(), time.monotonic(), 0
     try:
-        with _StopFlag() as stop, open(log_path, "a", encoding="utf-8") as logf:
+        with _StopFlag() as stop, _LazyAppend(log_path) as logf:
             while step < cfg.iterations:
                 if stop.requested or (stop_after is not None and done >= stop_after):
                     break
