@@ -17,6 +17,7 @@ from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, Instan
 from .layers.resampling import Upsample
 from .parallel import MIN_TASKS, num_workers
 from .transformer import TransformerConfig, TransformerNet
+from .tiling import max_crop_side
 from .vgg import LAYER_NAMES, layer_shapes, parameter_count
 
 # Calibrated with tracemalloc on a 2-iteration L-BFGS run (default layers, float32, CPU),
@@ -33,12 +34,18 @@ _OVERHEAD = 16 * 2**20  # small arrays, Python objects
 # The CPU convolutions keep each frozen layer's Winograd-transformed kernels (forward and
 # input gradient), allocated on first use: 135.5 MB measured, 2.4× the weights.
 _WINOGRAD_FACTOR = 2.4
+_TILED_IMAGE_ARRAYS = 4  # image-sized float arrays a tiled evaluation holds besides its crop's
 
 
 def estimate_gatys_memory(h: int, w: int, content_layers, style_layers, style_hw=(),
                           optimizer: str = "lbfgs", lbfgs_memory: int = 10, device: str = "cpu",
-                          itemsize: int = 4) -> dict:
+                          itemsize: int = 4, tile: int | None = None) -> dict:
     """Peak bytes of one Gatys stylisation at (h, w): ``{"fixed", "device", "host", "total"}``.
+
+    With ``tile`` (the exact tiled evaluation, ``gatys.Objective(tile=…)``) the
+    activations are those of the largest crop (``tiling.max_crop_side``) and the image-sized
+    arrays are added: the content targets at their full size, the image, its gradient and
+    the per-evaluation sums.
 
     fixed: the VGG16 weights (and, on the CPU, their Winograd transforms), allocated once
     per network. device: fixed, plus the larger of the pastiche's forward + backward (the
@@ -55,8 +62,15 @@ def estimate_gatys_memory(h: int, w: int, content_layers, style_layers, style_hw
     shapes = layer_shapes(h, w, upto)
     targets = sum(c * a * b for name, c, a, b in shapes if name in content_layers)
     targets += sum(c * c for name, c, _, _ in shapes if name in style_layers)
-    pastiche = (_KEPT_FACTOR * kept(h, w) + targets) * itemsize
-    styles = max([1.6 * kept(a, b) * itemsize for a, b in style_hw] or [0])  # forward only
+    if tile is None:
+        pastiche = (_KEPT_FACTOR * kept(h, w) + targets) * itemsize
+        styles = max([1.6 * kept(a, b) * itemsize for a, b in style_hw] or [0])  # forward only
+    else:
+        side = max_crop_side(tile, layers)
+        ch, cw = min(h, side), min(w, side)
+        image_arrays = _TILED_IMAGE_ARRAYS * 3 * h * w  # the image, its gradient, a copy, the sum
+        pastiche = (_KEPT_FACTOR * kept(ch, cw) + targets + image_arrays) * itemsize
+        styles = max([1.6 * kept(min(a, side), min(b, side)) * itemsize for a, b in style_hw] or [0])
     fixed = parameter_count() * itemsize * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))
     n = 3 * h * w
     if optimizer == "lbfgs":

@@ -126,6 +126,33 @@ def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypa
     assert not (tmp_path / "o.png").exists()
 
 
+def test_tile_auto_tiles_only_when_the_whole_image_does_not_fit(pics, tmp_path, capsys, monkeypatch, vgg16_path):
+    """--tile auto (the default): untiled when it fits; with memory between the tiled and the
+    untiled estimates it picks a tile, says so, records it, and the run completes."""
+    from minnst.memory import estimate_gatys_memory
+
+    args = ["--content", pics["content"], "--style", pics["style"], "--size", "256", "--iterations", "2",
+            "--content-layers", "relu1_1", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
+            "--print-every", "0"]
+    hw, style_hw = (213, 256), [(256, 256)]  # the 40×48 content and 36×36 style at 256 px
+    layers = (["relu1_1"], ["relu1_1", "relu2_1"])
+    whole = estimate_gatys_memory(*hw, *layers, style_hw)["total"]
+    tiled = estimate_gatys_memory(*hw, *layers, style_hw, tile=128)["total"]
+    assert tiled < whole
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: (whole + tiled) // 2)
+    code, _, err = run_main([*args, "--output", tmp_path / "a.png"], capsys)
+    assert code == 0 and "--tile 128" in err, err
+    config = json.loads(images.read_png_metadata(tmp_path / "a.png")["minnst-config"])
+    assert config["tile"] == 128
+    # --tile off: the same memory is refused; with room, auto does not tile
+    code, _, err = run_main([*args, "--output", tmp_path / "b.png", "--tile", "off"], capsys)
+    assert_one_line_error(code, err, "memory")
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: 2 * whole)
+    code, _, err = run_main([*args, "--output", tmp_path / "c.png"], capsys)
+    assert code == 0 and "--tile" not in err
+    assert json.loads(images.read_png_metadata(tmp_path / "c.png")["minnst-config"])["tile"] is None
+
+
 def test_interrupt_saves_and_exits_130(pics, tmp_path, capsys, monkeypatch, vgg16_path):
     real = gatys.Objective.loss_and_grad
     calls = {"n": 0}

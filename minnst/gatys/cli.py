@@ -7,6 +7,7 @@ With no arguments it runs a demo: matplotlib's photo of Grace Hopper in the styl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -131,6 +132,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--tol", type=_float, default=None, metavar="T",
                    help=f"stop a scale once the best loss fell by less than the fraction T over "
                         f"{TOL_WINDOW} iterations")
+    g.add_argument("--tile", default="auto", metavar="T|auto|off",
+                   help="evaluate the loss exactly, tile by tile, in tiles of T pixels (memory: one "
+                        "tile's activations plus image-sized arrays; time: about 1.5-2.5x); auto "
+                        "(default): only when the whole image does not fit in memory; off: never")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None,
                    help="where VGG16 runs (default: $MINNST_DEVICE, else auto: the GPU if CuPy can use one)")
 
@@ -152,7 +157,25 @@ def build_parser() -> ArgumentParser:
 
 def config_from_args(argv) -> tuple[GatysConfig, bool]:
     """Parse ``argv`` into a validated ``GatysConfig``; also whether this is the demo."""
+    cfg, demo, _ = _config_and_tile(argv)
+    return cfg, demo
+
+
+def _parse_tile(text: str):
+    """``--tile``: ``("auto", None)``, ``("off", None)`` or ``("fixed", T)``."""
+    text = str(text).strip().lower()
+    if text in ("auto", "off"):
+        return text, None
+    try:
+        return "fixed", int(text)
+    except ValueError:
+        raise UsageError(f"--tile must be a whole number of pixels, auto or off, got {text!r}") from None
+
+
+def _config_and_tile(argv) -> tuple[GatysConfig, bool, bool]:
+    """``config_from_args`` and whether ``--tile auto`` leaves the tiling to the memory check."""
     args = build_parser().parse_args(argv)
+    tile_mode, tile = _parse_tile(args.tile)
     try:
         content_layers = _split(args.content_layers, str, "--content-layers")
         style_layers = _split(args.style_layers, str, "--style-layers")
@@ -188,8 +211,8 @@ def config_from_args(argv) -> tuple[GatysConfig, bool]:
         iterations=iterations, optimizer=args.optimizer, learning_rate=args.learning_rate,
         lbfgs_memory=args.lbfgs_memory, print_every=args.print_every, save_every=args.save_every,
         preserve_colors=args.preserve_colors, scales=scales, time_budget=args.time_budget,
-        tol=args.tol, device=args.device or default_device_name(), quiet=args.quiet)
-    return cfg.validate(), demo
+        tol=args.tol, device=args.device or default_device_name(), quiet=args.quiet, tile=tile)
+    return cfg.validate(), demo, tile_mode == "auto"
 
 
 def demo_content_path() -> Path:
@@ -274,7 +297,21 @@ def _estimate_for(content_hw, cfg: GatysConfig, styles, size: int, device: str =
     h, w = images.fit_longest(*content_hw, size)
     style_hw = [images.fit_longest(*s.shape[:2], cfg.style_size(size)) for s in styles]
     return estimate_gatys_memory(h, w, cfg.content_layers, cfg.style_layers, style_hw, cfg.optimizer,
-                                 cfg.lbfgs_memory, device)
+                                 cfg.lbfgs_memory, device, tile=cfg.tile)
+
+
+AUTO_TILES = (2048, 1024, 512, 256, 128, 64)  # --tile auto tries these, largest first
+
+
+def _auto_tile(content_hw, cfg: GatysConfig, styles, device: str, fits) -> int | None:
+    """The largest of ``AUTO_TILES`` smaller than the image whose tiled estimate ``fits``."""
+    h, w = images.fit_longest(*content_hw, cfg.sizes[-1])
+    for t in AUTO_TILES:
+        if t < max(h, w):
+            trial = dataclasses.replace(cfg, tile=t)
+            if fits(_estimate_for(content_hw, trial, styles, cfg.sizes[-1], device)):
+                return t
+    return None
 
 
 def _largest_fitting_size(content_hw, cfg, styles, device: str, where: str, have: int) -> int | None:
@@ -315,7 +352,7 @@ def _check_deep_layers(cfg: GatysConfig, content_hw, style_hws) -> None:
 
 def _main(argv) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg, demo_defaults = config_from_args(argv)
+    cfg, demo_defaults, auto_tile = _config_and_tile(argv)
 
     # Inputs first, so that a bad file fails before anything slow.
     content_path = Path(cfg.content) if cfg.content else demo_content_path()
@@ -342,11 +379,24 @@ def _main(argv) -> int:
     h, w = images.fit_longest(*content.shape[:2], cfg.sizes[-1])
     est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
     avail = available_memory()
-    if device.name == "gpu":
-        free = gpu_free_memory()
-        checks = [("GPU", est["device"], free), ("host", est["host"], avail)]
-    else:
-        checks = [("host", est["total"], avail)]
+    free = gpu_free_memory() if device.name == "gpu" else None
+
+    def memory_checks(e):
+        if device.name == "gpu":
+            return [("GPU", e["device"], free), ("host", e["host"], avail)]
+        return [("host", e["total"], avail)]
+
+    def fits(e):
+        return all(have is None or need <= have for _, need, have in memory_checks(e))
+
+    if auto_tile and not fits(est):
+        tile = _auto_tile(content.shape[:2], cfg, styles, device.name, fits)
+        if tile is not None:
+            cfg = dataclasses.replace(cfg, tile=tile)
+            est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
+            _say(cfg, f"the whole {w}×{h} image does not fit in memory: evaluating the loss exactly in "
+                      f"{tile}×{tile} tiles (--tile {tile})")
+    checks = memory_checks(est)
     for where, need, have in checks:
         if have is not None and need > have:
             fit = _largest_fitting_size(content.shape[:2], cfg, styles, device.name, where, have)
