@@ -153,6 +153,29 @@ def test_tile_auto_tiles_only_when_the_whole_image_does_not_fit(pics, tmp_path, 
     assert json.loads(images.read_png_metadata(tmp_path / "c.png")["minnst-config"])["tile"] is None
 
 
+def test_tile_auto_shortens_the_lbfgs_history_or_takes_adam(pics, tmp_path, capsys, monkeypatch, vgg16_path):
+    """When even tiles do not fit, --tile auto keeps the longest L-BFGS-B history that fits,
+    else switches to Adam, and says which; the output records the choice."""
+    from minnst.memory import estimate_gatys_memory
+
+    args = ["--content", pics["content"], "--style", pics["style"], "--size", "256", "--iterations", "2",
+            "--content-layers", "relu1_1", "--style-layers", "relu1_1", "--device", "cpu", "--print-every", "0"]
+    hw, style_hw, layers = (213, 256), [(256, 256)], (["relu1_1"], ["relu1_1"])
+
+    def total(**kw):
+        return estimate_gatys_memory(*hw, *layers, style_hw, tile=64, **kw)["total"]
+
+    for available, key, value in (((total(lbfgs_memory=4) + total(lbfgs_memory=5)) // 2, "lbfgs_memory", 4),
+                                  ((total(optimizer="adam") + total(lbfgs_memory=3)) // 2, "optimizer", "adam")):
+        monkeypatch.setattr(gatys_cli, "available_memory", lambda a=available: a)
+        out = tmp_path / f"{key}.png"
+        code, _, err = run_main([*args, "--output", out], capsys)
+        assert code == 0, err
+        config = json.loads(images.read_png_metadata(out)["minnst-config"])
+        assert config[key] == value and config["tile"] in (64, 128), (config, err)
+        assert f"--{key.replace('_', '-')} {value}" in err
+
+
 def test_interrupt_saves_and_exits_130(pics, tmp_path, capsys, monkeypatch, vgg16_path):
     real = gatys.Objective.loss_and_grad
     calls = {"n": 0}

@@ -135,7 +135,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--tile", default="auto", metavar="T|auto|off",
                    help="evaluate the loss exactly, tile by tile, in tiles of T pixels (memory: one "
                         "tile's activations plus image-sized arrays; time: about 1.5-2.5x); auto "
-                        "(default): only when the whole image does not fit in memory; off: never")
+                        "(default): only when the whole image does not fit in memory, and then, if "
+                        "need be, a shorter L-BFGS history or Adam (said when chosen); off: never")
     g.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None,
                    help="where VGG16 runs (default: $MINNST_DEVICE, else auto: the GPU if CuPy can use one)")
 
@@ -301,17 +302,38 @@ def _estimate_for(content_hw, cfg: GatysConfig, styles, size: int, device: str =
 
 
 AUTO_TILES = (2048, 1024, 512, 256, 128, 64)  # --tile auto tries these, largest first
+MIN_LBFGS_MEMORY = 3  # --tile auto lowers L-BFGS-B's history to this at the least, then takes Adam
 
 
-def _auto_tile(content_hw, cfg: GatysConfig, styles, device: str, fits) -> int | None:
-    """The largest of ``AUTO_TILES`` smaller than the image whose tiled estimate ``fits``."""
+def _fit_memory(content_hw, cfg: GatysConfig, styles, device: str, fits):
+    """What ``--tile auto`` chooses when the whole image does not fit: the first setting
+    whose estimate ``fits``, trying the optimiser settings best first (the given L-BFGS-B
+    history, then shorter ones down to ``MIN_LBFGS_MEMORY``, then Adam, whose state is 4
+    float32 images), and for each the largest tile first. At print size L-BFGS-B's float64
+    history (2m image-sized vectors) can outgrow the tiled network. Returns ``(cfg, notes)``;
+    ``cfg`` unchanged when nothing fits."""
     h, w = images.fit_longest(*content_hw, cfg.sizes[-1])
-    for t in AUTO_TILES:
-        if t < max(h, w):
-            trial = dataclasses.replace(cfg, tile=t)
+    optimisers = [{}]
+    if cfg.optimizer == "lbfgs":
+        optimisers += [{"lbfgs_memory": m} for m in range(cfg.lbfgs_memory - 1, MIN_LBFGS_MEMORY - 1, -1)]
+        optimisers.append({"optimizer": "adam"})
+    tiles = [None] + [t for t in AUTO_TILES if t < max(h, w)]
+    for change in optimisers:
+        for tile in tiles:
+            trial = dataclasses.replace(cfg, tile=tile, **change)
             if fits(_estimate_for(content_hw, trial, styles, cfg.sizes[-1], device)):
-                return t
-    return None
+                notes = []
+                if tile is not None:
+                    notes.append(f"the whole {w}×{h} image does not fit in memory: evaluating the loss "
+                                 f"exactly in {tile}×{tile} tiles (--tile {tile})")
+                if "lbfgs_memory" in change:
+                    notes.append(f"L-BFGS-B's history of {cfg.lbfgs_memory} steps does not fit in memory: "
+                                 f"keeping {change['lbfgs_memory']} (--lbfgs-memory {change['lbfgs_memory']})")
+                if "optimizer" in change:
+                    notes.append(f"L-BFGS-B's history does not fit in memory even at {MIN_LBFGS_MEMORY} "
+                                 f"steps: optimising with Adam (--optimizer adam)")
+                return trial, notes
+    return cfg, []
 
 
 def _largest_fitting_size(content_hw, cfg, styles, device: str, where: str, have: int) -> int | None:
@@ -390,12 +412,10 @@ def _main(argv) -> int:
         return all(have is None or need <= have for _, need, have in memory_checks(e))
 
     if auto_tile and not fits(est):
-        tile = _auto_tile(content.shape[:2], cfg, styles, device.name, fits)
-        if tile is not None:
-            cfg = dataclasses.replace(cfg, tile=tile)
-            est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
-            _say(cfg, f"the whole {w}×{h} image does not fit in memory: evaluating the loss exactly in "
-                      f"{tile}×{tile} tiles (--tile {tile})")
+        cfg, notes = _fit_memory(content.shape[:2], cfg, styles, device.name, fits)
+        est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
+        for note in notes:
+            _say(cfg, note)
     checks = memory_checks(est)
     for where, need, have in checks:
         if have is not None and need > have:
