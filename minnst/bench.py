@@ -30,7 +30,8 @@ from .backend import keep_freed_memory
 from .cli import ArgumentParser, UsageError, run, whole
 from .files import check_writable, write_text_atomic
 
-WORKLOADS = ("vgg", "gatys", "fast", "video")
+WORKLOADS = ("vgg", "gatys", "fast", "video", "gatys-tiled")
+IN_ALL = ("vgg", "gatys", "fast", "video")  # gatys-tiled is slow (print sizes): asked for by name
 PROG = "python -m minnst.bench"
 
 
@@ -486,7 +487,43 @@ def bench_video(sizes, repeat, torch=None, frames=10):
     return rows
 
 
-RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys, "fast": bench_fast, "video": bench_video}
+def bench_gatys_tiled(sizes, repeat, torch=None, tile: int = 512):
+    """One evaluation of the Gatys loss and gradient, exactly, tile by tile
+    (``Objective(tile=512)``) and untiled where the untiled one fits in memory: seconds,
+    peak MB (tracemalloc, after the targets) and the overhead ratio (tiled / untiled)."""
+    from . import gatys, procedural, vgg
+    from .memory import available_memory, estimate_gatys_memory
+
+    net = vgg.VGG16.load(pooling="avg")
+    rows = []
+    for s in sizes:
+        yy, xx = np.mgrid[0:s, 0:s] / s
+        content = np.clip(np.stack([xx, yy, 0.5 + 0.4 * np.sin(9 * xx * yy)], -1), 0, 1).astype(np.float32)
+        style = procedural.stained_glass(min(s, 1024), min(s, 1024), seed=0)
+        x = np.random.default_rng(0).random((s, s, 3), dtype=np.float32)
+        flops = 2 * vgg.forward_flops(s, s, "relu5_1")
+        need = estimate_gatys_memory(s, s, gatys.DEFAULT_CONTENT_LAYERS, gatys.DEFAULT_STYLE_LAYERS,
+                                     [style.shape[:2]])["device"]
+        avail = available_memory()
+        t_whole = None
+        if avail is None or need < 0.8 * avail:
+            obj = gatys.Objective(content, [style], net=net)
+            t_whole = best_time(lambda: obj.loss_and_grad(x), repeat)
+            rows.append(_row("gatys_eval_untiled", s, t_whole, flops, peak_mb(lambda: obj.loss_and_grad(x))))
+            del obj
+        obj = gatys.Objective(content, [style], net=net, tile=tile)
+        t_tiled = best_time(lambda: obj.loss_and_grad(x), repeat)
+        row = _row(f"gatys_eval_tiled_{tile}", s, t_tiled, flops, peak_mb(lambda: obj.loss_and_grad(x)))
+        row["tiles"] = obj.tile_count
+        row["overhead_vs_untiled"] = t_tiled / t_whole if t_whole else None
+        rows.append(row)
+        del obj
+    return rows
+
+
+RUNNERS = {"vgg": bench_vgg, "gatys": bench_gatys, "fast": bench_fast, "video": bench_video,
+           "gatys-tiled": bench_gatys_tiled}
+DEFAULT_SIZES = {"gatys-tiled": [1024, 2048]}  # every other workload: 256, 512, 1024
 
 
 # --------------------------------------------------------------------------- CLI
@@ -507,8 +544,9 @@ def build_parser():
         description="Time minnst's workloads against this machine's float32 matrix-multiply rate.")
     p.add_argument("workloads", nargs="*", default=["all"], metavar="WORKLOAD",
                    help=f"any of {', '.join(WORKLOADS)} (conv is another name for vgg), or all (default)")
-    p.add_argument("--sizes", type=_sizes, default=[256, 512, 1024],
-                   help="image sizes (square), comma-separated, each 32 to 4096 (default: 256,512,1024)")
+    p.add_argument("--sizes", type=_sizes, default=None,
+                   help="image sizes (square), comma-separated, each 32 to 4096 (default: 256,512,1024; "
+                        "1024,2048 for gatys-tiled)")
     p.add_argument("--repeat", type=whole(1, 1000), default=3,
                    help="timed runs per number, the best is kept (default 3)")
     p.add_argument("--json", metavar="FILE", nargs="?", const="bench.json",
@@ -531,12 +569,15 @@ def print_table(info, mm, rows):
         line = f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {gf} {fr} {r['peak_mb']:8.0f}"
         if "torch_seconds" in r:
             line += f" {r['torch_seconds']:9.3f} {r['ratio_vs_torch']:8.2f}"
+        if "tiles" in r:
+            over = f", {r['overhead_vs_untiled']:.2f}× the untiled time" if r.get("overhead_vs_untiled") else ""
+            line += f"   ({r['tiles']} tiles{over})"
         print(line)
 
 
 def _main(argv=None):
     args = build_parser().parse_args(argv)
-    chosen = list(WORKLOADS) if "all" in args.workloads else args.workloads
+    chosen = list(IN_ALL) if "all" in args.workloads else args.workloads
     chosen = list(dict.fromkeys("vgg" if w == "conv" else w for w in chosen))
     for w in chosen:
         if w not in RUNNERS:
@@ -555,7 +596,7 @@ def _main(argv=None):
     mm = matmul_gflops()
     rows = []
     for w in chosen:
-        rows += RUNNERS[w](args.sizes, args.repeat, torch)
+        rows += RUNNERS[w](args.sizes or DEFAULT_SIZES.get(w, [256, 512, 1024]), args.repeat, torch)
     for r in rows:
         r["fraction_of_matmul"] = r["gflops"] / mm if r.get("gflops") else None
     print_table(info, mm, rows)

@@ -44,3 +44,13 @@ def test_bad_arguments_exit_2(capsys):
     capsys.readouterr()
     assert bench.main(["--sizes", "abc"]) == 2  # argparse's error: one line
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_gatys_tiled_rows(vgg16_path):
+    """bench gatys-tiled: an untiled and a tiled evaluation at a size that needs 4 tiles,
+    with the tile count and the overhead ratio."""
+    rows = bench.bench_gatys_tiled([64], 1, tile=32)
+    assert [r["workload"] for r in rows] == ["gatys_eval_untiled", "gatys_eval_tiled_32"]
+    tiled = rows[1]
+    assert tiled["tiles"] == 4 and tiled["overhead_vs_untiled"] == tiled["seconds"] / rows[0]["seconds"]
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in rows)
