@@ -341,23 +341,29 @@ def style_settings(cfg: TrainConfig, k: int) -> dict:
                                             cfg.style_weight_of(k), cfg.tv_weight, cfg.pooling)}
 
 
-def model_meta(cfg: TrainConfig, step: int, base_meta: dict | None = None) -> dict:
+INPUT_RECORDS = ("style_sha256", "dataset_fingerprint", "input_changes", "crop_schedule")
+
+
+def model_meta(cfg: TrainConfig, step: int, base_meta: dict | None = None, checkpoint_meta=None) -> dict:
     """What a model file records about its training; a many-style model records each
-    style's ``style_settings`` (those of ``base_meta``'s styles kept)."""
+    style's ``style_settings`` (those of ``base_meta``'s styles kept). ``checkpoint_meta``:
+    the inputs it was trained on and any change of them (``INPUT_RECORDS``), under "inputs"."""
+    inputs = {k: checkpoint_meta[k] for k in INPUT_RECORDS if k in (checkpoint_meta or {})}
+    extra = {"inputs": inputs} if inputs else {}
     if not cfg.multi_style:
         return {"style": Path(cfg.style).name, "trained_with": "minnst.train_fast",
-                "iterations": int(step), "train": cfg.to_json()}
+                "iterations": int(step), "train": cfg.to_json(), **extra}
     styles = dict((base_meta or {}).get("styles", {}))
     for k, path in enumerate(cfg.style_paths()):
         styles[Path(path).stem] = style_settings(cfg, k)
     return {"styles": styles, "trained_with": "minnst.train_fast", "iterations": int(step),
-            "train": cfg.to_json()}
+            "train": cfg.to_json(), **extra}
 
 
 def export(checkpoint, output, float16: bool = False) -> Path:
     """Write the model of a training checkpoint as a model file (optionally float16)."""
     cfg, net, _, meta = read_checkpoint(checkpoint)
-    return net.save(output, meta=model_meta(cfg, meta["step"], meta.get("base_meta")),
+    return net.save(output, meta=model_meta(cfg, meta["step"], meta.get("base_meta"), meta),
                     dtype=np.float16 if float16 else None)
 
 
@@ -623,7 +629,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         log(f"interrupted at step {step}; checkpoint saved to {ckpt_path} (continue with --resume)")
         raise KeyboardInterrupt
     if step >= cfg.iterations:
-        net.save(cfg.output, meta=model_meta(cfg, step, base_meta))
+        net.save(cfg.output, meta=model_meta(cfg, step, base_meta, recorded))
         log(f"trained {step} iterations in {time.monotonic() - t0:.0f} s; model saved to {cfg.output}")
     return net
 

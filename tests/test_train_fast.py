@@ -215,6 +215,8 @@ def test_resume_refuses_changed_style_or_dataset(files, tmp_path, capsys):
                             "--allow-changed-inputs"]) == 0
     changes = read_checkpoint(run / "checkpoint.h5")[3]["input_changes"]
     assert [c["what"] for c in changes] == ["dataset"] and changes[0]["step"] == 1
+    inputs = TransformerNet.load(run / "m.h5").meta["inputs"]  # the model records both
+    assert inputs["input_changes"] == changes and inputs["dataset_fingerprint"] == changes[0]["after"]
     # another style file on resume is another run
     assert train_fast.main(["--resume", "--run-dir", str(run), "--style", str(files["photos"] / "p0.png"),
                             "--iterations", "3", "--quiet"]) == 2
