@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import images, losses, procedural
 from ..backend import default_device_name, keep_freed_memory, select_device
-from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, run, vgg_min_side
+from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, number, run, vgg_min_side
 from ..files import check_writable, make_dir, sha256_file
 from ..memory import available_memory, estimate_gatys_memory, format_bytes, gpu_free_memory
 from ..plots import plot_losses
@@ -46,14 +46,7 @@ def _split(values, convert, what):
     return out
 
 
-def _float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return v
+_float = number()  # a finite number, any sign: the config's checks say which are allowed
 
 
 def _int(text):
