@@ -53,6 +53,23 @@ class ImageError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
+DEMO_PHOTO = "grace_hopper.jpg"  # ships with matplotlib (a public-domain US Navy photo)
+
+
+def demo_photo() -> Path:
+    """matplotlib's bundled photo of Grace Hopper, the tools' no-argument demo input;
+    ``ImageError`` when matplotlib or its sample data is missing."""
+    try:
+        from matplotlib import cbook
+
+        path = Path(cbook.get_sample_data(DEMO_PHOTO, asfileobj=False))
+    except Exception as e:  # matplotlib missing or built without its sample data
+        raise ImageError(f"matplotlib's sample photo {DEMO_PHOTO} is unavailable ({e})") from None
+    if not path.is_file():
+        raise ImageError(f"matplotlib's sample photo is missing ({path})")
+    return path
+
+
 def check_size(size, what: str = "size") -> int:
     """``size`` as an int in [16, 8192] (the longest image side), else ``ImageError``."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):

@@ -44,7 +44,7 @@ from .weights import cache_dir, checkout_weights_dir
 
 DEFAULT_MODEL = "starry_night.h5"
 DEFAULT_OUTPUT_DIR = Path("minnst_out")
-DEMO_PHOTO = "grace_hopper.jpg"  # ships with matplotlib (a public-domain US Navy photo)
+DEMO_PHOTO = images.DEMO_PHOTO
 OUTPUT_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -61,16 +61,11 @@ def default_model_path() -> Path:
 
 
 def demo_photo() -> Path:
+    """The demo input (``images.demo_photo``), or a usage error naming ``--input``."""
     try:
-        import matplotlib.cbook
-
-        path = Path(matplotlib.cbook.get_sample_data(DEMO_PHOTO, asfileobj=False))
-    except Exception as e:  # matplotlib missing or built without its sample data
-        raise UsageError(f"matplotlib's sample photo {DEMO_PHOTO} is unavailable ({e}); "
-                         f"pass --input FILE") from None
-    if not path.is_file():
-        raise UsageError(f"matplotlib's sample photo is missing ({path}); pass --input FILE")
-    return path
+        return images.demo_photo()
+    except ImageError as e:
+        raise UsageError(f"{e}; pass --input FILE") from None
 
 
 def load_network(path) -> TransformerNet:

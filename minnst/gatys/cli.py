@@ -212,15 +212,9 @@ def _config_and_tile(argv) -> tuple[GatysConfig, bool, bool]:
 def demo_content_path() -> Path:
     """matplotlib's bundled photo of Grace Hopper."""
     try:
-        from matplotlib import cbook
-
-        path = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    except Exception as e:  # matplotlib missing or built without its sample data
-        raise UsageError(f"matplotlib's sample photo grace_hopper.jpg is unavailable ({e}); "
-                         f"pass --content PATH") from None
-    if not path.is_file():
-        raise UsageError(f"matplotlib's sample photo is missing ({path}); pass --content PATH")
-    return path
+        return images.demo_photo()
+    except images.ImageError as e:
+        raise UsageError(f"{e}; pass --content PATH") from None
 
 
 def _output_paths(cfg: GatysConfig, content_name: str, style_names: list) -> dict:
