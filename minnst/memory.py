@@ -287,6 +287,15 @@ def gpu_free_memory() -> int | None:
         return None
 
 
+def memory_checks(device: str, available, gpu_free=None) -> list:
+    """``[(where, part, bytes free)]`` to hold an estimate against: on the GPU its
+    ``"device"`` part against ``gpu_free`` and its ``"host"`` part against ``available``
+    (MemAvailable); on the CPU its ``"total"`` against ``available``. None: unknown."""
+    if device == "gpu":
+        return [("GPU", "device", gpu_free), ("host", "host", available)]
+    return [("host", "total", available)]
+
+
 def format_bytes(n) -> str:
     """``"1.25 GB"`` from 1 GiB up, else ``"312 MB"`` (binary units)."""
     return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

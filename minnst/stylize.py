@@ -37,7 +37,8 @@ from .cli import ArgumentParser, UsageError, error, run, whole
 from .data import IMAGE_SUFFIXES, list_images
 from .files import check_writable
 from .images import ImageError
-from .memory import available_memory, estimate_stylize_memory, format_bytes, gpu_free_memory, largest_fitting
+from .memory import (available_memory, estimate_stylize_memory, format_bytes, gpu_free_memory, largest_fitting,
+                     memory_checks)
 from .modelfile import ModelFileError, load_model
 from .transformer import TransformerNet
 from .weights import cache_dir, checkout_weights_dir
@@ -150,11 +151,8 @@ def check_memory(net: TransformerNet, sources, size, device: str) -> int | None:
     if worst is None:
         return None
     src, hw, (h, w), est = worst
-    if device == "gpu":
-        checks = [("GPU", "device", gpu_free_memory()), ("host", "host", available_memory())]
-    else:
-        checks = [("host", "total", available_memory())]
-    for where, part, have in checks:
+    free = gpu_free_memory() if device == "gpu" else None
+    for where, part, have in memory_checks(device, available_memory(), free):
         if have is None or est[part] <= have:
             continue
         fit = largest_fitting(lambda s: estimate_stylize_memory(net, *images.fit_longest(*hw, s), device,

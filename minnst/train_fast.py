@@ -57,7 +57,8 @@ from .layers.normalization import ConditionalInstanceNorm2d
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
 from .modelfile import ModelFileError, load_model, save_model
-from .memory import available_memory, estimate_training_memory, format_bytes, gpu_free_memory, largest_fitting
+from .memory import (available_memory, estimate_training_memory, format_bytes, gpu_free_memory, largest_fitting,
+                     memory_checks)
 from .perceptual import JOHNSON_STYLE_LAYERS, PerceptualLoss, check_layers, training_objective
 from .plots import plot_losses
 
@@ -732,11 +733,8 @@ def _check_training_memory(cfg: TrainConfig, net_config: TransformerConfig, devi
         return estimate_training_memory(net_config, batch, crop, cfg.content_layer, cfg.style_layers, device)
 
     est = estimate()
-    if device == "gpu":
-        checks = [("GPU", "device", gpu_free_memory()), ("host", "host", available_memory())]
-    else:
-        checks = [("host", "total", available_memory())]
-    for where, part, have in checks:
+    free = gpu_free_memory() if device == "gpu" else None
+    for where, part, have in memory_checks(device, available_memory(), free):
         if have is None or est[part] <= have:
             continue
         batch = largest_fitting(lambda b: estimate(batch=b)[part], 1, cfg.batch_size - 1, have)

@@ -17,7 +17,7 @@ from .. import images, losses, procedural
 from ..backend import default_device_name, keep_freed_memory, select_device
 from ..cli import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, number, run, vgg_min_side
 from ..files import check_writable, make_dir, sha256_file
-from ..memory import available_memory, estimate_gatys_memory, format_bytes, gpu_free_memory
+from ..memory import available_memory, estimate_gatys_memory, format_bytes, gpu_free_memory, memory_checks
 from ..plots import plot_losses
 from ..vgg import VGG16
 from .config import (DEFAULT_STYLE_WEIGHT, DEFAULT_TV_WEIGHT, INITS, OPTIMIZERS, PRESERVE_COLORS,
@@ -390,21 +390,18 @@ def _main(argv) -> int:
     avail = available_memory()
     free = gpu_free_memory() if device.name == "gpu" else None
 
-    def memory_checks(e):
-        if device.name == "gpu":
-            return [("GPU", e["device"], free), ("host", e["host"], avail)]
-        return [("host", e["total"], avail)]
+    limits = memory_checks(device.name, avail, free)
 
     def fits(e):
-        return all(have is None or need <= have for _, need, have in memory_checks(e))
+        return all(have is None or e[part] <= have for _, part, have in limits)
 
     if auto_tile and not fits(est):
         cfg, notes = _fit_memory(content.shape[:2], cfg, styles, device.name, fits)
         est = _estimate_for(content.shape[:2], cfg, styles, cfg.sizes[-1], device.name)
         for note in notes:
             _say(cfg, note)
-    checks = memory_checks(est)
-    for where, need, have in checks:
+    for where, part, have in limits:
+        need = est[part]
         if have is not None and need > have:
             fit = _largest_fitting_size(content.shape[:2], cfg, styles, device.name, where, have)
             hint = (f"try --size {fit} (with --scales, the last scale must fit: e.g. --scales "
