@@ -23,7 +23,9 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x>=12"],
         "video": ["av>=14", "opencv-python-headless>=4.5"],
-        "test": ["pytest>=7", "hypothesis>=6.88", "av>=14", "opencv-python-headless>=4.5"],
+        "distributed": ["dask>=2024.1", "distributed>=2024.1", "bokeh>=3.1"],
+        "test": ["pytest>=7", "hypothesis>=6.88", "av>=14", "opencv-python-headless>=4.5",
+                 "dask>=2024.1", "distributed>=2024.1"],
     },
     entry_points={
         "console_scripts": [

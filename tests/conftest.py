@@ -45,3 +45,14 @@ def vgg16_f32(vgg16_path):
     from minnst.vgg import VGG16
 
     return VGG16.load(vgg16_path, pooling="avg", dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def cluster2():
+    """A Dask LocalCluster of 2 worker processes (``minnst.distributed.cluster``), shared by
+    the tests of the distributed tools; each worker loads VGG16 and models once."""
+    pytest.importorskip("distributed", reason="Dask not installed: pip install 'minnst[test]'")
+    from minnst import distributed
+
+    with distributed.cluster(workers=2, say=None) as c:
+        yield c

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from minnst import gatys, images, losses, procedural
+from minnst.errors import ConfigError
 from minnst.memory import estimate_gatys_memory
 from minnst.gradcheck import directional_check
 
@@ -232,6 +233,18 @@ def test_scales_run_coarse_to_fine(vgg16_f32):
                       callback=lambda p: seen.append((p.scale_index, p.size)))
     assert r.image.shape == (32, 24, 3) and r.iterations == 8
     assert seen[0] == (0, (24, 18)) and seen[-1] == (1, (32, 24))
+
+
+def test_iterations_per_scale(vgg16_f32):
+    c, s = photo(48, 36), style_img(40)
+    seen = []
+    r = gatys.stylize(c, [s], cfg(scales=[24, 32], iterations=[5, 2], **CHEAP), net=vgg16_f32,
+                      callback=lambda p: seen.append((p.scale_index, p.total_iterations)))
+    assert r.iterations == 7 and [k for k, _ in seen] == [0] * 5 + [1] * 2 and seen[0][1] == 7
+    with pytest.raises(ConfigError, match="one per scale"):
+        cfg(scales=[24, 32], iterations=[5, 2, 1]).validate()
+    with pytest.raises(ConfigError, match="whole numbers"):
+        cfg(scales=[24, 32], iterations=[5, 0]).validate()
 
 
 def test_preserve_colors(vgg16_f32):

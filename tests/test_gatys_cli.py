@@ -118,6 +118,15 @@ def test_no_arguments_means_the_demo():
     assert not demo and cfg.size == 512 and cfg.iterations == 500
 
 
+def test_iterations_one_per_scale():
+    cfg, _ = gatys_cli.config_from_args(["--content", "x.png", "--scales", "64,128", "--iterations", "30,10"])
+    assert cfg.scale_iterations == [30, 10] and cfg.total_iterations == 40
+    cfg, _ = gatys_cli.config_from_args(["--content", "x.png", "--scales", "64,128", "--iterations", "7"])
+    assert cfg.scale_iterations == [7, 7]
+    with pytest.raises(gatys_cli.UsageError, match="one per scale"):
+        gatys_cli.config_from_args(["--content", "x.png", "--scales", "64,128", "--iterations", "3,2,1"])
+
+
 def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(gatys_cli, "available_memory", lambda: 600 * 2**20)
     code, _, err = run_main(["--content", pics["content"], "--style", pics["style"], "--size", "2048",

@@ -112,8 +112,10 @@ def build_parser() -> ArgumentParser:
                    help="start image, resized to the output (implies --init image)")
     g.add_argument("--seed", type=_int, default=0, metavar="N",
                    help="seed of the noise start (default 0); the same seed gives the same image")
-    g.add_argument("--iterations", type=_int, default=None, metavar="N",
-                   help=f"iterations per scale (default 500; the demo {DEMO_ITERATIONS})")
+    g.add_argument("--iterations", nargs="+", default=None, metavar="N",
+                   help=f"iterations per scale (default 500; the demo {DEMO_ITERATIONS}); with --scales, "
+                        f"one number per scale is allowed too, e.g. --scales 512,1024,2048 --iterations "
+                        f"300,100,30")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs",
                    help="lbfgs (default: scipy's L-BFGS-B, pixels bounded to [0, 1]) or adam")
     g.add_argument("--learning-rate", type=_float, default=0.02, metavar="LR",
@@ -180,6 +182,7 @@ def _config_and_tile(argv) -> tuple[GatysConfig, bool, bool]:
             layer_w = _split(args.style_layer_weights, _float, "--style-layer-weights")
         if args.scales:
             scales = _split(args.scales, _int, "--scales")
+        iterations = _split(args.iterations, _int, "--iterations") if args.iterations else None
     except argparse.ArgumentTypeError as e:
         raise UsageError(str(e)) from None
     if args.scales is not None and not scales:
@@ -189,7 +192,13 @@ def _config_and_tile(argv) -> tuple[GatysConfig, bool, bool]:
                          f"the last scale is the output size")
     demo = args.content is None and not args.style  # the demo's own size, length and β
     size = args.size if args.size is not None else (DEMO_SIZE if demo else 512)
-    iterations = args.iterations if args.iterations is not None else (DEMO_ITERATIONS if demo else 500)
+    if iterations is None:
+        iterations = DEMO_ITERATIONS if demo else 500
+    elif len(iterations) == 1:
+        iterations = iterations[0]
+    elif len(iterations) != len(scales or [size]):
+        raise UsageError(f"--iterations takes one number, or one per scale ({len(scales or [size])}), "
+                         f"got {len(iterations)}")
     style_weight = args.style_weight
     if style_weight is None and demo and args.normalization == "gatys" and not scales:
         style_weight = DEMO_STYLE_WEIGHT * (size / DEMO_SIZE) ** 2  # β ∝ M
@@ -228,7 +237,7 @@ def _output_paths(cfg: GatysConfig, content_name: str, style_names: list) -> dic
     paths = {"image": out, "log": Path(f"{stem}.losses.jsonl"), "curve": Path(f"{stem}.losses.png"),
              "stem": stem, "suffix": out.suffix}
     if cfg.save_every:
-        paths["snapshot"] = Path(f"{stem}_{cfg.iterations * len(cfg.sizes):04d}{out.suffix}")
+        paths["snapshot"] = Path(f"{stem}_{cfg.total_iterations:04d}{out.suffix}")
     for key in ("image", "log", "curve", "snapshot"):
         if key in paths:
             check_writable(paths[key])
@@ -242,7 +251,7 @@ class _Reporter:
         from tqdm import tqdm
 
         self.cfg, self.paths, self.metadata = cfg, paths, metadata
-        self.bar = tqdm(total=cfg.iterations * len(cfg.sizes), unit="it",
+        self.bar = tqdm(total=cfg.total_iterations, unit="it",
                         disable=True if cfg.quiet else None,  # None: on a terminal only
                         dynamic_ncols=True, file=sys.stderr, leave=True)
         self.log = None  # opened at the first iteration: a run that fails before leaves no log
@@ -380,7 +389,7 @@ def _main(argv) -> int:
     paths = _output_paths(cfg, content_path.stem, style_names)
     if demo_defaults:
         _say(cfg, f"minnst demo: {content_path.name} in the style of minnst's procedural stained glass, "
-                  f"{cfg.size} px, {cfg.iterations} iterations, style weight {cfg.beta:g} "
+                  f"{cfg.size} px, {cfg.total_iterations} iterations, style weight {cfg.beta:g} "
                   f"(about two minutes on 2 CPU cores)")
 
     # Memory: estimate the largest scale, refuse if it cannot fit.

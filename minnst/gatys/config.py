@@ -53,7 +53,7 @@ class GatysConfig:
     init: str = "noise"               # "noise", "content" or "image" (with init_image)
     init_image: str | None = None     # start image for init == "image"
     seed: int = 0                     # seeds the noise start
-    iterations: int = 500             # per scale
+    iterations: int | list = 500      # per scale: one number for all, or one per scale (coarse to fine)
     optimizer: str = "lbfgs"          # "lbfgs" (L-BFGS-B) or "adam"
     learning_rate: float = 0.02       # Adam's step size, in pixel units
     lbfgs_memory: int = 10            # L-BFGS history (pairs kept); memory ≈ 16·m bytes per pixel value
@@ -70,6 +70,17 @@ class GatysConfig:
     @property
     def sizes(self) -> list:
         return list(self.scales) if self.scales else [self.size]
+
+    @property
+    def scale_iterations(self) -> list:
+        """Iterations at each scale, coarse to fine."""
+        if isinstance(self.iterations, (list, tuple)):
+            return list(self.iterations)
+        return [self.iterations] * len(self.sizes)
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.scale_iterations)
 
     @property
     def beta(self) -> float:
@@ -117,7 +128,18 @@ class GatysConfig:
         number("learning_rate", strict=True)
         number("time_budget", strict=True, allow_none=True)
         number("tol", allow_none=True)
-        integer("iterations", 1, 10**7)
+        if isinstance(self.iterations, (list, tuple)):
+            if len(self.iterations) not in (1, len(self.sizes)):
+                raise ConfigError("iterations", f"give one iteration count, or one per scale "
+                                                f"({len(self.sizes)}), got {len(self.iterations)}")
+            for v in self.iterations:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 10**7:
+                    raise ConfigError("iterations", f"iterations must be whole numbers in [1, 10000000], "
+                                                    f"got {v!r}")
+            if len(self.iterations) == 1:
+                self.iterations = int(self.iterations[0])
+        else:
+            integer("iterations", 1, 10**7)
         integer("seed", 0, 2**63 - 1)
         integer("lbfgs_memory", 1, 1000)
         integer("print_every", 0, 10**9)

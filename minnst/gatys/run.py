@@ -189,7 +189,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
     sizes = cfg.sizes
     t0 = time.perf_counter()
     budget_end = None if cfg.time_budget is None else t0 + cfg.time_budget
-    total = cfg.iterations * len(sizes)
+    total = cfg.total_iterations
     history, done, evaluations = [], 0, 0
     best_raw, best_loss, reason = None, math.inf, "iterations"
 
@@ -219,8 +219,9 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
             x0 = to_device(x0, dev)
             deadline = None
             if budget_end is not None:  # share what is left by the scales' cost (pixels × iterations)
-                costs = [images.fit_longest(*content.shape[:2], s) for s in sizes[k:]]
-                share = (costs[0][0] * costs[0][1]) / sum(a * b for a, b in costs)
+                costs = [a * b * n for (a, b), n in zip(
+                    (images.fit_longest(*content.shape[:2], s) for s in sizes[k:]), cfg.scale_iterations[k:])]
+                share = costs[0] / sum(costs)
                 deadline = time.perf_counter() + max(0.0, budget_end - time.perf_counter()) * share
 
             def on_iteration(tr, k=k, size_hw=(h, w), content_s=content_s):
@@ -239,7 +240,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                     callback(Progress(done, total, k, size_hw, terms, tr.best_loss,
                                       time.perf_counter() - t0, best_image, entry))
 
-            tracker = _Tracker(obj, x0, cfg.iterations, deadline, cfg.tol, on_iteration)
+            tracker = _Tracker(obj, x0, cfg.scale_iterations[k], deadline, cfg.tol, on_iteration)
             if cfg.optimizer == "lbfgs":
                 reason = _run_lbfgs(tracker, x0, cfg.lbfgs_memory)
             else:
