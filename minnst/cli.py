@@ -35,13 +35,15 @@ class UsageError(ValueError):
 
 def _user_errors():
     from .backend import DeviceError
+    from .distributed import WorkerDied
     from .files import OutputPathError
     from .images import ImageError
     from .modelfile import ModelFileError
     from .video import VideoError
     from .weights import WeightsError
 
-    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError, VideoError)
+    return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError, VideoError,
+            WorkerDied)
 
 
 def one_line(text) -> str:

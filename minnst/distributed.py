@@ -77,7 +77,7 @@ def _import_distributed():
 # --------------------------------------------------------------------------------------
 
 _cache: dict = {}
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # re-entrant: a ``make`` may itself use ``worker_cached``
 
 
 def worker_cached(key, make: Callable[[], Any]):
@@ -87,6 +87,19 @@ def worker_cached(key, make: Callable[[], Any]):
         if key not in _cache:
             _cache[key] = make()
         return _cache[key]
+
+
+def worker_vgg16(pooling: str, dtype="float32", device: str = "cpu"):
+    """This process's VGG16 (``vgg.VGG16.load`` from the weights this machine has), loaded
+    once per (pooling, dtype, device): the one home of that cache key for every task."""
+    import numpy as np
+
+    from .backend import select_device
+    from .vgg import VGG16
+
+    dtype = np.dtype(dtype)
+    return worker_cached(("vgg16", pooling, dtype.str, device),
+                         lambda: VGG16.load(pooling=pooling, dtype=dtype, xp=select_device(device).xp))
 
 
 def worker_info() -> dict:
@@ -116,6 +129,7 @@ def setup_worker(hosts: dict) -> int:
     new process and sets its threads again. Returns the pool's thread count."""
     global _threads_set
     from . import parallel
+    from .backend import keep_freed_memory
 
     with _cache_lock:
         if not _threads_set:
@@ -132,13 +146,17 @@ def setup_worker(hosts: dict) -> int:
                 parallel.start(n)
             except ValueError:  # the pool was made before: keep it
                 pass
+            # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns off
+            # glibc's adaptive mmap threshold: every large array is then a fresh mmap (a
+            # 1024×768 tiled evaluation on one worker: 50 s instead of 27 s)
+            keep_freed_memory()
             _threads_set = True
     return parallel.num_workers()
 
 
-def _task(fn, hosts, item, *args, **kwargs):
+def _call(fn, hosts, *args, **kwargs):
     setup_worker(hosts)
-    return fn(item, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -170,8 +188,16 @@ class Cluster:
             return None
 
     def broadcast(self, obj):
-        """``obj`` on every worker once; pass the returned future to tasks instead of ``obj``."""
-        return self.client.scatter(obj, broadcast=True, hash=False)
+        """``obj`` (any object, one future: a dict or list is not split) on every worker
+        once; pass the returned future to tasks instead of ``obj``."""
+        return self.client.scatter([obj], broadcast=True, hash=False)[0]
+
+    def submit(self, fn: Callable, *args, key: str | None = None, **kwargs):
+        """One task ``fn(*args, **kwargs)`` (worker set up as for ``map_ordered``; ``key``:
+        its name's prefix on the dashboard); its future, whose result stays on the worker
+        until released."""
+        return self.client.submit(_call, fn, self.hosts, *args, pure=False,
+                                  key=f"{key or getattr(fn, '__name__', 'task')}-{_token()}", **kwargs)
 
     def map_ordered(self, fn: Callable, items: Iterable, *args, window: int | None = None,
                     progress: Callable[[int], None] | None = None, key: str | None = None,
@@ -193,7 +219,7 @@ class Cluster:
                 except StopIteration:
                     exhausted = True
                     break
-                fut = self.client.submit(_task, fn, self.hosts, item, *args, pure=False,
+                fut = self.client.submit(_call, fn, self.hosts, item, *args, pure=False,
                                          key=f"{prefix}-{i}-{_token()}", **kwargs)
                 pending.append((i, fut))
             if not pending:
@@ -205,7 +231,7 @@ class Cluster:
                 error = e
             if progress is not None:
                 progress(1)
-            value, ok = (fut.result(), True) if error is None else (error, False)
+            value, ok = (fut.result(), True) if error is None else (_plain(error), False)
             fut.release()
             yield i, ok, value
 
@@ -215,6 +241,37 @@ class Cluster:
         if self.local is not None:
             with contextlib.suppress(Exception):
                 self.local.close()
+
+
+class WorkerDied(RuntimeError):
+    """A task whose workers kept dying while running it (Dask's ``KilledWorker``: more than
+    ``distributed.scheduler.allowed-failures`` times; out of memory, most often)."""
+
+
+def run_ordered(c: Cluster | None, fn: Callable, items: Iterable, *args,
+                progress: Callable[[int], None] | None = None, **kwargs) -> Iterator[tuple[int, bool, Any]]:
+    """``c.map_ordered(fn, items, *args, progress=, **kwargs)`` on a cluster, else the same
+    calls one after the other in this process with the same outcomes: ``(index, ok,
+    value)`` in order, ``value`` the exception of a call that raised (``Exception``s only:
+    Ctrl-C stops the loop)."""
+    if c is not None:
+        yield from c.map_ordered(fn, items, *args, progress=progress, **kwargs)
+        return
+    for i, item in enumerate(items):
+        try:
+            outcome = (i, True, fn(item, *args, **kwargs))
+        except Exception as e:
+            outcome = (i, False, e)
+        if progress is not None:
+            progress(1)
+        yield outcome
+
+
+def _plain(error: BaseException) -> BaseException:
+    """A task's exception as the caller should see it: ``KilledWorker`` → ``WorkerDied``."""
+    if type(error).__name__ == "KilledWorker":
+        return WorkerDied(f"the workers running it died repeatedly (out of memory?): {one_line(error)}")
+    return error
 
 
 def _accepts_n_workers(client) -> bool:
@@ -244,11 +301,13 @@ def _hosts(workers: dict) -> dict:
 
 @contextlib.contextmanager
 def cluster(workers: int | None = None, scheduler: str | None = None, say: Callable[[str], None] | None = print,
-            timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Cluster | None]:
+            timeout: float | None = None) -> Iterator[Cluster | None]:
     """A ``Cluster`` for the block: a LocalCluster of ``workers`` processes, or the running
     cluster at ``scheduler``; None (nothing to do) when neither is given. An unreachable
     scheduler, both given, a missing Dask or workers without (this) minnst: ``UsageError``.
-    ``say`` gets the one line with the worker count and the dashboard address."""
+    ``say`` gets the one line with the worker count and the dashboard address; ``timeout``
+    (default ``CONNECT_TIMEOUT_S``) bounds the wait for the scheduler and its first worker."""
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     if workers is None and scheduler is None:
         yield None
         return

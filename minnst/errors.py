@@ -14,6 +14,9 @@ class ConfigError(ValueError):
         super().__init__(message)
         self.field = field_name
 
+    def __reduce__(self):  # pickles (an error raised on a Dask worker comes back whole)
+        return (type(self), (self.field, str(self)))
+
     def cli_message(self) -> str:
         """The message with the field's words replaced by its ``--flag``."""
         words = self.field.replace("_", " ")

@@ -13,6 +13,7 @@ the style image so its pixel mean and covariance equal the content's).
 """
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -131,34 +132,64 @@ def load_image(path, size=None) -> np.ndarray:
     (one line naming the file) for a missing file, a directory, a non-image, a
     truncated or corrupt file, an empty image, or a ``size`` outside [16, 8192].
     """
-    if size is not None:
-        size = check_size(size)
+    size = None if size is None else check_size(size)
+    path = _check_image_path(path)
+    try:
+        return _decode(path, path, size)
+    except PermissionError:
+        raise ImageError(f"cannot read image file (permission denied): {path}") from None
+
+
+def read_image_bytes(path) -> bytes:
+    """The bytes of an image file, undecoded (what a cluster task carries to a worker that
+    has no access to the file); ``ImageError`` as ``load_image`` for a file that is
+    missing, a directory or unreadable."""
+    path = _check_image_path(path)
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise ImageError(f"cannot read image file (permission denied): {path}") from None
+    except OSError as e:
+        raise ImageError(f"cannot read image file {path} ({e.strerror or e})") from None
+
+
+def decode_image(data: bytes, size=None, name: str = "image") -> np.ndarray:
+    """``load_image`` of a file's bytes (``read_image_bytes``): the same pixels as reading
+    the file; ``name`` (the file's path where it came from) is what messages call it."""
+    return _decode(io.BytesIO(data), name, None if size is None else check_size(size))
+
+
+def _check_image_path(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageError(f"expected an image file, got a directory: {path}")
+    return path
+
+
+def _decode(source, name, size) -> np.ndarray:
+    """``load_image``'s decode of ``source`` (a path or a binary file object) named
+    ``name``; ``size`` checked already."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # decode everything now: truncation and corruption surface here
             if im.width == 0 or im.height == 0:
-                raise ImageError(f"image {path} is empty ({im.width}x{im.height})")
+                raise ImageError(f"image {name} is empty ({im.width}x{im.height})")
             try:
                 im = ImageOps.exif_transpose(im)
             except _DECODE_ERRORS:  # malformed EXIF: keep the stored orientation
                 pass
             img = pil_to_float(im)
-    except ImageError:
+    except (ImageError, PermissionError):
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"not an image file (or an unsupported format): {path}") from None
-    except PermissionError:
-        raise ImageError(f"cannot read image file (permission denied): {path}") from None
+        raise ImageError(f"not an image file (or an unsupported format): {name}") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"image {path} has too many pixels to load safely") from None
+        raise ImageError(f"image {name} has too many pixels to load safely") from None
     except _DECODE_ERRORS as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise ImageError(f"cannot decode image file {path} (truncated or corrupt: {first})") from None
+        raise ImageError(f"cannot decode image file {name} (truncated or corrupt: {first})") from None
     if size is not None:
         img = resize(img, size=size)
     return img
@@ -191,31 +222,43 @@ def _png_info(metadata: dict | None) -> PngImagePlugin.PngInfo:
 
 
 def save_image(path, img, metadata: dict | None = None) -> Path:
-    """Write ``img`` ((H, W, 3) float in [0, 1], clipped, or uint8) by extension.
+    """Write ``img`` ((H, W, 3) float in [0, 1], clipped, or uint8) by extension
+    (``encode_image``: .png, or .jpg/.jpeg). Parent directories are created; the file
+    appears atomically. Returns the path."""
+    path = Path(path)
+    try:
+        data = encode_image(img, path.suffix, metadata)
+    except ImageError:
+        raise ImageError(f"cannot save {path}: use a .png or .jpg file name") from None
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def encode_image(img, suffix: str, metadata: dict | None = None) -> bytes:
+    """The bytes of the image file ``save_image`` writes for a name ending in ``suffix``.
 
     ``.png``: lossless, ``metadata`` stored as PNG text chunks (one per key; non-string
     values as JSON; read back with ``read_png_metadata``). ``.jpg``/``.jpeg``: quality
-    95, ``metadata`` as a JSON comment. Parent directories are created; the file appears
-    atomically. Returns the path.
-    """
-    path = Path(path)
+    95, ``metadata`` as a JSON comment. ``img``: (H, W, 3) (or (H, W)) float in [0, 1],
+    clipped, or uint8."""
     a = to_uint8(img)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"save_image needs an (H, W, 3) image, got shape {a.shape}")
-    ext = path.suffix.lower()
+    ext = suffix.lower()
     pil = Image.fromarray(np.ascontiguousarray(a), mode="RGB")
-    with atomic_write(path) as tmp:
-        if ext == ".png":
-            pil.save(tmp, format="PNG", pnginfo=_png_info(metadata))
-        elif ext in (".jpg", ".jpeg"):
-            comment = json.dumps(metadata, sort_keys=True, default=str) if metadata else None
-            kwargs = {"comment": comment} if comment else {}
-            pil.save(tmp, format="JPEG", quality=JPEG_QUALITY, **kwargs)
-        else:
-            raise ImageError(f"cannot save {path}: use a .png or .jpg file name")
-    return path
+    buf = io.BytesIO()
+    if ext == ".png":
+        pil.save(buf, format="PNG", pnginfo=_png_info(metadata))
+    elif ext in (".jpg", ".jpeg"):
+        comment = json.dumps(metadata, sort_keys=True, default=str) if metadata else None
+        kwargs = {"comment": comment} if comment else {}
+        pil.save(buf, format="JPEG", quality=JPEG_QUALITY, **kwargs)
+    else:
+        raise ImageError(f"cannot encode an image as {suffix!r}: use .png or .jpg")
+    return buf.getvalue()
 
 
 def read_png_metadata(path) -> dict[str, str]:

@@ -6,12 +6,14 @@
 
 ``save_model`` writes through ``files.atomic_write`` (temp file + rename), so a killed
 process never leaves a half-written model or checkpoint under the real name.
-``load_model`` validates the format, version and state names and raises
-``ModelFileError`` (one line) for anything else; the callers (``TransformerNet.load``,
-``train_fast.read_checkpoint``) check the shapes against the config.
+``load_model`` (from the file, or from its bytes: what a cluster worker gets) validates
+the format, version and state names and raises ``ModelFileError`` (one line) for
+anything else; the callers (``TransformerNet.load``, ``train_fast.read_checkpoint``)
+check the shapes against the config.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -77,38 +79,48 @@ def save_model(path, state: dict, config: dict, meta: dict | None = None, dtype=
     return path
 
 
+def source_name(source) -> str:
+    """How messages name a model ``source``: its path, or "the model sent as bytes"."""
+    return "the model sent as bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
 def load_model(path) -> tuple[dict[str, np.ndarray], dict, dict]:
-    """Read a file written by ``save_model``: ``(state, config, meta)``.
+    """Read a file written by ``save_model``: ``(state, config, meta)``. ``path`` may also
+    be the file's bytes (what a cluster worker gets instead of the file).
 
     ``state`` keeps the saved order and dtypes (callers cast). Raises ``ModelFileError``
     with one line for a missing file, a directory, a non-HDF5 file or a wrong format.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    if not path.is_file():
-        raise ModelFileError(f"model path is not a file: {path}")
+    name = source_name(path)
+    if isinstance(path, (bytes, bytearray)):
+        target = io.BytesIO(path)
+    else:
+        target = Path(path)
+        if not target.exists():
+            raise ModelFileError(f"model file not found: {name}")
+        if not target.is_file():
+            raise ModelFileError(f"model path is not a file: {name}")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(target, "r")
     except OSError:
-        raise ModelFileError(f"{path} is not an HDF5 file (expected a minnst model .h5)") from None
+        raise ModelFileError(f"{name} is not an HDF5 file (expected a minnst model .h5)") from None
     with f:
         fmt = f.attrs.get("format")
         if fmt != MODEL_FORMAT:
-            raise ModelFileError(f"{path} is not a minnst model file (format={fmt!r})")
+            raise ModelFileError(f"{name} is not a minnst model file (format={fmt!r})")
         version = int(f.attrs.get("format_version", -1))
         if version > MODEL_FORMAT_VERSION:
-            raise ModelFileError(f"{path} has model format version {version}; this minnst reads up to {MODEL_FORMAT_VERSION}")
+            raise ModelFileError(f"{name} has model format version {version}; this minnst reads up to {MODEL_FORMAT_VERSION}")
         try:
             config = json.loads(f.attrs["config"])
             meta = json.loads(f.attrs.get("meta", "{}"))
             g = f["state"]
             names = json.loads(g.attrs["names"]) if "names" in g.attrs else list(g)
             if set(names) != set(g):
-                raise ModelFileError(f"{path}: state arrays do not match the recorded names")
-            state = {name: g[name][()] for name in names}
+                raise ModelFileError(f"{name}: state arrays do not match the recorded names")
+            state = {k: g[k][()] for k in names}
         except (KeyError, ValueError, TypeError) as e:
             if isinstance(e, ModelFileError):
                 raise
-            raise ModelFileError(f"{path} is a malformed minnst model file ({e.__class__.__name__}: {e})") from None
+            raise ModelFileError(f"{name} is a malformed minnst model file ({e.__class__.__name__}: {e})") from None
     return state, config, meta

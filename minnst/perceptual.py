@@ -31,6 +31,11 @@ tile's crop plus the image-sized arrays (``loss_and_grad_tiled``; the geometry i
     P = loss.content_targets(photo[None], tile=512)
     A = loss.style_targets([painting], tile=512)
     terms, grad = loss.loss_and_grad_tiled(x[None], P, A, tile=512)
+
+Each tile's work is one method (``tile_gram_sums``, ``tile_gradient``,
+``tile_content_targets``, ``tile_style_target``), a pure function of the tile's crop and
+what it names; ``tiled_passes`` runs them through a ``tile_map`` (``map_tiles``: a loop
+here; ``gatys.objective.ClusterTiles``: Dask tasks) and adds their results in tile order.
 """
 from __future__ import annotations
 
@@ -142,6 +147,13 @@ class PerceptualLoss:
         wanted = set(self.content_layers) | set(self.style_layers)
         self.layers = [n for n in LAYER_NAMES if n in wanted]
 
+    def settings(self) -> dict:
+        """The keyword arguments that make this loss again on another net:
+        ``PerceptualLoss(net, **loss.settings())`` (what a cluster's workers rebuild it from)."""
+        return {"content_layers": tuple(self.content_layers), "style_layers": tuple(self.style_layers),
+                "style_layer_weights": tuple(self.style_layer_weights), "alpha": self.alpha,
+                "beta": self.beta, "tv_weight": self.tv_weight, "normalization": self.normalization}
+
     def features(self, x, layers=None) -> dict:
         """VGG16 features ``{layer: (N, C, h, w)}`` of images ``x`` ((H, W, 3) or
         (N, H, W, 3) in [0, 1]); the forward's cache is dropped at once."""
@@ -150,7 +162,7 @@ class PerceptualLoss:
     def content_targets(self, x, tile=None) -> dict:
         """``{layer: P_l}`` for the content layers, from images ``x``. With ``tile`` (and
         an image larger than one tile) each tile's own positions are computed on its crop
-        (``tiling``) and written into P_l at the image's feature size."""
+        (``tile_content_targets``) and written into P_l at the image's feature size."""
         if not self.content_layers:
             return {}
         x4 = x if x.ndim == 4 else x[None]
@@ -160,33 +172,30 @@ class PerceptualLoss:
             return {l: feats[l] for l in self.content_layers}
         xp = get_xp(x)
         shapes = self.feature_shapes(x4.shape, self.content_layers)
+        busy = owning(plan, self.content_layers)
         targets = {}
-        for t in plan:
-            owned = [l for l in self.content_layers if t.owns(l)]
-            if not owned:
-                continue
-            feats = self.crop_forward(x4, t, owned)[0]
-            for l in owned:
-                F = feats.pop(l)
-                if l not in targets:  # channels-last memory, like the CPU layers' outputs
+        parts = self.map_tiles(PerceptualLoss.tile_content_targets, crops(x4, busy), self.content_layers)
+        for t, part in zip(busy, parts):
+            for l, F in part.items():
+                if l not in targets:  # channels-last, like the CPU layers' outputs (see channels_last)
                     N, C, h, w = shapes[l]
                     targets[l] = xp.empty((N, h, w, C), dtype=F.dtype).transpose(0, 3, 1, 2)
-                targets[l][(..., *t.whole(l))] = F[(..., *t.local(l))]
-            del feats
+                targets[l][(..., *t.whole(l))] = F
+            del part
         return targets
 
-    def style_targets(self, styles, blend_weights=None, target_hw=None, tile=None) -> dict:
+    def style_targets(self, styles, blend_weights=None, target_hw=None, tile=None, tile_map=None) -> dict:
         """``{layer: A_l}`` (1, C, C): the Gram targets of the style images (each (H, W, 3)
         at its own size), blended ``A_l = Σ_k b_k A_l^(k)`` with ``blend_weights`` (None:
         equal; normalised to sum 1). ``target_hw``: ``{layer: (h, w)}`` of the pastiche's
         features, for the Gatys normalisation's rescaling (``losses.style_target``).
         With ``tile``, a style image larger than one tile has its targets accumulated tile
-        by tile (``tiled_style_target``)."""
+        by tile (``tiled_style_target``, its tiles run by ``tile_map``)."""
         blend = check_weights(blend_weights, len(styles), "style blend weights", True, "style images")
         targets = {}
         for b, s in zip(blend, styles):
             if tile is not None and len(tiling.tiles(s.shape[0], s.shape[1], tile, self.style_layers)) > 1:
-                for l, A in self.tiled_style_target(s, tile, target_hw).items():
+                for l, A in self.tiled_style_target(s, tile, target_hw, tile_map).items():
                     A = A * b
                     targets[l] = A if l not in targets else targets[l] + A
                 continue
@@ -198,32 +207,26 @@ class PerceptualLoss:
             del sf
         return targets
 
-    def tiled_style_target(self, s, tile, target_hw=None) -> dict:
+    def tiled_style_target(self, s, tile, target_hw=None, tile_map=None) -> dict:
         """``{layer: A_l}`` of one style image ``s`` (H, W, 3), tile by tile: what
         ``losses.style_target`` gives on the whole image's features.
 
         ``losses.style_target`` is a mean over positions (Johnson's Gram is one, and the
         Gatys Gram becomes one once rescaled to a target size), so the image's target is
         the tiles' targets of their own positions averaged with the weights M_t / M, the
-        tile's share of the layer's M positions. Under the Gatys normalisation without
-        ``target_hw`` the target size is the style image's own (a factor of 1).
+        tile's share of the layer's M positions (``tile_style_target``), added in tile
+        order. Under the Gatys normalisation without ``target_hw`` the target size is the
+        style image's own (a factor of 1). ``tile_map``: where the tiles run
+        (``map_tiles``, here, by default).
         """
         x4 = s[None]
         shapes = self.feature_shapes(x4.shape, self.style_layers)
+        busy = owning(tiling.tiles(s.shape[0], s.shape[1], tile, self.style_layers), self.style_layers)
+        run = tile_map or self.map_tiles
         targets = {}
-        for t in tiling.tiles(s.shape[0], s.shape[1], tile, self.style_layers):
-            owned = [l for l in self.style_layers if t.owns(l)]
-            if not owned:
-                continue
-            feats = self.crop_forward(x4, t, owned)[0]
-            for l in owned:
-                F = feats.pop(l)[(..., *t.local(l))]
-                h, w = shapes[l][2:]
-                hw = (h, w) if target_hw is None else target_hw[l]
-                share = F.shape[2] * F.shape[3] / (h * w)  # M_t / M
-                A = losses.style_target(F, self.normalization, target_hw=hw) * share
+        for part in run(PerceptualLoss.tile_style_target, crops(x4, busy), shapes, target_hw):
+            for l, A in part.items():
                 targets[l] = A if l not in targets else targets[l] + A
-            del feats
         return targets
 
     def loss_and_grad(self, x, content_targets: dict, style_targets: dict):
@@ -290,103 +293,206 @@ class PerceptualLoss:
         shapes = {name: (N, C, h, w) for name, C, h, w in layer_shapes(H, W, tiling.deepest(layers))}
         return {l: shapes[l] for l in layers}
 
-    def crop_forward(self, x, t, layers):
-        """``net.forward`` on the crop of tile ``t`` (a ``tiling.Tile``) of images ``x``
-        (N, H, W, 3): ``({layer: (N, C, h_crop, w_crop)}, cache)``."""
-        return self.net.forward(images.preprocess(x[:, t.rows.crop, t.cols.crop]), layers)
+    def map_tiles(self, method, items, *shared):
+        """``method(self, *item, *shared)`` for each item, here and in order: how the
+        tiled evaluation runs its per-tile work unless given another ``tile_map`` (a
+        callable like this one, e.g. ``gatys.objective.ClusterTiles``, which runs the same
+        methods as Dask tasks). Yields the results in the items' order."""
+        return (method(self, *item, *shared) for item in items)
 
-    def loss_and_grad_tiled(self, x, content_targets: dict, style_targets: dict, tile: int):
-        """``loss_and_grad`` evaluated tile by tile (``tiling.tiles`` with side ``tile``),
-        exactly: the same ``(LossTerms, ∂L/∂x)`` within rounding, with the memory of one
-        tile's crop (its activations and cache) on top of the image-sized arrays (x, the
-        gradient, the content targets at their layers' sizes).
+    # One tile's work. Each is a pure function of the tile's crop (N, h_crop, w_crop, 3),
+    # its geometry ``t`` (a ``tiling.Tile``), the loss's settings and net, and what its
+    # other arguments name; it returns what the caller adds up in tile order. Serially
+    # ``map_tiles`` calls them in a loop; on a cluster each call is a task.
 
-        Pass 1, for each tile: the forward on its crop up to the deepest style layer, and
-        the Gram sums of its own positions, ``S_l = Σ_tiles Σ_{p ∈ own} f_p f_pᵀ``; then
-        ``G_l = S_l / gram_divisor``, ``D_l = G_l − A_l``, ``E_l = style_value(Σ D_l²)``
-        with the whole image's shapes. Pass 2, for each tile: the forward again, at its own
-        positions ∂L/∂F = α·c·(F − P) (c = ``content_grad_factor``) plus
-        β·w_l·k·D_l F (k = ``style_grad_factor``), zero elsewhere in the crop, back through
-        the crop's network to its pixels and added into the whole gradient; the content
-        values from Σ_tiles Σ_own (F − P)². TV on the whole image. An image that fits in
-        one tile is evaluated by ``loss_and_grad``.
+    def tile_content_targets(self, crop, t, layers) -> dict:
+        """``{l: P_l at t's own positions}`` (N, C, h_own, w_own) for the ``layers`` that
+        ``t`` owns: the features of its crop, cut to its own positions."""
+        owned = [l for l in layers if t.owns(l)]
+        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        return {l: feats.pop(l)[(..., *t.local(l))] for l in owned}
 
-        ``content_targets`` at the image's feature size (``content_targets(…, tile)``
-        makes them tile by tile), ``style_targets`` as for ``loss_and_grad``.
-        """
-        xp = get_xp(x)
-        plan = tiling.tiles(x.shape[1], x.shape[2], tile, self.layers)
-        if len(plan) == 1:
-            return self.loss_and_grad(x, content_targets, style_targets)
+    def tile_style_target(self, crop, t, shapes, target_hw=None) -> dict:
+        """``{l: (M_t / M) · losses.style_target(F_own)}`` (1, C, C) for the style layers
+        ``t`` owns: the tile's share of a style image's Gram target (``tiled_style_target``).
+        ``shapes``: the whole style image's ``feature_shapes``; ``target_hw`` as there."""
+        owned = [l for l in self.style_layers if t.owns(l)]
+        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        part = {}
+        for l in owned:
+            F = feats.pop(l)[(..., *t.local(l))]
+            h, w = shapes[l][2:]
+            hw = (h, w) if target_hw is None else target_hw[l]
+            share = F.shape[2] * F.shape[3] / (h * w)  # M_t / M
+            part[l] = losses.style_target(F, self.normalization, target_hw=hw) * share
+        return part
+
+    def tile_gram_sums(self, crop, t, layers) -> dict:
+        """Pass 1 of one tile: ``{l: S_l^t = Σ_{p ∈ own} f_p f_pᵀ}`` (N, C_l, C_l) for the
+        ``layers`` ``t`` owns, from the forward on its crop up to the deepest of them."""
+        owned = [l for l in layers if t.owns(l)]
+        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        return {l: losses.gram_matrix(feats.pop(l)[(..., *t.local(l))], losses.GATYS) for l in owned}
+
+    def tile_gradient(self, crop, t, content_own: dict, shapes: dict, style_D: dict):
+        """Pass 2 of one tile: ``({l: Σ_own (F − P)²}, dx)``.
+
+        At ``t``'s own positions ∂L/∂F_l = α·c·(F − P) (c = ``content_grad_factor`` of the
+        whole image's ``shapes[l]``) for the layers in ``content_own`` (``{l: P_l at the
+        own positions}``, the layers ``t`` owns) plus ``gram_product(F, style_D[l])`` for
+        the layers in ``style_D`` (``{l: β·w_l·k·(G_l − A_l)}``, ``style_gradient_matrices``);
+        zero elsewhere in the crop; back through the crop's network to its pixels: ``dx``
+        (N, h_crop, w_crop, 3), the tile's part of ∂L/∂x over the crop (None when the tile
+        owns nothing that has a gradient)."""
+        xp = get_xp(crop)
         norm = self.normalization
-        shapes = self.feature_shapes(x.shape)
+        owned = [l for l in self.layers if t.owns(l) and (l in content_own or l in style_D)]
+        if not owned:
+            return {}, None
+        feats, cache = self.net.forward(images.preprocess(crop), owned)
+        grads, content_sq = {}, {}
+        for l in owned:
+            F = feats.pop(l)
+            own = (..., *t.local(l))
+            Fo = F[own]
+            g = None
+            if l in content_own:
+                D = Fo - channels_last(content_own[l])
+                content_sq[l] = float((D * D).sum())
+                if self.alpha:
+                    g = D * (self.alpha * losses.content_grad_factor(shapes[l], norm))
+                del D
+            if l in style_D:
+                gs = gram_product(Fo, style_D[l])
+                g = gs if g is None else g + gs
+            if g is not None:
+                full = xp.zeros_like(F)  # F's memory order
+                full[own] = g
+                grads[l] = full
+            del F, Fo, g
+        del feats
+        dx = images.preprocess_backward(self.net.backward(grads, cache), batch=True) if grads else None
+        del cache, grads
+        return content_sq, dx
+
+    # ------------------------------------------------------------------ the two passes
+
+    def style_gradient_matrices(self, sums: dict, style_targets: dict, shapes: dict, dtype):
+        """Between the passes, from the Gram sums ``S_l`` over every own position:
+        ``G_l = S_l / gram_divisor``, ``D_l = G_l − A_l``, ``E_l = style_value(Σ D_l²)``
+        with the whole image's ``shapes``. Returns ``(Σ_l w_l E_l, {l: E_l}, {l:
+        β·w_l·k·D_l})`` (k = ``style_grad_factor``; ``dtype``; only layers with β·w_l ≠ 0),
+        the last being what pass 2 needs of the style."""
+        norm = self.normalization
         style_w = dict(zip(self.style_layers, self.style_layer_weights))
-        style_ls = [l for l in self.layers if l in style_targets]
-
-        # Pass 1: the Gram sums over every tile's own positions.
-        sums = {}
-        for t in plan if style_ls else ():
-            owned = [l for l in style_ls if t.owns(l)]
-            if not owned:
-                continue
-            feats = self.crop_forward(x, t, owned)[0]
-            for l in owned:
-                S = losses.gram_matrix(feats.pop(l)[(..., *t.local(l))], losses.GATYS)  # Σ f fᵀ
-                sums[l] = S if l not in sums else sums[l] + S
-            del feats
-
-        # The style values, and each layer's gradient matrix β·w_l·k·(G − A) for pass 2.
         style_raw, style_layers, style_D = 0.0, {}, {}
-        for l in style_ls:
+        for l in [l for l in self.layers if l in style_targets]:
             divisor = losses.gram_divisor(shapes[l], norm)
-            G = sums.pop(l)
+            G = sums[l]
             D = (G if divisor == 1 else G / divisor) - style_targets[l]  # (N, C, C), symmetric
             v = losses.style_value(float((D * D).sum()), shapes[l], norm)
             style_layers[l] = v
             style_raw += style_w[l] * v
             if self.beta and style_w[l]:
                 k = self.beta * style_w[l] * losses.style_grad_factor(shapes[l], norm)
-                style_D[l] = (D * k).astype(x.dtype, copy=False)
+                style_D[l] = (D * k).astype(dtype, copy=False)
             del G, D
+        return style_raw, style_layers, style_D
+
+    def loss_and_grad_tiled(self, x, content_targets: dict, style_targets: dict, tile: int):
+        """``loss_and_grad`` evaluated tile by tile (``tiling.tiles`` with side ``tile``),
+        exactly: the same ``(LossTerms, ∂L/∂x)`` within rounding, with the memory of one
+        tile's crop (its activations and cache) on top of the image-sized arrays (x, the
+        gradient, the content targets at their layers' sizes). The two passes are
+        ``tiled_passes``; an image that fits in one tile is evaluated by ``loss_and_grad``.
+
+        ``content_targets`` at the image's feature size (``content_targets(…, tile)``
+        makes them tile by tile), ``style_targets`` as for ``loss_and_grad``.
+        """
+        plan = tiling.tiles(x.shape[1], x.shape[2], tile, self.layers)
+        if len(plan) == 1:
+            return self.loss_and_grad(x, content_targets, style_targets)
+        content_layers = [l for l in self.layers if l in content_targets]
+        content_own = [{l: content_targets[l][(..., *t.whole(l))] for l in content_layers if t.owns(l)}
+                       for t in plan]  # views
+        return self.tiled_passes(x, plan, content_layers, content_own, style_targets)
+
+    def tiled_passes(self, x, plan, content_layers, content_own, style_targets: dict, tile_map=None):
+        """The two passes of a tiled evaluation of images ``x`` (N, H, W, 3) over the tiles
+        ``plan`` (``tiling.tiles`` of x for ``self.layers``): ``(LossTerms, ∂L/∂x)``.
+
+        1. ``tile_gram_sums`` of every tile, added in tile order: ``S_l``; then
+           ``style_gradient_matrices``: the style values and ``β·w_l·k·D_l``.
+        2. ``tile_gradient`` of every tile, its ``dx`` added into the crop's pixels of the
+           whole gradient and its Σ_own (F − P)² into the content sums, in tile order; the
+           content values ``content_value`` of those sums with the whole image's shapes.
+
+        TV on the whole image. ``content_layers``: the content layers with targets (in
+        network order); ``content_own[i]``: what ``tile_gradient`` takes as the content
+        targets of ``plan[i]``'s own positions (``{l: P_l at its own positions}``, or
+        anything ``tile_map`` resolves to that). ``tile_map`` runs the per-tile methods
+        (``map_tiles``: here, one after another). Adding in tile order makes the result
+        the same bits wherever the tiles ran, if each tile's result is.
+        """
+        xp = get_xp(x)
+        run = tile_map or self.map_tiles
+        shapes = self.feature_shapes(x.shape)
+        style_ls = [l for l in self.layers if l in style_targets]
+
+        # Pass 1: the Gram sums over every tile's own positions.
+        sums = {}
+        busy = owning(plan, style_ls)
+        for part in run(PerceptualLoss.tile_gram_sums, crops(x, busy), style_ls):
+            for l, S in part.items():
+                sums[l] = S if l not in sums else sums[l] + S
+            del part
+        style_raw, style_layers, style_D = self.style_gradient_matrices(sums, style_targets, shapes, x.dtype)
+        del sums
 
         # Pass 2: ∂L/∂F at the own positions, back to the crop's pixels, into the gradient.
         grad = xp.zeros_like(x)
-        content_sq = {l: 0.0 for l in self.layers if l in content_targets}
-        for t in plan:
-            owned = [l for l in self.layers if t.owns(l) and (l in content_sq or l in style_D)]
-            if not owned:
-                continue
-            feats, cache = self.crop_forward(x, t, owned)
-            grads = {}
-            for l in owned:
-                F = feats.pop(l)
-                own = (..., *t.local(l))
-                Fo = F[own]
-                g = None
-                if l in content_sq:
-                    D = Fo - content_targets[l][(..., *t.whole(l))]
-                    content_sq[l] += float((D * D).sum())
-                    if self.alpha:
-                        g = D * (self.alpha * losses.content_grad_factor(shapes[l], norm))
-                    del D
-                if l in style_D:
-                    gs = gram_product(Fo, style_D[l])
-                    g = gs if g is None else g + gs
-                if g is not None:
-                    full = xp.zeros_like(F)  # F's memory order
-                    full[own] = g
-                    grads[l] = full
-                del F, Fo, g
-            del feats
-            if grads:
-                dx = images.preprocess_backward(self.net.backward(grads, cache), batch=True)
-                grad[:, t.rows.crop, t.cols.crop] += dx
-                del dx
-            del cache, grads
+        content_sq = {l: 0.0 for l in content_layers}
+        busy = [i for i, t in enumerate(plan) if any(t.owns(l) for l in (*content_sq, *style_D))]
+        items = ((tile_crop(x, plan[i]), plan[i], content_own[i]) for i in busy)
+        for i, (sq, dx) in zip(busy, run(PerceptualLoss.tile_gradient, items, shapes, style_D)):
+            for l, v in sq.items():
+                content_sq[l] += v
+            if dx is not None:
+                tile_crop(grad, plan[i])[...] += dx
+            del dx
         content_raw = 0.0
         for l, sq in content_sq.items():
-            content_raw += losses.content_value(sq, shapes[l], norm)
+            content_raw += losses.content_value(sq, shapes[l], self.normalization)
         return self._with_tv(x, grad, content_raw, style_raw, style_layers)
+
+
+def owning(plan, layers) -> list:
+    """The tiles of ``plan`` that own a position of at least one of ``layers``."""
+    return [t for t in plan if any(t.owns(l) for l in layers)]
+
+
+def channels_last(a):
+    """``a`` (N, C, h, w) in channels-last memory (a transposed view of an (N, h, w, C)
+    array), the layout ``content_targets`` keeps the targets in: ``a`` itself when its
+    strides already say so, else a copy so laid out. ``tile_gradient`` sums (F − P)² in
+    the memory order of F − P, which NumPy takes from its operands; a target that
+    travelled from another process arrives C-contiguous (Dask sends arrays so), and this
+    gives it back the layout, hence the bits, of the serial evaluation."""
+    s = a.strides
+    if s[1] <= s[3] <= s[2]:
+        return a
+    xp = get_xp(a)
+    return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def tile_crop(x, t):
+    """The crop of tile ``t`` of images ``x`` (N, H, W, 3): a view (N, h_crop, w_crop, 3)."""
+    return x[(slice(None), *t.crop)]
+
+
+def crops(x, plan):
+    """``(tile_crop(x, t), t)`` for each tile ``t`` of ``plan``, made as they are consumed."""
+    return ((tile_crop(x, t), t) for t in plan)
 
 
 def gram_product(F, D):

@@ -3,39 +3,56 @@
     python -m minnst.stylize                                   # the demo photo, default model
     python -m minnst.stylize --input photo.jpg                 # -> minnst_out/photo_<model>.jpg
     python -m minnst.stylize --model M.h5 --input DIR --output OUTDIR [--size 1024]
+    python -m minnst.stylize --input DIR --output OUTDIR --workers 4    # on a Dask cluster
+    python -m minnst.stylize --input clip.mp4 --output out.mp4 [--stabilize none]
 
 * ``--model``: a file written by ``minnst.train_fast`` (default: the shipped
   ``starry_night.h5``, see ``default_model_path``), or a training checkpoint.
-* ``--input``: an image file or a folder (every image under it, recursively; the output
-  folder mirrors the tree). Without ``--input``: matplotlib's sample photo
-  ``grace_hopper.jpg``.
+* ``--input``: an image file, a folder (every image under it, recursively; the output
+  folder mirrors the tree) or a video clip (``video.INPUT_SUFFIXES``). Without
+  ``--input``: matplotlib's sample photo ``grace_hopper.jpg``.
 * ``--output``: a file for a file input, a folder for a folder input (default
   ``minnst_out/``); a file name is ``<stem>_<model stem>.jpg`` in the folder.
 * ``--size``: the longest side is resized to this before stylising (default: as is; the
   network runs at any resolution).
+* ``--workers N`` (a Dask LocalCluster of N processes here) or ``--scheduler ADDRESS`` (a
+  running cluster; ``distributed``): each image is a task, or each chunk of a clip's
+  frames (``video.split_frames``, led by the frames that warm the stabiliser up). The
+  workers need no shared file system: the model file's bytes go to every worker once and
+  each worker builds the network once (``worker_network``); a task carries its image's
+  bytes (or the chunk's decoded frames) and returns the output file's bytes (or the
+  stylised frames), which this process writes, in order, as they come back. The outputs
+  are the same bytes as without a cluster: both run ``render_image`` (for a clip, the
+  same frames: ``video.stylize_chunk_frames``; with ``--stabilize flow`` the chunks'
+  seams differ a little, docs/video.md). ``--device`` is each worker's choice.
+* ``--skip-existing``: outputs that exist are left as they are (every output appears
+  atomically, so one that exists is complete): to finish an interrupted job.
 
 Before any image is stylised, the arguments, the model and every output path are checked,
-and the memory of the largest image is estimated (``memory.estimate_stylize_memory``,
-from the image headers): an image that cannot fit is refused with the estimate and a
-``--size`` that fits. Each output appears atomically.
+and (without a cluster: the workers' memory is theirs) the memory of the largest image is
+estimated (``memory.estimate_stylize_memory``, from the image headers): an image that
+cannot fit is refused with the estimate and a ``--size`` that fits.
 
 Exit codes as every minnst tool: 0, 2 for bad input (one line; for a folder every other
-image is still processed, then 2 if any failed), 130 on Ctrl-C.
+image is still processed, then 2 if any failed; a scheduler that does not answer), 130 on
+Ctrl-C (the outputs written so far are complete).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from PIL import Image
 
-from . import images, video
+from . import distributed, images, video
 from .backend import keep_freed_memory, select_device
 from .cli import ArgumentParser, UsageError, error, run, whole
 from .data import IMAGE_SUFFIXES, list_images
-from .files import check_writable
+from .files import atomic_write, check_writable
 from .images import ImageError
 from .memory import (available_memory, estimate_stylize_memory, format_bytes, gpu_free_memory, largest_fitting,
                      memory_checks)
@@ -70,7 +87,8 @@ def demo_photo() -> Path:
 
 
 def load_network(path) -> TransformerNet:
-    """A model file, or the model inside a training checkpoint (to look at a run's progress)."""
+    """A model file, or the model inside a training checkpoint (to look at a run's
+    progress); ``path`` may also be the file's bytes (a cluster worker's copy)."""
     _, config, _ = load_model(path)
     if config.get("kind") == "minnst-train-checkpoint":
         from .train_fast import read_checkpoint
@@ -81,9 +99,136 @@ def load_network(path) -> TransformerNet:
     return TransformerNet.load(path)
 
 
+class ImageJob(NamedTuple):
+    """One image as a task carries it: its bytes, not its path (workers need no shared
+    file system)."""
+    name: str     # the source's path here, for messages
+    data: bytes   # the source file's bytes (images.read_image_bytes)
+    suffix: str   # the output's format: ".jpg" or ".png"
+
+
+def render_image(job: ImageJob, net: TransformerNet, size=None, style=None, meta: dict | None = None) -> bytes:
+    """The output file's bytes for one image: decoded (longest side resized to ``size``),
+    stylised by ``net`` in ``style``, encoded by ``job.suffix`` with ``meta``. The one
+    function that both this process and the cluster's tasks run, so that their outputs
+    are the same bytes. ``ImageError`` for a source that cannot be decoded."""
+    img = images.decode_image(job.data, size, job.name)
+    return images.encode_image(net.stylize(img, style), job.suffix, meta)
+
+
+def write_output(dst, data: bytes) -> Path:
+    """``data`` written to ``dst`` atomically (``files.atomic_write``)."""
+    with atomic_write(dst) as tmp:
+        tmp.write_bytes(data)
+    return Path(dst)
+
+
 def stylize_file(net: TransformerNet, src, dst, size=None, meta: dict | None = None, style=None) -> Path:
-    img = images.load_image(src, size=size)
-    return images.save_image(dst, net.stylize(img, style), metadata=meta)
+    """Stylise the image file ``src`` into ``dst`` (format by its suffix)."""
+    job = ImageJob(str(src), images.read_image_bytes(src), Path(dst).suffix)
+    return write_output(dst, render_image(job, net, size, style, meta))
+
+
+# --------------------------------------------------------------------------------------
+# On a cluster: the worker side
+# --------------------------------------------------------------------------------------
+
+
+def worker_network(model: bytes, sha256: str, device: str | None) -> TransformerNet:
+    """On a cluster worker: the network of the model file's bytes ``model`` on ``device``
+    (``--device``, resolved by the worker: a GPU worker uses CuPy), built once per worker
+    process and then reused by its every task (``distributed.worker_cached``, keyed by the
+    file's ``sha256`` and the device; the style is a per-call argument of
+    ``net.stylize``, so one network serves them all)."""
+    return distributed.worker_cached(("stylize", sha256, device),
+                                     lambda: load_network(model).to(select_device(device).xp))
+
+
+def _image_task(job: ImageJob, model, sha256, device, size, style, meta) -> bytes:
+    return render_image(job, worker_network(model, sha256, device), size, style, meta)
+
+
+def _chunk_task(chunk: video.Chunk, model, sha256, device, style, stabilize) -> list[video.Frame]:
+    return video.stylize_chunk_frames(worker_network(model, sha256, device), chunk, style, stabilize)
+
+
+# --------------------------------------------------------------------------------------
+# On a cluster, or here: the client side
+# --------------------------------------------------------------------------------------
+
+
+def broadcast_model(c, model_path) -> tuple:
+    """The model file's bytes on every worker of the cluster ``c``, once: ``(future,
+    sha256)``, the arguments of ``worker_network`` a task takes."""
+    data = Path(model_path).read_bytes()
+    return c.broadcast(data), hashlib.sha256(data).hexdigest()
+
+
+def stylize_images(jobs, net: TransformerNet, model_path, size=None, style=None, meta: dict | None = None,
+                   cluster=None, device: str | None = None,
+                   progress: Callable[[int], None] = lambda n: None) -> list[str]:
+    """Stylise each ``(source, destination)`` of ``jobs`` and write the outputs
+    (``write_output``) in order as they come: here with ``net`` (on its device), or on
+    ``cluster`` (a ``distributed.Cluster``), one task per image, each worker with its own
+    network from ``model_path``'s bytes on ``device``; at most the cluster's window of
+    images in flight. ``progress(1)`` after each image. Returns the messages of the
+    sources that could not be read or decoded (the others are written all the same); any
+    other error of a task is raised."""
+    failed, sent = [], []
+
+    def readable():
+        for src, dst in jobs:
+            try:
+                data = images.read_image_bytes(src)
+            except ImageError as e:
+                failed.append(str(e))
+                progress(1)
+                continue
+            sent.append(dst)  # before its task exists: the outcome's index finds it
+            yield ImageJob(str(src), data, Path(dst).suffix)
+
+    if cluster is None:
+        fn, args = render_image, (net,)
+    else:
+        fn, args = _image_task, (*broadcast_model(cluster, model_path), device)
+    for i, ok, value in distributed.run_ordered(cluster, fn, readable(), *args, size, style, meta,
+                                                progress=progress):
+        if ok:
+            write_output(sent[i], value)
+        elif isinstance(value, ImageError):
+            failed.append(str(value))
+        else:
+            raise value
+    return failed
+
+
+def stylize_video_chunks(cluster, src, dst, model_path, style=None, size: int | None = None, stabilize="flow",
+                         device: str | None = None, progress: Callable | None = None) -> dict:
+    """``video.stylize_video`` on ``cluster``: this process decodes the clip and cuts it
+    into chunks (``video.split_frames``: ``video.chunk_length`` frames each, led by the
+    ``video.WARMUP_FRAMES`` before them when stabilised); each chunk is a task
+    (``video.stylize_chunk_frames`` on a worker) and the returned frames are encoded here
+    in order (``video.write_video``: the source's timestamps and audio). At most one
+    chunk more than there are workers is in flight (a chunk of 240 + 24 frames at
+    512×288 is 117 MB), so memory does not grow with the clip. Returns
+    ``stylize_video``'s statistics and ``chunk``, the frames per chunk."""
+    info = video.probe(src)
+    warmup = 0 if stabilize == "none" else video.WARMUP_FRAMES
+    length = video.chunk_length(info.total, cluster.n_workers, warmup)
+    chunks = video.split_frames(video.read_frames(src, size), length, warmup)
+    model, sha256 = broadcast_model(cluster, model_path)
+    outcomes = cluster.map_ordered(_chunk_task, chunks, model, sha256, device, style, stabilize,
+                                   window=cluster.n_workers + 1, key="stylize-chunk")
+
+    def frames():
+        for _, ok, value in outcomes:
+            if not ok:
+                raise value
+            yield from value
+
+    stats = video.write_video(dst, frames(), src, progress, info.total, info.rate)
+    stats.update(frames_per_second=stats["frames"] / stats["seconds"], stabilize=stabilize, chunk=length)
+    return stats
 
 
 def parse_style(text: str):
@@ -166,21 +311,36 @@ def check_memory(net: TransformerNet, sources, size, device: str) -> int | None:
 
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m minnst.stylize",
-                       description="Stylise an image or a folder with a trained feed-forward network.")
+                       description="Stylise an image, a folder of images or a video clip with a trained "
+                                   "feed-forward network; with --workers or --scheduler, on a Dask cluster.")
     p.add_argument("--model", help=f"model file from minnst.train_fast (default: the shipped {DEFAULT_MODEL})")
-    p.add_argument("--input", help=f"image file or folder (default: matplotlib's {DEMO_PHOTO})")
+    p.add_argument("--input", help=f"image file, folder or video clip (default: matplotlib's {DEMO_PHOTO})")
     p.add_argument("--output", help=f"output file or folder (default: {DEFAULT_OUTPUT_DIR}/)")
     p.add_argument("--style", help="with a many-style model: a style NAME, or a blend a=0.6,b=0.4 "
                                    "(default: the model's first style)")
     p.add_argument("--list-styles", action="store_true", help="print the model's styles, one per line, and exit")
     p.add_argument("--size", type=whole(), default=None,
                    help=f"longest side before stylising, {images.MIN_SIZE} to {images.MAX_SIZE} (default: as is)")
-    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None, help="(auto; or MINNST_DEVICE)")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default=None,
+                   help="(auto; or MINNST_DEVICE; on a cluster each worker resolves it: gpu workers use CuPy)")
     p.add_argument("--stabilize", choices=video.STABILIZE, default="flow",
                    help="a video: blend each frame with the previous one along the optical flow, "
                         "against flicker (default), or none: frame by frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = distributed.add_arguments(p)
+    g.description = ("each image, or each chunk of a clip's frames, is a task; images come out the same "
+                     "bytes as without a cluster (docs/video.md: clips)")
     return p
+
+
+def _style(a, net: TransformerNet):
+    """``--style`` (default: the model's first style of a many-style model), checked."""
+    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
+    try:
+        net.style_mix(style)
+    except ValueError as e:
+        raise UsageError(f"--style: {e}") from None
+    return style
 
 
 def _main(argv=None):
@@ -199,41 +359,42 @@ def _main(argv=None):
     jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
     for _, dst in jobs:
         check_writable(dst)
-    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
-    try:
-        net.style_mix(style)
-    except ValueError as e:
-        raise UsageError(f"--style: {e}") from None
-    device = select_device(a.device)
-    need = check_memory(net, [src for src, _ in jobs], a.size, device.name)
-    avail = available_memory()
-    if need is not None and avail is not None and 2 * need < avail:
-        keep_freed_memory()  # faster allocations, but a fragmented heap: only with room to spare
-    net = net.to(device.xp)
+    style = _style(a, net)
+    todo = [(src, dst) for src, dst in jobs if not (a.skip_existing and os.path.exists(dst))]
+    if not todo:
+        print(f"nothing to do: {'the output exists' if len(jobs) == 1 else f'all {len(jobs)} outputs exist'} "
+              f"(--skip-existing)")
+        return 0
+    if not distributed.requested(a):
+        device = select_device(a.device)
+        need = check_memory(net, [src for src, _ in todo], a.size, device.name)
+        avail = available_memory()
+        if need is not None and avail is not None and 2 * need < avail:
+            keep_freed_memory()  # faster allocations, but a fragmented heap: only with room to spare
+        net = net.to(device.xp)
     style_text = a.style or (style or net.meta.get("style", ""))
     meta = {"minnst": "stylize", "model": model_path.name, "style": style_text}
     from tqdm import tqdm
 
-    failed, t0 = [], time.monotonic()
-    bar = True if a.quiet or len(jobs) == 1 else None  # None: on a terminal only
-    for src, dst in tqdm(jobs, unit="img", disable=bar, file=sys.stderr):
-        try:
-            stylize_file(net, src, dst, a.size, meta, style)
-        except ImageError as e:
-            if len(jobs) == 1:
-                raise
-            failed.append(str(e))
-            continue
-        if len(jobs) == 1:
-            print(f"wrote {dst} ({time.monotonic() - t0:.2f} s)")
-    if len(jobs) > 1:
-        print(f"wrote {len(jobs) - len(failed)} images under {a.output or DEFAULT_OUTPUT_DIR} "
-              f"in {time.monotonic() - t0:.1f} s")
+    t0 = time.monotonic()
+    with distributed.cluster(workers=a.workers, scheduler=a.scheduler) as c, \
+            tqdm(total=len(todo), unit="img", disable=True if a.quiet or len(jobs) == 1 else None,
+                 file=sys.stderr) as bar:  # disable None: on a terminal only
+        failed = stylize_images(todo, net, model_path, a.size, style, meta, cluster=c, device=a.device,
+                                progress=bar.update)
+    if len(jobs) == 1:
+        if failed:
+            raise ImageError(failed[0])
+        print(f"wrote {todo[0][1]} ({time.monotonic() - t0:.2f} s)")
+        return 0
+    skipped = f" ({len(jobs) - len(todo)} existing left as they were)" if len(todo) < len(jobs) else ""
+    print(f"wrote {len(todo) - len(failed)} images under {a.output or DEFAULT_OUTPUT_DIR}{skipped} "
+          f"in {time.monotonic() - t0:.1f} s")
     if failed:
         for msg in failed:
             print(f"skipped: {msg}")
         more = f" (all {len(failed)} listed above)" if len(failed) > 1 else ""
-        return error(f"{len(failed)} of {len(jobs)} images could not be read: {failed[0]}{more}", "stylize")
+        return error(f"{len(failed)} of {len(todo)} images could not be read: {failed[0]}{more}", "stylize")
     return 0
 
 
@@ -250,28 +411,30 @@ def _video_output(inp: Path, out: Path | None, model_stem: str) -> Path:
 
 
 def _video(a, inp: Path, net: TransformerNet, model_path: Path) -> int:
-    """``--input clip.mp4``: stylise a clip (``video.stylize_video``), progress in frames."""
+    """``--input clip.mp4``: stylise a clip (``video.stylize_video``, or
+    ``stylize_video_chunks`` on a cluster), progress in frames."""
     from tqdm import tqdm
 
     dst = check_writable(_video_output(inp, Path(a.output) if a.output else None, model_path.stem))
-    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
-    try:
-        net.style_mix(style)
-    except ValueError as e:
-        raise UsageError(f"--style: {e}") from None
+    style = _style(a, net)
+    if a.skip_existing and os.path.exists(dst):
+        print(f"nothing to do: {dst} exists (--skip-existing)")
+        return 0
     info = video.probe(inp)  # a bad clip fails here, before the model moves to a device
-    device = select_device(a.device)
-    keep_freed_memory()
-    net = net.to(device.xp)
-    bar = tqdm(total=info.total, unit="frame", disable=True if a.quiet else None, file=sys.stderr)
-    try:
-        stats = video.stylize_video(net, inp, dst, style=style, size=a.size, stabilize=a.stabilize,
-                                    progress=lambda done, total: bar.update(done - bar.n))
-    finally:
-        bar.close()
+    with distributed.cluster(workers=a.workers, scheduler=a.scheduler) as c, \
+            tqdm(total=info.total, unit="frame", disable=True if a.quiet else None, file=sys.stderr) as bar:
+        progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
+        if c is None:
+            device = select_device(a.device)
+            keep_freed_memory()
+            stats = video.stylize_video(net.to(device.xp), inp, dst, style=style, size=a.size,
+                                        stabilize=a.stabilize, progress=progress)
+        else:
+            stats = stylize_video_chunks(c, inp, dst, model_path, style, a.size, a.stabilize, a.device, progress)
     audio = f", audio {stats['audio']}" if stats["audio"] else ""
+    chunks = f", in chunks of {stats['chunk']}" if "chunk" in stats else ""
     print(f"wrote {dst} ({stats['frames']} frames, {stats['width']}x{stats['height']} at {stats['fps']:.3g} fps"
-          f"{audio}; {stats['frames_per_second']:.2f} frames/s)")
+          f"{audio}{chunks}; {stats['frames_per_second']:.2f} frames/s)")
     return 0
 
 

@@ -166,6 +166,27 @@ def tiles(H: int, W: int, tile: int, layers) -> list:
     return [Tile(r, c) for r in rows for c in cols]
 
 
+def tile_count(H: int, W: int, tile: int) -> int:
+    """How many tiles of side ``tile`` cut an H × W image: ``⌈H/T⌉ · ⌈W/T⌉``."""
+    tile = check_tile(tile)
+    return -(-H // tile) * -(-W // tile)
+
+
+def tile_for_workers(H: int, W: int, workers: int) -> int:
+    """A tile side for an evaluation spread over ``workers``: the largest
+    ``T = max(MIN_TILE, ⌈max(H, W) / k⌉)``, k = 1, 2, …, that cuts the image into at least
+    ``workers`` tiles (equal tiles along the longer side, as few as keep every worker
+    busy: each tile costs its halo once more). An image too small for that many tiles of
+    ``MIN_TILE`` gets ``MIN_TILE``; one that needs only one tile gets its longer side."""
+    longer = max(H, W)
+    k = 1
+    while True:
+        T = max(MIN_TILE, -(-longer // k))
+        if T == MIN_TILE or tile_count(H, W, T) >= workers:
+            return T
+        k += 1
+
+
 def max_crop_side(tile: int, layers) -> int:
     """An upper bound on a crop's side: ``tile + 2R + S − 1`` (the start rounded down to a
     multiple of S loses at most S − 1 pixels), for memory estimates."""

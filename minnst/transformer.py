@@ -54,7 +54,7 @@ from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.base import forward_child
 from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
-from .modelfile import ModelFileError, load_model, save_model
+from .modelfile import ModelFileError, load_model, save_model, source_name
 from .perceptual import training_objective
 
 NORMS = ("instance", "batch")
@@ -334,9 +334,10 @@ class TransformerNet(Sequential):
 
     @classmethod
     def load(cls, path, dtype=np.float32):
-        """Read a model written by ``save``; ``net.meta`` holds the stored metadata."""
+        """Read a model written by ``save`` (a path, or the file's bytes); ``net.meta``
+        holds the stored metadata."""
         state, config, meta = load_model(path)
-        net = cls.from_state(state, config, source=str(path), dtype=dtype)
+        net = cls.from_state(state, config, source=source_name(path), dtype=dtype)
         net.meta = meta
         net.eval()
         return net

@@ -22,11 +22,13 @@ The pieces, each usable alone:
 * ``stylize_frames(net, frames, style, stabilize)`` is the per-frame loop (a generator;
   the stabiliser's flow work runs in a second thread during the network's pass);
   ``stylize_video`` = ``write_video(dst, stylize_frames(net, read_frames(src)), src)``.
-* ``stylize_chunk(net, src, start, stop, warmup=…)`` stylises frames ``[start, stop)`` of
-  a clip on its own, for a cluster: the stabiliser first runs over ``warmup`` frames
-  before ``start`` (stylised and dropped), so the chunk's first frame carries nearly the
-  history it has in one sequential pass and the seam does not flicker. The driver then
-  calls ``write_video(dst, chain(*chunks), src)``.
+* Chunks, for a cluster: ``split_frames(frames, length, warmup)`` cuts a stream of frames
+  into ``Chunk``s, each led by the ``warmup`` frames before it; ``stylize_chunk_frames(net,
+  chunk)`` (on a worker) stylises them all and returns the chunk's own: the stabiliser
+  has run over the lead, so the chunk's first frame carries nearly the history it has in
+  one sequential pass and the seam does not flicker. The client then calls
+  ``write_video(dst, chain(*results), src)``. ``chunk_length`` says how long a chunk is;
+  ``stylize_chunk(net, src, start, stop)`` is a chunk decoded from the file.
 * ``optical_flow``, ``warp`` (and its naive twin ``warp_naive``), ``consistency_mask``:
   the flow machinery; ``camera_clip``, ``warping_error``, ``sharpness``,
   ``measure_stability``: the measurements of ``python -m minnst.bench video``.
@@ -59,6 +61,12 @@ STABILIZE = ("flow", "none")
 # on a 512-px pan (docs/video.md): the warping error across the seam is 27.6 grey levels
 # with none (frame by frame: 31.3), 13.7 with 8, 9.6 with 24, against 7.0 inside a chunk.
 WARMUP_FRAMES = 24
+# A chunk for a cluster task (``chunk_length``): with the stabiliser, ten times its warm-up
+# (240 frames: the warm-up then adds 10 % network passes, and a seam every 8 s at 30 fps);
+# frame by frame, 32 frames (a task's overhead, milliseconds, is nothing beside 32
+# network passes, and short chunks balance the workers and hold little memory).
+CHUNK_WARMUPS = 10
+PLAIN_CHUNK_FRAMES = 32
 
 # Output container and video codec by file suffix.
 OUTPUT_FORMATS = {
@@ -85,7 +93,11 @@ def _import_av():
         import av
     except ImportError:
         raise VideoError("video needs PyAV: pip install 'minnst[video]'") from None
-    av.logging.set_level(av.logging.PANIC)  # our errors say what went wrong, in one line
+    # No log callback at all (PyAV's default; our errors say what went wrong, in one line).
+    # Any level installs one that FFmpeg's decoding threads call for their errors, taking
+    # the GIL: stopping a decode early then deadlocked now and then (within 35 s of
+    # stylize_chunk in a loop here; none in 106 rounds without it).
+    av.logging.set_level(None)
     return av
 
 
@@ -709,7 +721,8 @@ def write_video(dst, frames: Iterable[Frame], src=None, progress: Callable | Non
     rate = rate or (info.rate if info else None) or Fraction(30)
     t0, n, shape, audio_mode = time.perf_counter(), 0, None, None
     with atomic_write(dst) as tmp:
-        out = av.open(str(tmp), "w", format=fmt)
+        # bitexact: no random segment id or date (Matroska, WebM): the same frames, the same bytes
+        out = av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"})
         audio = None
         try:
             stream, last_pts = None, None
@@ -791,18 +804,51 @@ def stylize_video(net, src, dst, style=None, size: int | None = None, stabilize=
 def stylize_chunk(net, src, start: int, stop: int, style=None, size: int | None = None,
                   stabilize="flow", warmup: int = WARMUP_FRAMES) -> list[Frame]:
     """Frames ``[start, stop)`` of ``src`` stylised, as ``Frame``s in order: one piece of a
-    clip for a cluster worker. With stabilisation, the stabiliser first runs over frames
-    ``[start − warmup, start)`` (stylised, then dropped), so its state at ``start`` is
-    close to that of one sequential pass, and chunks stitched in order
-    (``write_video(dst, chain(*chunks), src)``) show no flicker at their seams
-    (``WARMUP_FRAMES``). The frames before ``start − warmup`` are decoded, not converted.
-    Memory: the chunk's frames."""
+    clip, decoded from the file (``stylize_chunk_frames`` takes the frames instead). With
+    stabilisation, the stabiliser first runs over frames ``[start − warmup, start)``
+    (stylised, then dropped), so its state at ``start`` is close to that of one
+    sequential pass, and chunks stitched in order (``write_video(dst, chain(*chunks),
+    src)``) show no flicker at their seams (``WARMUP_FRAMES``). The frames before
+    ``start − warmup`` are decoded, not converted. Memory: the chunk's frames."""
     if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop and warmup >= 0):
         raise ValueError(f"a chunk needs 0 <= start < stop and warmup >= 0, got {start}, {stop}, {warmup}")
-    stab = make_stabilizer(stabilize)
-    lead = min(start, warmup) if stab is not None else 0
-    frames = stylize_frames(net, read_frames(src, size, start - lead, stop), style, stab or "none")
-    return list(islice(frames, lead, None))
+    lead = min(start, warmup) if make_stabilizer(stabilize) is not None else 0
+    return stylize_chunk_frames(net, Chunk(read_frames(src, size, start - lead, stop), lead), style, stabilize)
+
+
+class Chunk(NamedTuple):
+    """A piece of a clip for a cluster worker: the first ``lead`` frames only warm the
+    stabiliser up (the frames just before the piece), the others are the piece's own."""
+    frames: Iterable[Frame]  # a list when it travels to a worker (``split_frames``)
+    lead: int
+
+
+def split_frames(frames: Iterable[Frame], length: int, warmup: int = 0) -> Iterator[Chunk]:
+    """Cut a stream of frames into consecutive ``Chunk``s of ``length`` frames of their own
+    (the last one shorter), each led by the ``warmup`` frames before it (fewer at the
+    start). A generator that holds one chunk and its lead at a time."""
+    if length < 1 or warmup < 0:
+        raise ValueError(f"chunks need length >= 1 and warmup >= 0, got {length}, {warmup}")
+    it, lead = iter(frames), []
+    while own := list(islice(it, length)):
+        yield Chunk(lead + own, len(lead))
+        lead = (lead + own)[-warmup:] if warmup else []
+
+
+def stylize_chunk_frames(net, chunk: Chunk, style=None, stabilize="flow") -> list[Frame]:
+    """The chunk's own frames stylised (``stylize_frames`` over all of its frames, the
+    lead dropped): what a cluster worker returns for one piece of a clip."""
+    return list(islice(stylize_frames(net, chunk.frames, style, stabilize), chunk.lead, None))
+
+
+def chunk_length(total: int | None, workers: int, warmup: int) -> int:
+    """Frames of its own per chunk when a clip of ``total`` frames (None: not known) is
+    cut for ``workers`` workers: ``CHUNK_WARMUPS`` × the warm-up with stabilisation, so
+    that the warm-up adds 1/``CHUNK_WARMUPS`` of network passes; ``PLAIN_CHUNK_FRAMES``
+    without one (no overhead to spread, and short chunks balance the workers); fewer
+    for a short clip, so that every worker gets a chunk."""
+    base = CHUNK_WARMUPS * warmup if warmup else PLAIN_CHUNK_FRAMES
+    return base if total is None else max(1, min(base, -(-total // max(1, workers))))
 
 
 # --------------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ CASES = [
 def _methods(case):
     """Every path that can run ``case``: "auto", im2col, and on stride 1 the CPU paths
     (the thin lowerings are correct for any channel counts, only slower); Winograd where
-    the kernel is 3×3 with padding 1."""
+    the kernel is 3×3 with padding 1 (both tiles, F(2×2) and F(4×4))."""
     N, C, H, W, F, K, s, p, mode = case
     out = ["auto", "im2col"]
     if s == 1:
         out += ["shifted", "thin_input", "thin_output"]
         if K == 3 and p == 1:
-            out.append("winograd")
+            out += ["winograd", "winograd4"]
     return out
 
 
@@ -85,6 +85,7 @@ def test_auto_picks_by_device_stride_and_shapes(rng):
 
     assert pick(3, 64, 3) == "shifted"            # VGG conv1_1
     assert pick(64, 64, 3) == "winograd"          # VGG from conv1_2 on
+    assert pick(512, 512, 3) == "winograd"        # F(4×4) ("winograd4") only when asked for
     assert pick(64, 32, 3) == "shifted"           # too few output channels for Winograd
     assert pick(64, 64, 3, p=2) == "shifted"      # Winograd needs padding 1
     assert pick(3, 32, 9, p=4) == "thin_input"    # the transformer's first layer
@@ -101,13 +102,17 @@ def test_unknown_or_impossible_method_is_a_value_error(rng):
         conv2d_forward(x, w, None, 2, 1, method="shifted")
     with pytest.raises(ValueError, match="3x3 kernel with padding 1"):
         conv2d_forward(x, w, None, 1, 0, method="winograd")
+    with pytest.raises(ValueError, match="'winograd4' needs a 3x3 kernel with padding 1"):
+        conv2d_forward(x, w, None, 1, 2, method="winograd4")
+    with pytest.raises(ValueError, match="stride 1"):
+        conv2d_forward(x, w, None, 2, 1, method="winograd4")
     with pytest.raises(ValueError, match="float32 or float64"):
         conv2d_forward(x.astype(np.float16), w, None, 1, 1, method="thin_input")
     with pytest.raises(ValueError, match="unknown method"):
         Conv2d(4, 2, 3, method="winograd3")
 
 
-@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd", "thin_input", "thin_output"])
+@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd", "winograd4", "thin_input", "thin_output"])
 def test_frozen_cache_gives_input_gradient_only(rng, method):
     x = rng.standard_normal((1, 16, 5, 5))
     w = rng.standard_normal((4, 16, 3, 3))
@@ -173,7 +178,8 @@ def test_im2col_band_stays_under_memory_cap():
     assert biggest <= convmod.IM2COL_MAX_BYTES
 
 
-@pytest.mark.parametrize("method", ["auto", "im2col", "shifted", "thin_input", "thin_output"])
+@pytest.mark.parametrize("method", ["auto", "im2col", "shifted", "winograd", "winograd4",
+                                    "thin_input", "thin_output"])
 def test_float32_runs_and_keeps_dtype(rng, method):
     for C in (3, 16):
         x = rng.standard_normal((1, C, 6, 5)).astype(np.float32)
@@ -256,7 +262,7 @@ def test_layer_classes_follow_the_contract(rng):
     assert dx2.shape == y.shape and set(g2) == {"weight", "bias"}
 
 
-@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd"])
+@pytest.mark.parametrize("method", ["im2col", "shifted", "winograd", "winograd4"])
 def test_conv2d_layer_takes_its_method(rng, method):
     layer = Conv2d(5, 4, 3, padding=1, pad_mode="reflect", rng=rng, dtype=np.float64, method=method)
     x = rng.standard_normal((1, 5, 6, 7))

@@ -352,3 +352,12 @@ def test_real_ctrl_c_saves_the_best_image(pics, tmp_path, vgg16_path):
     assert p.returncode == 130, err
     assert "Traceback" not in err and "saved the best image" in err
     assert out.is_file() and len(log.read_text().splitlines()) >= 2
+
+
+def test_skip_existing_leaves_a_single_output_alone(pics, tmp_path, capsys):
+    out = tmp_path / "done.png"
+    out.write_bytes(b"an earlier result")
+    code, stdout, err = run_main(["--content", pics["content"], "--style", pics["style"], "--output", out,
+                                  "--skip-existing", *FAST], capsys)
+    assert code == 0 and "skipped" in stdout, err
+    assert out.read_bytes() == b"an earlier result" and not (tmp_path / "done.losses.jsonl").exists()

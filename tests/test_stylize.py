@@ -177,3 +177,22 @@ def test_memory_refusal_names_a_size_that_fits(model, photos, tmp_path, capsys, 
     assert stylize.main(["--model", str(model), "--input", str(photos), "--output", str(tmp_path / "d"),
                          "--size", "1024"]) == 2
     assert "try --size" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_render_image_from_bytes_is_the_file_path(model, photos, tmp_path):
+    """What a cluster task runs (the source's bytes in, the output file's bytes out, the
+    network from the model file's bytes) is what loading and saving the files gives."""
+    from minnst import images
+    from minnst.modelfile import ModelFileError
+
+    net = stylize.load_network(model)
+    from_bytes = stylize.load_network(model.read_bytes())
+    src = photos / "nested" / "b.jpg"
+    for suffix in (".jpg", ".png"):
+        job = stylize.ImageJob(str(src), images.read_image_bytes(src), suffix)
+        out = images.save_image(tmp_path / f"ref{suffix}", net.stylize(images.load_image(src, 32)), {"k": "v"})
+        assert stylize.render_image(job, from_bytes, 32, None, {"k": "v"}) == out.read_bytes()
+    with pytest.raises(images.ImageError, match="not an image file .*b.jpg"):
+        stylize.render_image(stylize.ImageJob(str(src), b"junk", ".jpg"), net)
+    with pytest.raises(ModelFileError, match="the model sent as bytes is not an HDF5 file"):
+        stylize.load_network(b"junk")

@@ -153,6 +153,22 @@ def test_exact_range_matches_the_network(vgg16_f64):
                     assert np.abs(C[:, r - off] - W[:, r]).max() > 1e-6, (a, b, name, r)
 
 
+def test_tile_for_workers():
+    """The tile a cluster gets when none is given: at least as many tiles as workers (or
+    ``MIN_TILE`` for an image too small for that), and the largest tile of its family
+    ``⌈max(H, W) / k⌉`` that does it; ``tile_count`` counts what ``tiles`` makes."""
+    for H, W in ((40, 56), (1024, 768), (75, 61), (16, 300), (4096, 3072)):
+        for workers in (1, 2, 3, 5, 16, 64):
+            T = tiling.tile_for_workers(H, W, workers)
+            n = tiling.tile_count(H, W, T)
+            assert n == len(tiling.tiles(H, W, T, ["relu5_1"]))
+            assert n >= workers or T == tiling.MIN_TILE, (H, W, workers, T)
+            k = -(-max(H, W) // T)  # T = ⌈max(H, W) / k⌉: the one larger tile is ⌈max(H, W) / (k − 1)⌉
+            assert k == 1 or tiling.tile_count(H, W, -(-max(H, W) // (k - 1))) < workers
+    assert tiling.tile_for_workers(1024, 768, 1) == 1024  # one worker: one tile, the whole image
+    assert tiling.tile_for_workers(1024, 768, 2) == 512 and tiling.tile_for_workers(20, 20, 8) == tiling.MIN_TILE
+
+
 # ------------------------------------------------------------------------ exactness (real VGG16)
 
 
@@ -189,6 +205,25 @@ def test_tiled_equals_untiled_to_relu5_1(vgg16_f64):
     _, tiled, e_loss, e_terms, e_grad = compare(c, styles, 32, **kw)
     assert tiled.tile_count == 10
     assert e_loss < 1e-10 and e_terms < 1e-10 and e_grad < 1e-10, (e_loss, e_terms, e_grad)
+
+
+def test_tile_gradient_does_not_depend_on_the_targets_layout(vgg16_f64):
+    """A tile's content sum Σ (F − P)² is summed in the memory order of F − P, which NumPy
+    takes from P's: content targets that arrive C-contiguous (from a Dask worker) give the
+    bits of the serial targets (channels-last views) because ``tile_gradient`` puts them
+    back in channels-last memory (``perceptual.channels_last``)."""
+    c = image(40, 56, 0)
+    obj = gatys.Objective(c, [], net=vgg16_f64, content_layers=["relu1_2", "relu2_2"], style_layers=[],
+                          tile=16)
+    x = pastiche(c)[None]
+    shapes = obj.loss.feature_shapes(x.shape)
+    for t in obj.plan:
+        own = {l: obj.content_targets[l][(..., *t.whole(l))] for l in obj.content_layers if t.owns(l)}
+        moved = {l: np.ascontiguousarray(P) for l, P in own.items()}
+        assert all(not perceptual.channels_last(P) is P for P in moved.values())
+        crop = perceptual.tile_crop(x, t)
+        (a, da), (b, db) = (obj.loss.tile_gradient(crop, t, P, shapes, {}) for P in (own, moved))
+        assert a == b and np.array_equal(da, db)
 
 
 @pytest.mark.parametrize("norm", losses.NORMALIZATIONS)

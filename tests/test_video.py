@@ -339,3 +339,33 @@ def test_stylize_cli_on_a_clip(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ----------------------------------------------------------------------------- chunks for a cluster
+
+
+def test_split_frames_leads_each_chunk_with_the_frames_before_it():
+    frames = [video.Frame(i, i, None, np.full((2, 2, 3), i, np.uint8)) for i in range(10)]
+    pulled = []
+
+    def source():
+        for fr in frames:
+            pulled.append(fr.index)
+            yield fr
+
+    chunks = video.split_frames(source(), 4, warmup=3)
+    first = next(chunks)
+    assert len(pulled) == 4  # a stream: one chunk read at a time
+    chunks = [first, *chunks]
+    assert [[f.index for f in c.frames] for c in chunks] == [[0, 1, 2, 3], [1, 2, 3, 4, 5, 6, 7], [5, 6, 7, 8, 9]]
+    assert [c.lead for c in chunks] == [0, 3, 3]
+    assert [f.index for c in chunks for f in c.frames[c.lead:]] == list(range(10))
+    assert [c.lead for c in video.split_frames(frames, 4)] == [0, 0, 0]
+    with pytest.raises(ValueError):
+        next(video.split_frames(frames, 0))
+
+
+def test_chunk_length_spreads_a_short_clip_over_the_workers():
+    assert video.chunk_length(None, 4, 24) == 240 == video.chunk_length(10_000, 8, 24)  # warm-up: 10 %
+    assert video.chunk_length(10_000, 8, 0) == video.PLAIN_CHUNK_FRAMES                 # no warm-up to spread
+    assert video.chunk_length(100, 4, 24) == 25 and video.chunk_length(3, 8, 24) == 1

@@ -15,10 +15,12 @@ derives them. Two optimisers over the pixel image in [0, 1]: scipy's L-BFGS-B wi
     result = stylize(content, [style], GatysConfig(size=256, iterations=200))
 
 The package: ``objective`` (the objective of one pastiche), ``config`` (``GatysConfig``
-and its checks), ``run`` (``stylize``), ``cli`` (``python -m minnst.gatys --help``).
+and its checks), ``run`` (``stylize``), ``batch`` (batches and sweeps: output names, one
+run as a task for a Dask worker or this process), ``cli`` (``python -m minnst.gatys --help``).
 """
 from ..errors import ConfigError
 from ..perceptual import LossTerms
+from .batch import Run, RunOutput, RunTask, plan_runs, run_task
 from .config import (DEFAULT_STYLE_WEIGHT, DEFAULT_TV_WEIGHT, INITS, OPTIMIZERS, PRESERVE_COLORS,
                      TOL_WINDOW, GatysConfig)
 from .objective import DEFAULT_CONTENT_LAYERS, DEFAULT_STYLE_LAYERS, Objective

@@ -156,14 +156,18 @@ def _preserve(cfg: GatysConfig, content, img):
 
 
 def stylize(content, styles, config: GatysConfig | None = None, *, init_image=None, net=None,
-            device=None, callback=None, **options) -> StylizeResult:
+            device=None, callback=None, cluster=None, **options) -> StylizeResult:
     """Stylise ``content`` with ``styles`` (host (H, W, 3) images in [0, 1], any size).
 
     ``config`` (or keyword ``options`` naming its fields, which override it) sets the
     size, scales, weights and optimiser; the path fields (content, style, output) are not
     read here. ``device``: "cpu", "gpu", "auto" or a ``backend.Device`` (default
     ``config.device``); ``net``: a loaded VGG16 with the config's pooling on that device.
-    ``callback(Progress)`` runs after every iteration. Returns a ``StylizeResult``;
+    ``callback(Progress)`` runs after every iteration. ``cluster``: a
+    ``distributed.Cluster`` on whose workers the objective's tiles run, each scale tiled
+    with ``config.tile`` or, if None, a tile that gives every worker one
+    (``Objective(cluster=…)``); the optimiser stays here, and the run is the serial tiled
+    run's, bit for bit. Returns a ``StylizeResult``;
     Ctrl-C raises ``StylizeInterrupted`` and a non-finite loss ``NonFiniteLossError``,
     each carrying the result so far in ``.result``.
     """
@@ -211,7 +215,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                             style_layer_weights=cfg.style_layer_weights,
                             style_blend_weights=cfg.style_blend_weights, alpha=cfg.content_weight,
                             beta=cfg.beta, tv_weight=cfg.tv, pooling=cfg.pooling,
-                            normalization=cfg.normalization, net=net, tile=cfg.tile)
+                            normalization=cfg.normalization, net=net, tile=cfg.tile, cluster=cluster)
             if k == 0:
                 x0 = _init_image(cfg, content_s, init_image, cfg.seed)
             else:

@@ -27,6 +27,9 @@ method        forward                                      backward (dx; dw)
               input, no im2col copy (CPU, stride 1)
 "winograd"    Winograd F(2×2, 3×3) (CPU, 3×3, stride 1,    dx by Winograd with the rotated
               padding 1; ``winograd.py``)                  kernel; dw by the shifted GEMM
+"winograd4"   Winograd F(4×4, 3×3): 4× fewer multiplies    the same, with F(4×4, 3×3)
+              than direct (F(2×2): 2.25×), float32 error
+              3–6× F(2×2)'s (explicit only, see below)
 "thin_input"  im2col + one GEMM with K = KH·KW·C (CPU,     dx by output-side shifting (the
               stride 1: for few input channels)            rotated kernel's thin side is its
                                                            output); dw from the im2col matrix
@@ -38,9 +41,13 @@ method        forward                                      backward (dx; dw)
 
 ``method="auto"`` (the default) picks by device, stride and shapes (``auto_method``): the
 GPU and strides above 1 take im2col; on the CPU a 3×3, padding-1 layer with at least
-``WINOGRAD_MIN_CHANNELS`` channels on both sides takes Winograd, a kernel of 5×5 or more
-with at most ``THIN_CHANNELS`` channels on one side its thin lowering, and every other
-stride-1 layer the shifted GEMM. docs/layers.md derives each path and names its tests.
+``WINOGRAD_MIN_CHANNELS`` channels on both sides takes Winograd F(2×2, 3×3), a kernel of
+5×5 or more with at most ``THIN_CHANNELS`` channels on one side its thin lowering, and
+every other stride-1 layer the shifted GEMM. "winograd4" is about 20 % faster than
+"winograd" on VGG16's layers of 64×64 pixels and more (9–29 %), but its float32 error
+is 3–6× F(2×2)'s (RMS; 6–14× at the worst element) on VGG16's real activations and
+gradients, beyond the 3× we accept, so "auto" does not take it: a caller that trades that
+accuracy for speed asks for it. docs/layers.md derives each path and names its tests.
 """
 from __future__ import annotations
 
@@ -53,10 +60,10 @@ from ..parallel import band_rows, gemm, image_bands, matmul, pmap, row_bands
 from .base import Layer
 from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
-from .winograd import (WinogradWeights, winograd_conv3x3, winograd_input_grad,
-                       winograd_input_grad_weights, winograd_weights)
+from .winograd import WinogradWeights, winograd_conv3x3, winograd_input_grad
 
-METHODS = ("auto", "im2col", "shifted", "winograd", "thin_input", "thin_output")
+METHODS = ("auto", "im2col", "shifted", "winograd", "winograd4", "thin_input", "thin_output")
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}  # the Winograd paths, F(m×m, 3×3): method -> m
 CPU_DTYPES = (np.float32, np.float64)  # the CPU-only paths run in these
 
 
@@ -482,7 +489,9 @@ def auto_method(x, w, stride, pad) -> str:
     docstring). On the CPU, measured against im2col (one thread, batch 4 at 256² unless
     noted), the shifted GEMM is as fast or faster from 3 to 128 channels and 3×3 to 9×9
     kernels, forward and backward; Winograd beats it from 64 channels on; the thin
-    lowerings beat it for 9×9 layers with 3 channels (docs/performance.md)."""
+    lowerings beat it for 9×9 layers with 3 channels (docs/performance.md). Winograd
+    F(4×4) ("winograd4") is faster still on large images but not accurate enough in
+    float32 to be the default (docs/layers.md)."""
     F, C, KH, KW = w.shape
     if get_xp(x) is not np or stride != 1 or x.dtype not in CPU_DTYPES:
         return "im2col"
@@ -503,8 +512,8 @@ def _check_method(method, x, w, stride, pad):
         raise ValueError(f"conv2d: method {method!r} takes float32 or float64, got {x.dtype}")
     if stride != 1:
         raise ValueError(f"conv2d: method {method!r} needs stride 1, got stride {stride}")
-    if method == "winograd" and (w.shape[2:] != (3, 3) or pad != 1):
-        raise ValueError(f"conv2d: method 'winograd' needs a 3x3 kernel with padding 1, got "
+    if method in WINOGRAD_TILES and (w.shape[2:] != (3, 3) or pad != 1):
+        raise ValueError(f"conv2d: method {method!r} needs a 3x3 kernel with padding 1, got "
                          f"{w.shape[2]}x{w.shape[3]} with padding {pad}")
 
 
@@ -519,7 +528,7 @@ class ConvCache(NamedTuple):
     pad: int
     pad_mode: str
     x_shape: tuple
-    wino: object = None  # WinogradWeights of the "winograd" path (input_grad may be None)
+    wino: object = None  # WinogradWeights of the Winograd paths (WINOGRAD_TILES), else None
 
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
@@ -533,9 +542,10 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     ``keep_input=False`` drops the input from the cache: the backward then returns only
     dx (dw = db = None), which is all a frozen network needs. The cache references ``x``
     itself (no copy): do not modify it in place before the backward.
-    ``wino``: the layer's ``winograd.winograd_transform(w)``, computed once by a caller
-    whose weights do not change (VGG16); used when the path is "winograd", which otherwise
-    transforms w per call (and the input gradient's kernel only in a backward that needs it).
+    ``wino``: the layer's ``winograd.winograd_transform(w)``, kept by a caller whose
+    weights do not change (VGG16), which keeps each transform once made; used when the path
+    is a Winograd one, which otherwise transforms w per call (and the input gradient's
+    kernel only in a backward that needs it).
     """
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
@@ -550,10 +560,11 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     bias = None if b is None else b.astype(x.dtype, copy=False)
     if method == "auto":
         method = auto_method(x, w, stride, pad)
-    if method == "winograd":
+    if method in WINOGRAD_TILES:
         if wino is None:
-            wino = WinogradWeights(winograd_weights(w), None)
-        y = winograd_conv3x3(x, wino.forward.astype(x.dtype, copy=False), bias, pad_mode)
+            wino = WinogradWeights(w)
+        U = wino.forward(WINOGRAD_TILES[method])
+        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode)
     elif method in ("thin_input", "thin_output"):
         y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW)
     elif method == "shifted":
@@ -561,7 +572,7 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     else:
         y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
     cache = ConvCache(method, x if keep_input else None, w, b is not None, stride, pad,
-                      pad_mode, tuple(x.shape), wino if method == "winograd" else None)
+                      pad_mode, tuple(x.shape), wino if method in WINOGRAD_TILES else None)
     return y, cache
 
 
@@ -570,7 +581,7 @@ def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
     gives each path's rule); dw and db are None when the cache holds no input, dx is None
     when ``need_dx`` is False (a network's first layer: its input is the data)."""
     db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
-    if cache.method == "winograd":
+    if cache.method in WINOGRAD_TILES:
         dx, dw = _winograd_backward(dy, cache, need_dx)
     elif cache.method in ("thin_input", "thin_output"):
         dxpad, dw = _thin_backward(cache.method, dy, cache.x, cache.w, cache.pad, cache.pad_mode, need_dx)
@@ -585,9 +596,7 @@ def _winograd_backward(dy, cache, need_dx):
     caller's ``wino`` holds it), dw by the shifted GEMM."""
     dx = None
     if need_dx:
-        U = cache.wino.input_grad
-        if U is None:
-            U = winograd_input_grad_weights(cache.w)
+        U = cache.wino.input_grad(WINOGRAD_TILES[cache.method])
         dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode)
     return dx, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
 

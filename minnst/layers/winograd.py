@@ -1,162 +1,330 @@
-"""Winograd F(2×2, 3×3) convolution (Lavin & Gray 2016) for the CPU.
+"""Winograd convolution F(m×m, 3×3) (Lavin & Gray 2016) for the CPU, m = 2 or 4.
 
-For 3×3, stride-1 convolutions with zero padding 1 — every convolution of VGG16 — each
-2×2 block of outputs is computed from a 4×4 input tile d with 16 multiplies per
-(channel, filter) pair instead of 36:
+For 3×3, stride-1 convolutions with padding 1 — every convolution of VGG16, the
+transformer's residual blocks — each m×m block of outputs is computed from the
+α×α input tile d around it (α = m + 2) as
 
     Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A
+
+F(2×2, 3×3), α = 4 (interpolation points 0, ±1, ∞):
 
     Bᵀ = [1  0 −1  0]    G = [ 1    0    0 ]    Aᵀ = [1  1  1  0]
          [0  1  1  0]        [ ½    ½    ½ ]         [0  1 −1 −1]
          [0 −1  1  0]        [ ½   −½    ½ ]
          [0  1  0 −1]        [ 0    0    1 ]
 
-Summed over input channels, the elementwise product becomes 16 matrix products, one per
-position (ξ, ν) of the 4×4 transformed tile:
+F(4×4, 3×3), α = 6 (points 0, ±1, ±2, ∞):
+
+    Bᵀ = [4  0 −5  0  1  0]    G = [ 1/4     0     0  ]    Aᵀ = [1  1  1  1  1  0]
+         [0 −4 −4  1  1  0]        [−1/6  −1/6  −1/6  ]         [0  1 −1  2 −2  0]
+         [0  4 −4 −1  1  0]        [−1/6   1/6  −1/6  ]         [0  1  1  4  4  0]
+         [0 −2 −1  2  1  0]        [1/24  1/12   1/6  ]         [0  1 −1  8 −8  1]
+         [0  2 −1 −2  1  0]        [1/24 −1/12   1/6  ]
+         [0  4  0 −5  0  1]        [ 0      0     1   ]
+
+Summed over input channels, the elementwise product becomes α² matrix products, one per
+position (ξ, ν) of the transformed tile:
 
     M_ξν (T, F) = V_ξν (T, C) @ U_ξν (C, F),   V = Bᵀ d B per tile,  U = G g Gᵀ per (c, f)
 
-2.25× fewer multiply-adds than the direct convolution, all of them in large GEMMs; the
-transforms are additions of strided slices (the coefficients are 0, ±½, ±1, so float32
-accuracy is that of the direct method). The input gradient of such a layer is again a
-3×3 "same" convolution — of dy with the kernel rotated by 180° and its channels swapped —
-so the backward reuses the forward (``winograd_input_grad``).
+α²/m² multiply-adds per output and channel pair instead of the direct method's 9: 4 for
+F(2×2) (2.25× fewer), 2.25 for F(4×4) (4× fewer), all of them in large GEMMs. The
+transformed input is α²/m² times the input: 4× for F(2×2), 2.25× for F(4×4). Every
+transform is written out as additions and scalings of strided slices, one axis at a time
+(``_BT``, ``_AT``, ``_G``).
 
-Work is cut into bands of tile rows of one image (``winograd_band_rows``), run by ``pmap``.
-The naive twin is ``conv.conv2d_naive``; ``tests/test_winograd.py`` compares.
+Accuracy: the float32 GEMMs' rounding reaches the outputs through Aᵀ (and A), whose
+entries F(4×4) lets grow to 8. On VGG16's layers with real activations (docs/layers.md),
+F(2×2)'s float32 error is 1–2× the direct method's; F(4×4)'s is 3–6× F(2×2)'s (RMS)
+and 6–14× at the worst element, forward and input gradient — about 1e-6 of the output's
+scale. F(4×4) is ``method="winograd4"``, which "auto" does not take.
+
+The input gradient of such a layer is again a 3×3 "same" convolution — of dy with the
+kernel rotated by 180° and its channels swapped — so the backward reuses the forward
+(``winograd_input_grad``).
+
+Which tile a routine runs is the size of the transformed kernels it is handed (16 or 36
+positions). Work is cut into bands of tile rows of one image (``winograd_band_rows``), run
+by ``pmap``. The naive twin is ``conv.conv2d_naive``; ``tests/test_winograd.py`` compares.
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import numpy as np
 
 from ..parallel import band_rows, image_bands, pmap
 from .padding import pad2d, pad2d_backward, padded_rows_cl
 
+TILES = (2, 4)  # the output tile sizes m of the algorithms here
+
+# The textbook matrices (the tests and the docs; the code below writes them out).
+BT2 = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=float)
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+AT2 = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=float)
+BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=float)
+G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], dtype=float)
+MATRICES = {2: (BT2, G, AT2), 4: (BT4, G4, AT4)}  # m -> (Bᵀ, G, Aᵀ)
 
 
-class WinogradWeights(NamedTuple):
-    """The transformed kernels of one layer: U for the forward (16, C, F) and for the
-    input gradient (16, F, C), or None there when only the forward was transformed (a
-    backward that needs it transforms it then). A caller whose weights do not change
-    transforms both once (``winograd_transform``)."""
-    forward: np.ndarray
-    input_grad: np.ndarray | None
+# ------------------------------------------------------------------ the transforms, written out
+# Each applies one matrix along one axis: d (or m, g) is the list of the input's slices
+# along that axis, o the list of the output's (views, written in place); all of one shape.
+
+def _bt2(d, o):
+    """o = Bᵀ d, F(2×2): 4 → 4."""
+    np.subtract(d[0], d[2], out=o[0])
+    np.add(d[1], d[2], out=o[1])
+    np.subtract(d[2], d[1], out=o[2])
+    np.subtract(d[1], d[3], out=o[3])
 
 
-def winograd_weights(w):
-    """U (16, C, F) = G g Gᵀ for every (filter f, channel c) of w (F, C, 3, 3).
+def _bt4(d, o):
+    """o = Bᵀ d, F(4×4): 6 → 6, 17 passes, two temporaries."""
+    s = np.subtract(d[4], d[2])                                   # d4 − d2
+    t = np.subtract(d[3], d[1])
+    t *= 2                                                        # 2(d3 − d1)
+    np.subtract(d[0], d[2], out=o[0])
+    o[0] *= 4
+    o[0] += s                                                     # 4d0 − 5d2 + d4
+    np.add(s, t, out=o[3])                                        # −2d1 − d2 + 2d3 + d4
+    np.subtract(s, t, out=o[4])                                   # 2d1 − d2 − 2d3 + d4
+    np.subtract(d[5], d[3], out=o[5])
+    t *= 2
+    o[5] -= t                                                     # 4d1 − 5d3 + d5
+    np.multiply(d[2], 4, out=s)
+    np.subtract(d[4], s, out=s)                                   # d4 − 4d2
+    np.multiply(d[1], 4, out=t)
+    np.subtract(d[3], t, out=t)                                   # d3 − 4d1
+    np.add(s, t, out=o[1])                                        # −4d1 − 4d2 + d3 + d4
+    np.subtract(s, t, out=o[2])                                   # 4d1 − 4d2 − d3 + d4
 
-    Written out, as G's rows are (g0), ½(g0 + g1 + g2), ½(g0 − g1 + g2), (g2): a handful
-    of passes over w instead of 16·C·F tiny matrix products (128 × 128 channels: 0.6 ms
-    instead of 5; the layers of a training network transform their weights every call).
-    The products by ½ are exact, so this equals ``G @ g @ Gᵀ`` evaluated in order."""
+
+def _at2(m, o):
+    """o = Aᵀ m, F(2×2): 4 → 2."""
+    np.add(m[0], m[1], out=o[0])
+    o[0] += m[2]
+    np.subtract(m[1], m[2], out=o[1])
+    o[1] -= m[3]
+
+
+def _at4(m, o):
+    """o = Aᵀ m, F(4×4): 6 → 4, 13 passes, two temporaries."""
+    a = np.add(m[1], m[2])
+    c = np.add(m[3], m[4])
+    np.add(m[0], a, out=o[0])
+    o[0] += c                                                     # m0 + m1 + m2 + m3 + m4
+    c *= 4
+    np.add(a, c, out=o[2])                                        # m1 + m2 + 4(m3 + m4)
+    np.subtract(m[1], m[2], out=a)
+    np.subtract(m[3], m[4], out=c)
+    c *= 2
+    np.add(a, c, out=o[1])                                        # m1 − m2 + 2(m3 − m4)
+    c *= 4
+    np.add(a, c, out=o[3])
+    o[3] += m[5]                                                  # m1 − m2 + 8(m3 − m4) + m5
+
+
+def _g2(g, o):
+    """o = G g, F(2×2): 3 → 4. The products by ½ are exact."""
+    o[0][...] = g[0]
+    np.add(g[0], g[2], out=o[3])                                  # scratch for g0 + g2
+    np.add(o[3], g[1], out=o[1])
+    np.subtract(o[3], g[1], out=o[2])
+    o[1] *= 0.5
+    o[2] *= 0.5
+    o[3][...] = g[2]
+
+
+def _g4(g, o):
+    """o = G g, F(4×4): 3 → 6."""
+    np.multiply(g[0], 0.25, out=o[0])                             # g0/4
+    np.add(o[0], g[2], out=o[5])                                  # scratch: g0/4 + g2
+    np.multiply(g[1], 0.5, out=o[4])                              # scratch: g1/2
+    np.add(o[5], o[4], out=o[3])
+    np.subtract(o[5], o[4], out=o[4])
+    o[3] /= 6                                                     # (g0/4 + g1/2 + g2)/6
+    o[4] /= 6                                                     # (g0/4 − g1/2 + g2)/6
+    np.add(g[0], g[2], out=o[5])                                  # scratch: g0 + g2
+    np.add(o[5], g[1], out=o[1])
+    np.subtract(o[5], g[1], out=o[2])
+    o[1] /= -6                                                    # −(g0 + g1 + g2)/6
+    o[2] /= -6                                                    # −(g0 − g1 + g2)/6
+    o[5][...] = g[2]
+
+
+_BT = {2: _bt2, 4: _bt4}
+_AT = {2: _at2, 4: _at4}
+_G = {2: _g2, 4: _g4}
+
+
+def winograd_tile(U) -> int:
+    """The output tile size m of transformed kernels U ((m + 2)², C, F)."""
+    m = {16: 2, 36: 4}.get(U.shape[0])
+    if m is None:
+        raise ValueError(f"winograd: transformed kernels have {U.shape[0]} positions, "
+                         f"expected 16 (F(2x2, 3x3)) or 36 (F(4x4, 3x3))")
+    return m
+
+
+# --------------------------------------------------------------------------- kernels
+
+def winograd_weights(w, tile: int = 2):
+    """U ((m+2)², C, F) = G g Gᵀ for every (filter f, channel c) of w (F, C, 3, 3), m = tile.
+
+    Written out: a handful of passes over w instead of (m+2)²·C·F tiny matrix products
+    (128 × 128 channels, F(2×2): 0.6 ms instead of 5; the layers of a training network
+    transform their weights every call)."""
+    if tile not in TILES:
+        raise ValueError(f"winograd: tile must be one of {TILES}, got {tile}")
     F, C = w.shape[:2]
+    a = tile + 2
     g = w.transpose(2, 3, 1, 0)  # (3, 3, C, F) view: g[i, j] is the (C, F) matrix of tap (i, j)
+    t = np.empty((a, 3, C, F), dtype=w.dtype)
+    _G[tile](list(g), list(t))                      # t[k, j] = Σ_i G[k, i] g[i, j]
+    U = np.empty((a, a, C, F), dtype=w.dtype)
+    _G[tile](list(t.transpose(1, 0, 2, 3)), list(U.transpose(1, 0, 2, 3)))  # along j
+    return U.reshape(a * a, C, F)
 
-    def rows(a, out):  # out[0..3] = G a along the first axis of a (3, …)
-        out[0] = a[0]
-        np.add(a[0], a[2], out=out[3])  # scratch for g0 + g2
-        np.add(out[3], a[1], out=out[1])
-        np.subtract(out[3], a[1], out=out[2])
-        out[1] *= 0.5
-        out[2] *= 0.5
-        out[3] = a[2]
 
-    t = np.empty((4, 3, C, F), dtype=w.dtype)
-    rows(g, t)
-    U = np.empty((4, 4, C, F), dtype=w.dtype)
-    rows(t.transpose(1, 0, 2, 3), U.transpose(1, 0, 2, 3))
-    return U.reshape(16, C, F)
+def winograd_input_grad_weights(w, tile: int = 2):
+    """U for the input gradient: the kernel rotated by 180° with channels swapped."""
+    return winograd_weights(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), tile)
+
+
+class WinogradWeights:
+    """The transformed kernels of one layer's weights w (F, C, 3, 3), each made when first
+    asked for and then kept: ``forward(m)`` ((m+2)², C, F) and ``input_grad(m)``
+    ((m+2)², F, C), for the tile sizes m in ``TILES``. A caller whose weights do not change
+    (VGG16) keeps one per layer (``winograd_transform``) and hands it to every call; for a
+    layer being trained the dispatcher makes one per call, so the input gradient's kernel
+    is transformed only in a backward that needs it."""
+
+    def __init__(self, w):
+        self.w = w
+        self._made = {}
+
+    def _get(self, key, make):
+        U = self._made.get(key)
+        if U is None:
+            U = self._made[key] = make()
+        return U
+
+    def forward(self, tile: int = 2):
+        return self._get(("forward", tile), lambda: winograd_weights(self.w, tile))
+
+    def input_grad(self, tile: int = 2):
+        return self._get(("input_grad", tile), lambda: winograd_input_grad_weights(self.w, tile))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the transforms made so far."""
+        return sum(U.nbytes for U in self._made.values())
 
 
 def winograd_transform(w) -> WinogradWeights:
-    """Both transforms of w (F, C, 3, 3)."""
-    return WinogradWeights(winograd_weights(w), winograd_input_grad_weights(w))
+    """The (lazily made, kept) transforms of w (F, C, 3, 3), for a caller whose weights do
+    not change."""
+    return WinogradWeights(w)
 
 
-def _input_transform(xb, TH, TW, V):
-    """V[4a+b] (TH·TW, C) = (Bᵀ d B)[a, b] for the 4×4 tiles of the padded band xb.
+# --------------------------------------------------------------------------- tiles
 
-    xb: (2·TH + 2, 2·TW + 2, C) channels-last; tile (t, s) starts at row 2t, column 2s.
-    Bᵀ d first combines rows (d0 − d2, d1 + d2, d2 − d1, d1 − d3), then the same on
-    columns.
-    """
+def _input_transform(xb, m, TH, TW, V):
+    """V[α·a + b] (TH·TW, C) = (Bᵀ d B)[a, b] for the α×α tiles d of the padded band xb
+    (m·TH + 2, m·TW + 2, C), channels-last; tile (t, s) starts at row m·t, column m·s.
+    Bᵀ first combines rows (one pass per term over every tile row at once), then the same
+    on the columns of those (α, TH, m·TW + 2, C) sums."""
+    a = m + 2
     C = xb.shape[2]
-    rows = [xb[i:i + 2 * TH:2] for i in range(4)]  # (TH, 2TW+2, C) views
-    q = [rows[0] - rows[2], rows[1] + rows[2], rows[2] - rows[1], rows[1] - rows[3]]
-    out = V.reshape(4, 4, TH, TW, C)
-    for a in range(4):
-        cols = [q[a][:, j:j + 2 * TW:2] for j in range(4)]
-        np.subtract(cols[0], cols[2], out=out[a, 0])
-        np.add(cols[1], cols[2], out=out[a, 1])
-        np.subtract(cols[2], cols[1], out=out[a, 2])
-        np.subtract(cols[1], cols[3], out=out[a, 3])
+    Q = np.empty((a, TH, m * TW + 2, C), dtype=xb.dtype)
+    _BT[m]([xb[i:i + m * TH:m] for i in range(a)], list(Q))       # (TH, m·TW + 2, C) views
+    V5 = V.reshape(a, a, TH, TW, C)
+    _BT[m]([Q[:, :, j:j + m * TW:m] for j in range(a)], [V5[:, k] for k in range(a)])
 
 
-def _output_transform(M, TH, TW, y, b):
-    """y (2·TH, 2·TW, F) = Aᵀ M A per tile (+ b); M (16, TH·TW, F)."""
+def _output_transform(M, m, TH, TW, y, b):
+    """y (m·TH, m·TW, F) = Aᵀ M A per tile, + b; M (α², TH·TW, F) (b is added to M in
+    place: column 1 of Aᵀ is all ones, so b at position (1, 1) reaches every output).
+    Both passes of Aᵀ write contiguous blocks, then one strided copy interleaves the
+    tiles' outputs into y (faster than writing y's runs of F floats in every pass)."""
+    a = m + 2
     F = M.shape[2]
-    m = M.reshape(4, 4, TH, TW, F)
-    s0 = m[0] + m[1] + m[2]  # (4, TH, TW, F): rows of Aᵀ M
-    s1 = m[1] - m[2] - m[3]
-    for r, s in ((0, s0), (1, s1)):
-        top = y[r::2]
-        np.add(s[0] + s[1], s[2], out=top[:, 0::2])
-        np.subtract(s[1] - s[2], s[3], out=top[:, 1::2])
+    Mr = M.reshape(a, a, TH, TW, F)
     if b is not None:
-        y += b
+        Mr[1, 1] += b
+    Z = np.empty((m, a, TH, TW, F), dtype=M.dtype)
+    _AT[m](list(Mr), list(Z))                                     # along ξ: Z[r, ν]
+    Y = np.empty((m, m, TH, TW, F), dtype=M.dtype)
+    _AT[m]([Z[:, j] for j in range(a)], [Y[:, k] for k in range(m)])  # along ν: Y[r, k]
+    # y[m·t + r, m·s + k] = Y[r, k, t, s]
+    y.reshape(TH, m, TW, m, F)[...] = Y.transpose(2, 0, 3, 1, 4)
 
 
-def winograd_band_rows(TH, TW, C):
+# Tiles per band: (up to this many input channels, tiles), per tile size m (see below).
+WINOGRAD_BAND_TILES = {2: ((64, 512), (128, 256), (None, 1024)),
+                       4: ((128, 64), (None, 128))}
+
+
+def winograd_band_rows(TH, TW, C, tile: int = 2):
     """Tile rows per task, of the TH × TW tiles of an image with C input channels: a
-    band's 16 GEMMs (tiles, C) @ (C, F) must be large enough to run efficiently and its
-    transformed input (16·tiles·C floats) should stay in cache. Bands of 512 tiles up to
-    64 channels, 256 up to 128, 1024 above, measured with two ``pmap`` workers (ms per
-    convolution, bands of 256 / 512 / 1024 tiles): 64 ch, batch 4 at 128²: 38 / 31 / 33;
-    128 ch at 128²: 18.5 / 22 / 23; 256 ch at 128²: 80 / 73 / 67.5; 512 ch at 64²:
-    82 / 72 / 68."""
-    tiles = 512 if C <= 64 else 256 if C <= 128 else 1024
-    return band_rows(tiles, TW, TH)
+    band's GEMMs (tiles, C) @ (C, F) must be large enough to run efficiently and its
+    transformed input ((m+2)²·tiles·C floats) should stay in cache. WINOGRAD_BAND_TILES
+    gives the tiles per band by channel count (a band is at least one row of tiles).
+
+    F(2×2), two ``pmap`` workers (ms per convolution, bands of 256 / 512 / 1024 tiles): 64
+    ch, batch 4 at 128²: 38 / 31 / 33; 128 ch at 128²: 18.5 / 22 / 23; 256 ch at 128²: 80 /
+    73 / 67.5; 512 ch at 64²: 82 / 72 / 68. F(4×4), one worker (bands of 64 / 128 / 256 /
+    512 tiles): 64 ch at 256²: 43 / 50 / 62 / 78; 128 ch at 128²: 24 / 26 / 29 / 27; 256 ch
+    at 64²: 18.9 / 18.3 / 19.1 / 18.4; 512 ch at 32²: 20.5 / 19.7 / 20.2 / 20.0."""
+    for up_to, tiles in WINOGRAD_BAND_TILES[tile]:
+        if up_to is None or C <= up_to:
+            return band_rows(tiles, TW, TH)
+
+
+def _padded_band(x, n, r0, r1, cols, pad_mode):
+    """Rows [r0, r1) of image n padded by one (channels-last), ``cols`` columns wide: the
+    rows and columns past the padded image (tiles over the edge of an image whose size is
+    not a multiple of the tile) are zeros — their outputs are cropped."""
+    H, W = x.shape[2:]
+    xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode)[0]
+    if xb.shape[0] == r1 - r0 and xb.shape[1] == cols:
+        return xb
+    full = np.zeros((r1 - r0, cols, xb.shape[2]), dtype=x.dtype)
+    full[:xb.shape[0], :xb.shape[1]] = xb
+    return full
 
 
 def winograd_conv3x3(x, U, b=None, pad_mode="zero"):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
-    ``winograd_weights`` (16, C, F). Returns (N, F, H, W), channels-last memory.
-    One band of tile rows of one image per task (``pmap``). Tiles that stick out past an
-    odd edge read padding beyond the image; their outputs are cropped, so what is there
-    does not matter."""
+    ``winograd_weights(w, m)`` ((m+2)², C, F), whose size says the tile m. Returns
+    (N, F, H, W), channels-last memory. One band of tile rows of one image per task
+    (``pmap``). Sizes that are not a multiple of m: the last tiles stick out past the
+    edge; they read zeros there, and their outputs are cropped."""
     N, C, H, W = x.shape
     F = U.shape[2]
-    TH, TW = (H + 1) // 2, (W + 1) // 2
-    y = np.empty((N, 2 * TH, 2 * TW, F), dtype=x.dtype)
-    extra = 2 * TW + 2 - (W + 2)  # one zero column more when W is odd
+    m = winograd_tile(U)
+    a = m + 2
+    TH, TW = -(-H // m), -(-W // m)
+    y = np.empty((N, m * TH, m * TW, F), dtype=x.dtype)
 
     def band(task):
         n, t0, t1 = task
-        xb = padded_rows_cl(x[n:n + 1], 2 * t0, 2 * t1 + 2, 1, pad_mode)[0]
-        if extra:
-            xb = np.concatenate([xb, np.zeros_like(xb[:, :extra])], axis=1)
-        T = (t1 - t0) * TW
-        V = np.empty((16, T, C), dtype=x.dtype)
-        _input_transform(xb, t1 - t0, TW, V)
-        M = np.matmul(V, U)  # 16 GEMMs (T, C) @ (C, F)
-        _output_transform(M, t1 - t0, TW, y[n, 2 * t0:2 * t1], b)
+        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode)
+        V = np.empty((a * a, (t1 - t0) * TW, C), dtype=x.dtype)
+        _input_transform(xb, m, t1 - t0, TW, V)
+        M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
+        _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b)
 
-    pmap(band, image_bands(N, TH, winograd_band_rows(TH, TW, C)))
+    pmap(band, image_bands(N, TH, winograd_band_rows(TH, TW, C, m)))
     return y[:, :H, :W, :].transpose(0, 3, 1, 2)
-
-
-def winograd_input_grad_weights(w):
-    """U for the input gradient: the kernel rotated by 180° with channels swapped."""
-    return winograd_weights(np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)))
 
 
 def winograd_input_grad(dy, U, pad_mode="zero"):
     """dx (N, C, H, W) of a 3×3, stride-1, padding-1 convolution, from dy (N, F, H, W) and
-    U = ``winograd_input_grad_weights(w)`` (16, F, C). Channels-last memory.
+    U = ``winograd_input_grad_weights(w, m)`` ((m+2)², F, C). Channels-last memory.
 
     Zero padding: the input gradient of a "same" convolution is the "same" convolution of
     dy with the rotated kernel. Reflection: the gradient of the *padded* input is wanted,
@@ -168,4 +336,3 @@ def winograd_input_grad(dy, U, pad_mode="zero"):
     dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
     dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
     return pad2d_backward(dxpad, 1, pad_mode, overwrite=True)
-
