@@ -20,7 +20,7 @@ import errno
 import math
 import sys
 
-from .errors import ConfigError
+from .errors import ClusterError, ConfigError, WorkerDied
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -35,7 +35,6 @@ class UsageError(ValueError):
 
 def _user_errors():
     from .backend import DeviceError
-    from .distributed import WorkerDied
     from .files import OutputPathError
     from .images import ImageError
     from .modelfile import ModelFileError
@@ -43,7 +42,7 @@ def _user_errors():
     from .weights import WeightsError
 
     return (UsageError, ImageError, WeightsError, ModelFileError, DeviceError, OutputPathError, VideoError,
-            WorkerDied)
+            ClusterError, WorkerDied)
 
 
 def one_line(text) -> str:
@@ -141,3 +140,24 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         return v
 
     return convert
+
+
+def add_cluster_arguments(parser, skip_existing: bool = True):
+    """The cluster options of a tool (``distributed.cluster`` takes them): ``--workers N``,
+    ``--scheduler ADDRESS`` and, with ``skip_existing``, ``--skip-existing``. Returns the
+    argument group."""
+    g = parser.add_argument_group("cluster (Dask; pip install 'minnst[distributed]'; docs/distributed.md)")
+    g.add_argument("--workers", type=whole(1, 1024), default=None, metavar="N",
+                   help="run the pieces on a Dask LocalCluster of N worker processes on this machine")
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run the pieces on a running Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                        "(docs/distributed.md)")
+    if skip_existing:
+        g.add_argument("--skip-existing", action="store_true",
+                       help="leave outputs that already exist as they are (to finish an interrupted job)")
+    return g
+
+
+def cluster_requested(args) -> bool:
+    """Whether the parsed arguments ask for a cluster."""
+    return getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None

@@ -38,37 +38,21 @@ import threading
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from .cli import UsageError, one_line, whole
+from .errors import ClusterError, WorkerDied
 
 CONNECT_TIMEOUT_S = 10  # a scheduler that does not answer within this is an error
 INSTALL_HINT = "pip install 'minnst[distributed]'"
 
 
-def add_arguments(parser, skip_existing: bool = True):
-    """The cluster options of a tool: ``--workers N``, ``--scheduler ADDRESS`` and, with
-    ``skip_existing``, ``--skip-existing``. Returns the argument group."""
-    g = parser.add_argument_group(f"cluster (Dask; {INSTALL_HINT})")
-    g.add_argument("--workers", type=whole(1, 1024), default=None, metavar="N",
-                   help="run the pieces on a Dask LocalCluster of N worker processes on this machine")
-    g.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                   help="run the pieces on a running Dask cluster, e.g. tcp://10.0.0.5:8786 "
-                        "(docs/distributed.md)")
-    if skip_existing:
-        g.add_argument("--skip-existing", action="store_true",
-                       help="leave outputs that already exist as they are (to finish an interrupted job)")
-    return g
-
-
-def requested(args) -> bool:
-    """Whether the parsed arguments ask for a cluster."""
-    return getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _import_distributed():
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise UsageError(f"--workers and --scheduler need Dask: {INSTALL_HINT}") from None
+        raise ClusterError(f"--workers and --scheduler need Dask: {INSTALL_HINT}") from None
     return distributed
 
 
@@ -243,11 +227,6 @@ class Cluster:
                 self.local.close()
 
 
-class WorkerDied(RuntimeError):
-    """A task whose workers kept dying while running it (Dask's ``KilledWorker``: more than
-    ``distributed.scheduler.allowed-failures`` times; out of memory, most often)."""
-
-
 def run_ordered(c: Cluster | None, fn: Callable, items: Iterable, *args,
                 progress: Callable[[int], None] | None = None, **kwargs) -> Iterator[tuple[int, bool, Any]]:
     """``c.map_ordered(fn, items, *args, progress=, **kwargs)`` on a cluster, else the same
@@ -304,7 +283,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None, say: Calla
             timeout: float | None = None) -> Iterator[Cluster | None]:
     """A ``Cluster`` for the block: a LocalCluster of ``workers`` processes, or the running
     cluster at ``scheduler``; None (nothing to do) when neither is given. An unreachable
-    scheduler, both given, a missing Dask or workers without (this) minnst: ``UsageError``.
+    scheduler, both given, a missing Dask or workers without (this) minnst: ``ClusterError``.
     ``say`` gets the one line with the worker count and the dashboard address; ``timeout``
     (default ``CONNECT_TIMEOUT_S``) bounds the wait for the scheduler and its first worker."""
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
@@ -312,7 +291,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None, say: Calla
         yield None
         return
     if workers is not None and scheduler is not None:
-        raise UsageError("give --workers (a cluster on this machine) or --scheduler (a running one), not both")
+        raise ClusterError("give --workers (a cluster on this machine) or --scheduler (a running one), not both")
     _import_distributed()
     from distributed import Client, LocalCluster
 
@@ -321,7 +300,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None, say: Calla
         try:
             client = Client(scheduler, timeout=f"{timeout}s", set_as_default=False)
         except Exception as e:  # OSError/TimeoutError (no answer), ValueError/TypeError (a bad address)
-            raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(e) or type(e).__name__}") \
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(e) or type(e).__name__}") \
                 from None
     else:
         local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -348,15 +327,15 @@ def _check_workers(c: Cluster, scheduler, timeout) -> dict:
         try:
             c.client.wait_for_workers(1, timeout=timeout)
         except TimeoutError:
-            raise UsageError(f"no Dask worker joined the scheduler at {scheduler} within {timeout:g} s") from None
+            raise ClusterError(f"no Dask worker joined the scheduler at {scheduler} within {timeout:g} s") from None
     try:
         infos = c.client.run(worker_info)
     except Exception as e:
-        raise UsageError(f"the Dask workers cannot run minnst ({one_line(e) or type(e).__name__}): "
+        raise ClusterError(f"the Dask workers cannot run minnst ({one_line(e) or type(e).__name__}): "
                          f"install minnst on every worker machine") from None
     odd = {a: i["minnst"] for a, i in infos.items() if i["minnst"] != minnst.__version__}
     if odd:
         a, v = next(iter(odd.items()))
-        raise UsageError(f"worker {a} runs minnst {v}, this machine {minnst.__version__}: "
+        raise ClusterError(f"worker {a} runs minnst {v}, this machine {minnst.__version__}: "
                          f"install the same version everywhere")
     return _hosts(infos)

@@ -1,4 +1,6 @@
-"""The library's error for a setting it cannot use, shared by every configuration."""
+"""The library's errors shared across modules: a setting it cannot use (every
+configuration), a cluster that cannot be used and a task whose
+cluster workers kept dying (``distributed``)."""
 from __future__ import annotations
 
 
@@ -21,3 +23,13 @@ class ConfigError(ValueError):
         """The message with the field's words replaced by its ``--flag``."""
         words = self.field.replace("_", " ")
         return "--" + self.field.replace("_", "-") + str(self)[len(words):]
+
+
+class ClusterError(ValueError):
+    """A Dask cluster that cannot be used: Dask missing, a scheduler that does not answer,
+    workers without (this version of) minnst (``distributed.cluster``)."""
+
+
+class WorkerDied(RuntimeError):
+    """A task whose workers kept dying while running it (Dask's ``KilledWorker``: more than
+    ``distributed.scheduler.allowed-failures`` times; out of memory, most often)."""

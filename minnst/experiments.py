@@ -344,7 +344,7 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
     """Minimise the training objective ``loss`` (a ``train_fast.TrainingLoss``) over the
     pixels of one image ``y`` (1, 3, H, W) in [0, 255], from ``y0``, with L-BFGS-B (bounds
     [0, 255]). ``on_iteration(k, loss, y)`` runs after each iteration; returns the loss per
-    iteration."""
+    iteration (it may return a reason to stop, ``optim.lbfgs``)."""
     batch = photo[None].astype(np.float32)  # (1, H, W, 3) in [0, 1]: the content targets
     curve = []
 
@@ -354,7 +354,7 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
 
     def record(intermediate_result):
         curve.append(float(intermediate_result.fun))
-        on_iteration(len(curve), curve[-1], intermediate_result.x)
+        return on_iteration(len(curve), curve[-1], intermediate_result.x)
 
     # gtol = ftol = 0: run the whole budget. The pixel gradient of this objective is tiny
     # (the loss is ~10 over 255-valued pixels), so scipy's default gtol = 1e-5 would call
@@ -364,10 +364,12 @@ def lbfgs_pixels(loss, photo, y0, iterations: int, on_iteration):
     return curve
 
 
-def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None) -> tuple[dict, tuple]:
+def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None,
+                     stop_at_match: bool = False) -> tuple[dict, tuple]:
     """The network's loss on ``photo`` (size × size) in one pass, then L-BFGS-B from white
-    noise over the pixels on the same ``loss`` for ``ctx.iterations``: the iteration at which
-    it first matches the network. Returns ``(record, (y_fast, seen, curve))``."""
+    noise over the pixels on the same ``loss`` for ``ctx.iterations`` (or, with
+    ``stop_at_match``, until it matches): the iteration at which it first matches the
+    network. Returns ``(record, (y_fast, seen, curve))``."""
     x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
     t = time.perf_counter()
     y_fast = net.infer(x, style)
@@ -382,6 +384,7 @@ def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None
         seen["final_img"] = z.reshape(x.shape).copy()
         if seen["cross"] is None and value <= fast_loss:
             seen.update(cross=k, cross_img=z.reshape(x.shape).copy(), cross_seconds=time.perf_counter() - start)
+        return "matched the network" if stop_at_match and seen["cross"] is not None else None
 
     curve = lbfgs_pixels(loss, photo, y0, ctx.iterations, on_iteration)
     lbfgs_seconds = time.perf_counter() - start
@@ -469,7 +472,7 @@ def exp_fast_styles(ctx: Context, model_path=None):
         per_photo = []
         for (folder, n), photo in zip(photos, imgs):
             record, (y_fast, _, _) = match_with_lbfgs(ctx, net, loss, photo, f"{style}/{Path(n).stem}", rng,
-                                                      style=style)
+                                                      style=style, stop_at_match=True)
             record.pop("lbfgs_curve")
             per_photo.append({"photo": f"{folder}/{n}", **record})
             outs[style, n] = np.clip(y_fast[0].transpose(1, 2, 0) / 255.0, 0, 1)

@@ -50,7 +50,7 @@ from PIL import Image
 
 from . import distributed, images, video
 from .backend import keep_freed_memory, select_device
-from .cli import ArgumentParser, UsageError, error, run, whole
+from .cli import ArgumentParser, UsageError, add_cluster_arguments, cluster_requested, error, run, whole
 from .data import IMAGE_SUFFIXES, list_images
 from .files import atomic_write, check_writable
 from .images import ImageError
@@ -327,7 +327,7 @@ def _parser() -> ArgumentParser:
                    help="a video: blend each frame with the previous one along the optical flow, "
                         "against flicker (default), or none: frame by frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = distributed.add_arguments(p)
+    g = add_cluster_arguments(p)
     g.description = ("each image, or each chunk of a clip's frames, is a task; images come out the same "
                      "bytes as without a cluster (docs/video.md: clips)")
     return p
@@ -365,7 +365,7 @@ def _main(argv=None):
         print(f"nothing to do: {'the output exists' if len(jobs) == 1 else f'all {len(jobs)} outputs exist'} "
               f"(--skip-existing)")
         return 0
-    if not distributed.requested(a):
+    if not cluster_requested(a):
         device = select_device(a.device)
         need = check_memory(net, [src for src, _ in todo], a.size, device.name)
         avail = available_memory()
