@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .. import distributed, images, losses, procedural
 from ..backend import default_device_name, keep_freed_memory, select_device
-from ..cli import (EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, error, number, one_line, run,
-                   vgg_min_side)
+from ..cli import (EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, UsageError, add_cluster_arguments, error, number,
+                   one_line, run, vgg_min_side)
 from ..contact_sheet import contact_sheet
 from ..data import list_images
 from ..errors import ConfigError
@@ -184,7 +184,7 @@ def build_parser() -> ArgumentParser:
                         "histogram: recolour the style images to the photo's colour mean and covariance "
                         "first (default none)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or loss lines")
-    distributed.add_arguments(p)
+    add_cluster_arguments(p)
     return p
 
 
