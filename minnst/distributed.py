@@ -297,6 +297,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None, say: Calla
 
     local = None
     if scheduler is not None:
+        _check_address(scheduler)
         try:
             client = Client(scheduler, timeout=f"{timeout}s", set_as_default=False)
         except Exception as e:  # OSError/TimeoutError (no answer), ValueError/TypeError (a bad address)
@@ -317,6 +318,28 @@ def cluster(workers: int | None = None, scheduler: str | None = None, say: Calla
         yield c
     finally:
         c.close()
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address Dask cannot parse before a ``Client`` is made: one made with such
+    an address cannot be closed cleanly (it times out at exit, with a traceback)."""
+    from distributed.comm import parse_address
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)
+    except ValueError as e:
+        raise ClusterError(f"--scheduler {address}: {one_line(e)}") from None
+    if not location:
+        raise ClusterError(f"--scheduler {address}: no host in the address (e.g. tcp://10.0.0.5:8786)")
+    if scheme in ("tcp", "tls"):
+        from distributed.comm.addressing import parse_host_port
+
+        try:
+            parse_host_port(location, 8786)
+        except ValueError as e:
+            raise ClusterError(f"--scheduler {address}: {one_line(e)}") from None
 
 
 def _check_workers(c: Cluster, scheduler, timeout) -> dict:
