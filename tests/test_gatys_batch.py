@@ -12,6 +12,7 @@ from minnst import contact_sheet as cs
 from minnst import distributed, images
 from minnst.gatys import batch
 from minnst.gatys import cli as gatys_cli
+from test_gatys_cli import assert_one_line_error, run_main
 
 FAST = ["--size", "32", "--iterations", "3", "--content-layers", "relu1_1", "--style-layers", "relu1_1",
         "--quiet", "--device", "cpu"]
@@ -37,20 +38,6 @@ def pics(tmp_path):
 @pytest.fixture
 def no_curves(monkeypatch):
     monkeypatch.setattr(gatys_cli, "plot_losses", lambda *a, **k: None)  # matplotlib: slow, not the point
-
-
-def run_main(argv, capsys):
-    code = gatys_cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def results(folder) -> dict:
