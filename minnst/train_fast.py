@@ -193,11 +193,20 @@ class TrainConfig:
         return cls(**d)
 
 
-# Settings that may differ on --resume: they do not change the computation — except
-# crop_size, which a resume may change on purpose (a crop-size schedule: cheap small crops
-# first, larger ones later); the checkpoint records each change in "crop_schedule".
+# Settings that may differ on --resume: they do not change the computation — except the
+# SCHEDULED ones, which a resume may change on purpose: a crop-size schedule (cheap small
+# crops first, larger ones later), a learning-rate schedule, or new style weights
+# (fine-tuning a trained model towards another balance of content and style). The
+# checkpoint records each change as "<name>_schedule": [[from step, value], …].
+SCHEDULED = ("crop_size", "lr", "style_weight")
+SCHEDULE_KEYS = {"crop_size": "crop_schedule", "lr": "lr_schedule", "style_weight": "style_weight_schedule"}
 RESUMABLE_OVERRIDES = ("dataset", "output", "iterations", "device", "checkpoint_every",
-                       "checkpoint_minutes", "sample_every", "samples", "quiet", "crop_size")
+                       "checkpoint_minutes", "sample_every", "samples", "quiet", *SCHEDULED)
+
+
+def _schedule_value(value):
+    """A setting as a schedule records it (JSON: a tuple of style weights as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 # --------------------------------------------------------------------------- the loss
@@ -342,7 +351,7 @@ def style_settings(cfg: TrainConfig, k: int) -> dict:
                                             cfg.style_weight_of(k), cfg.tv_weight, cfg.pooling)}
 
 
-INPUT_RECORDS = ("style_sha256", "dataset_fingerprint", "input_changes", "crop_schedule")
+INPUT_RECORDS = ("style_sha256", "dataset_fingerprint", "input_changes", *SCHEDULE_KEYS.values())
 
 
 def model_meta(cfg: TrainConfig, step: int, base_meta: dict | None = None, checkpoint_meta=None) -> dict:
@@ -560,13 +569,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
     recorded = {"style_sha256": style_sha256, "dataset_fingerprint": fingerprint}
     if resume:
         recorded.update(check_inputs_unchanged(meta, style_sha256, fingerprint, allow_changed_inputs))
-        schedule = meta.get("crop_schedule", [[0, saved_cfg.crop_size]])
-        if cfg.crop_size != schedule[-1][1]:
-            schedule = schedule + [[step, cfg.crop_size]]
-            log(f"crop size {schedule[-2][1]} → {cfg.crop_size} from step {step}")
-        if len(schedule) > 1:
-            recorded["crop_schedule"] = schedule
+        for name in SCHEDULED:
+            key = SCHEDULE_KEYS[name]
+            schedule = meta.get(key, [[0, _schedule_value(getattr(saved_cfg, name))]])
+            if _schedule_value(getattr(cfg, name)) != schedule[-1][1]:
+                schedule = schedule + [[step, _schedule_value(getattr(cfg, name))]]
+                log(f"{name.replace('_', ' ')} {schedule[-2][1]} → {schedule[-1][1]} from step {step}")
+            if len(schedule) > 1:
+                recorded[key] = schedule
         opt.load_state_dict(adam_state)
+        opt.lr = cfg.lr  # the state records the rate it ran at; a resume may change it
         sampler.load_state(meta["sampler"])
     photos = _sample_photos(cfg, dataset) if cfg.sample_every else []
     sample_styles = [net.styles[i] for i in trained] if cfg.multi_style else [None]
@@ -662,7 +674,7 @@ def _parser() -> ArgumentParser:
                         "since the checkpoint (recorded in it); refused otherwise")
     p.add_argument("--export", metavar="CHECKPOINT", help="write --output from this checkpoint and exit")
     p.add_argument("--float16", action="store_true", help="with --export: store the weights as float16")
-    g = p.add_argument_group("training (fixed once a run has started)")
+    g = p.add_argument_group("training (fixed once a run has started, except where said)")
     g.add_argument("--image-size", type=whole(images.MIN_SIZE, images.MAX_SIZE), metavar="N",
                    help=f"photos are resized and centre-cropped to this ({d.image_size})")
     g.add_argument("--crop-size", type=whole(0, images.MAX_SIZE), metavar="N",
@@ -670,10 +682,11 @@ def _parser() -> ArgumentParser:
                         "change it (a crop-size schedule, recorded in the checkpoint)")
     g.add_argument("--batch-size", type=whole(1, 4096), metavar="N", help=f"({d.batch_size})")
     g.add_argument("--lr", type=number(0, 1, lo_open=True), metavar="X",
-                   help=f"Adam learning rate, in (0, 1] ({d.lr})")
+                   help=f"Adam learning rate, in (0, 1] ({d.lr}); a --resume may change it (recorded)")
     g.add_argument("--content-weight", type=number(0, MAX_WEIGHT), metavar="X", help=f"({d.content_weight})")
     g.add_argument("--style-weight", type=number(0, MAX_WEIGHT), nargs="+", metavar="X",
-                   help=f"({d.style_weight}; or one per style image)")
+                   help=f"({d.style_weight}; or one per style image); a --resume may change them, "
+                        f"fine-tuning the model (recorded in the checkpoint)")
     g.add_argument("--tv-weight", type=number(0, MAX_WEIGHT), metavar="X", help=f"({d.tv_weight})")
     g.add_argument("--content-layer", metavar="LAYER", help=f"({d.content_layer})")
     g.add_argument("--style-layers", nargs="+", metavar="LAYER", help=f"({' '.join(d.style_layers)})")

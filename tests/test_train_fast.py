@@ -1,7 +1,9 @@
 """Training: the data pipeline (folder, HDF5 from make_dataset, sampler, crops), exact resume
 (k steps + a kill + resume to N = N steps straight, bit for bit), and the command line
 (outputs, resume rules, Ctrl-C → checkpoint + exit 130, export). Tiny networks, 32-px images."""
+import dataclasses
 import json
+import shutil
 import signal
 
 import h5py
@@ -11,7 +13,8 @@ from PIL import Image
 
 from minnst import make_dataset, train_fast
 from minnst.data import BatchSampler, H5Images, ImageFolder, open_dataset, random_crops
-from minnst.images import ImageError
+from minnst.images import ImageError, load_image
+from minnst.optim import Adam
 from minnst.train_fast import TrainConfig, read_checkpoint, train
 from minnst.transformer import TransformerNet
 from minnst.vgg import VGG16
@@ -277,6 +280,51 @@ def test_many_styles_resume_is_bit_exact(files, styles, tmp_path, vgg_max):
     assert net.style_settings("dots")["image"] == "dots.png"
 
 
+def test_resume_may_fine_tune_style_weights_and_lr(files, styles, tmp_path, vgg_max):
+    """A resume with new style weights and learning rate: steps after it equal a run that
+    starts from the same checkpoint with those settings in its configuration (so they
+    are really used), the checkpoint and the model record the schedule, and the model's
+    objective is the final one."""
+    paths = (str(styles / "dots.png"), str(styles / "waves.png"))
+    first = tiny_config(files, tmp_path / "a", style=paths, style_weight=(1e4, 3e4), iterations=2)
+    train(first, vgg=vgg_max, log=lambda *a: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    said = []
+    tuned = dataclasses.replace(first, style_weight=(2e3, 5e3), lr=3e-4, iterations=4)
+    net = train(tuned, resume=True, vgg=vgg_max, log=said.append)
+    assert any("style weight [10000.0, 30000.0] → [2000.0, 5000.0] from step 2" in s for s in said), said
+    meta = read_checkpoint(tmp_path / "a" / "checkpoint.h5")[3]
+    assert meta["style_weight_schedule"] == [[0, [1e4, 3e4]], [2, [2e3, 5e3]]]
+    assert meta["lr_schedule"] == [[0, first.lr], [2, 3e-4]]
+    model = TransformerNet.load(tmp_path / "a" / "model.h5")
+    assert [model.style_settings(n)["objective"]["beta"] for n in model.styles] == [2e3, 5e3]
+    assert model.meta["inputs"]["style_weight_schedule"][-1] == [2, [2e3, 5e3]]
+    # the same two steps, by hand: Adam's state from the checkpoint, the new rate and losses
+    _, ref, adam_state, _ = read_checkpoint(tmp_path / "b" / "checkpoint.h5")
+    rows = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    losses = [train_fast.TrainingLoss(vgg_max, load_image(p, size=first.style_size or first.image_size), first.content_layer,
+                                      first.style_layers, first.content_weight, w, first.tv_weight)
+              for p, w in zip(paths, (2e3, 5e3))]
+    opt = Adam(ref.params, lr=first.lr)
+    opt.load_state_dict(adam_state)
+    opt.lr = 3e-4
+    ref.train()
+    dataset = open_dataset(first.dataset, first.image_size)
+    sampler = BatchSampler(len(dataset), first.batch_size, seed=first.seed)  # replayed from step 0
+    for step in range(4):
+        idx = sampler.next()
+        if step < 2:
+            continue
+        batch = dataset.get_batch(idx)
+        if first.crop_size:
+            batch = random_crops(batch, first.crop_size, np.random.default_rng([first.seed, sampler.epoch, sampler.index]))
+        k = train_fast.style_schedule(first.seed, step, 2)
+        total, _ = train_fast.train_step(ref, opt, losses[k], batch, np, style=ref.style_mix(ref.styles[k], len(batch)))
+        assert total == pytest.approx(rows[step]["loss"], rel=1e-6)
+    a, b = net.state_dict(), ref.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_style_settings_reproduce_the_training_loss(files, styles, tmp_path, vgg_max):
     """``gatys.Objective(photo, [style image], **settings["objective"])`` at the network's
     stylisation equals that style's training loss for the photo (issue: the model records
@@ -368,8 +416,8 @@ def test_cli_train_resume_export(files, tmp_path, vgg16_path, capsys):
     assert train_fast.main(_args(files, run, "--iterations", "3")) == 2
     assert "--resume" in capsys.readouterr().err
     # resume: only the run settings may change
-    assert train_fast.main(["--resume", "--run-dir", str(run), "--lr", "0.5"]) == 2
-    assert "cannot change --lr" in capsys.readouterr().err
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--width", "0.25"]) == 2
+    assert "cannot change --width" in capsys.readouterr().err
     assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "4", "--quiet"]) == 0
     assert read_checkpoint(run / "checkpoint.h5")[3]["step"] == 4
     assert len((run / "log.jsonl").read_text().splitlines()) == 4
