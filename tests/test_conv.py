@@ -94,6 +94,35 @@ def test_auto_picks_by_device_stride_and_shapes(rng):
     assert pick(16, 16, 3, dtype=np.float16) == "im2col"
 
 
+def test_fast_is_auto_with_f4_winograd(rng):
+    """``method="fast"`` (the transformer's): F(4×4, 3×3) where "auto" takes F(2×2, 3×3),
+    else auto's path; the values and gradients still those of the convolution."""
+    def pick(C, F, K, s=1, p=1, xp_dtype=np.float32):
+        x, w = np.zeros((1, C, 8, 8), xp_dtype), np.zeros((F, C, K, K), xp_dtype)
+        return auto_method(x, w, s, p, fast=True), auto_method(x, w, s, p)
+
+    assert pick(128, 128, 3) == ("winograd4", "winograd")
+    for case in ((64, 32, 3), (3, 32, 9, 1, 4), (32, 3, 9, 1, 4), (32, 64, 3, 2)):
+        fast, auto = pick(*case)
+        assert fast == auto, case
+    x, w, b = rng.standard_normal((2, 64, 9, 7)), rng.standard_normal((64, 64, 3, 3)) / 24, rng.standard_normal(64)
+    y, cache = conv2d_forward(x, w, b, 1, 1, "reflect", method="fast")
+    assert cache.method == "winograd4"
+    assert rel_error(y, conv2d_naive(x, w, b, 1, 1, "reflect")) < 1e-10
+    dy = rng.standard_normal(y.shape)
+    _, ref = conv2d_forward(x, w, b, 1, 1, "reflect", method="shifted")
+    for a, r in zip(conv2d_backward(dy, cache), conv2d_backward(dy, ref)):
+        assert rel_error(a, r) < 1e-10
+
+
+def test_transformer_convolutions_take_the_fast_path():
+    from minnst.transformer import TransformerConfig, TransformerNet
+
+    net = TransformerNet(TransformerConfig(width=0.5))
+    convs = {name: layer.method for name, layer in net.named_layers() if isinstance(layer, Conv2d)}
+    assert set(convs.values()) == {"fast"}, convs
+
+
 def test_unknown_or_impossible_method_is_a_value_error(rng):
     x, w = rng.standard_normal((1, 4, 6, 6)), rng.standard_normal((2, 4, 3, 3))
     with pytest.raises(ValueError, match="unknown method"):

@@ -47,7 +47,10 @@ every other stride-1 layer the shifted GEMM. "winograd4" is about 20 % faster th
 "winograd" on VGG16's layers of 64×64 pixels and more (9–29 %), but its float32 error
 is 3–6× F(2×2)'s (RMS; 6–14× at the worst element) on VGG16's real activations and
 gradients, beyond the 3× we accept, so "auto" does not take it: a caller that trades that
-accuracy for speed asks for it. docs/layers.md derives each path and names its tests.
+accuracy for speed asks for it — ``method="fast"`` is "auto" with F(4×4, 3×3) wherever
+"auto" takes F(2×2, 3×3), for networks whose outputs need no more than ~1e-5 relative
+accuracy (the transformer, whose pixels are rounded to 1/255; VGG16 stays on "auto").
+docs/layers.md derives each path and names its tests.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
 from .winograd import WinogradWeights, winograd_conv3x3, winograd_input_grad
 
-METHODS = ("auto", "im2col", "shifted", "winograd", "winograd4", "thin_input", "thin_output")
+METHODS = ("auto", "fast", "im2col", "shifted", "winograd", "winograd4", "thin_input", "thin_output")
 WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}  # the Winograd paths, F(m×m, 3×3): method -> m
 CPU_DTYPES = (np.float32, np.float64)  # the CPU-only paths run in these
 
@@ -484,19 +487,19 @@ def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
 WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
 
 
-def auto_method(x, w, stride, pad) -> str:
+def auto_method(x, w, stride, pad, fast: bool = False) -> str:
     """The path ``method="auto"`` takes for input x and weights w (see the module
     docstring). On the CPU, measured against im2col (one thread, batch 4 at 256² unless
     noted), the shifted GEMM is as fast or faster from 3 to 128 channels and 3×3 to 9×9
     kernels, forward and backward; Winograd beats it from 64 channels on; the thin
     lowerings beat it for 9×9 layers with 3 channels (docs/performance.md). Winograd
     F(4×4) ("winograd4") is faster still on large images but not accurate enough in
-    float32 to be the default (docs/layers.md)."""
+    float32 to be the default (docs/layers.md); ``fast`` takes it instead of F(2×2)."""
     F, C, KH, KW = w.shape
     if get_xp(x) is not np or stride != 1 or x.dtype not in CPU_DTYPES:
         return "im2col"
     if (KH, KW) == (3, 3) and pad == 1 and min(C, F) >= WINOGRAD_MIN_CHANNELS:
-        return "winograd"
+        return "winograd4" if fast else "winograd"
     return thin_method(C, F, KH, KW) or "shifted"
 
 
@@ -504,7 +507,7 @@ def _check_method(method, x, w, stride, pad):
     """A plain ValueError when ``method`` is unknown or cannot run this convolution."""
     if method not in METHODS:
         raise ValueError(f"conv2d: unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    if method in ("auto", "im2col"):
+    if method in ("auto", "fast", "im2col"):
         return
     if get_xp(x) is not np:
         raise ValueError(f"conv2d: method {method!r} runs on the CPU only (GPU arrays take 'im2col')")
@@ -558,8 +561,8 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     if OH < 1 or OW < 1:
         raise ValueError(f"conv2d: input {H}x{W} too small for kernel {KH}x{KW} with padding {pad}")
     bias = None if b is None else b.astype(x.dtype, copy=False)
-    if method == "auto":
-        method = auto_method(x, w, stride, pad)
+    if method in ("auto", "fast"):
+        method = auto_method(x, w, stride, pad, fast=method == "fast")
     if method in WINOGRAD_TILES:
         if wino is None:
             wino = WinogradWeights(w)
