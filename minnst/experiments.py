@@ -12,7 +12,8 @@ The figure carries the same facts in its footer. ``docs/experiments.md`` present
     tradeoff      the α/β trade-off: more content to more style, with both losses
     pooling       average vs max pooling: results and loss curves
     content-layer relu2_2 vs relu4_2 as the content layer
-    fast          the fast network's one-pass loss vs L-BFGS per iteration (same objective)
+    fast          the fast network's one-pass loss vs L-BFGS per iteration (same objective);
+                  for a many-style model, fast-styles
     fast-styles   the same for every style of a many-style model, with its median against 50
     gallery       a few Gatys results and the shipped fast model on held-out photos
     all           every one of the above but fast-styles, in that order
@@ -369,19 +370,24 @@ def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None
     """The network's loss on ``photo`` (size × size) in one pass, then L-BFGS-B from white
     noise over the pixels on the same ``loss`` for ``ctx.iterations`` (or, with
     ``stop_at_match``, until it matches): the iteration at which it first matches the
-    network. Returns ``(record, (y_fast, seen, curve))``."""
+    network. The record also has the loss of the photo itself (the network that changes
+    nothing) and the iteration at which L-BFGS matches that: the baseline the network
+    must beat. Returns ``(record, (y_fast, seen, curve))``."""
     x = np.ascontiguousarray(photo.transpose(2, 0, 1)[None] * 255.0, dtype=np.float32)
     t = time.perf_counter()
     y_fast = net.infer(x, style)
     fast_seconds = time.perf_counter() - t
     fast_loss = float(loss(y_fast, photo[None])[0])
+    photo_loss = float(loss(x, photo[None])[0])
     y0 = rng.uniform(0.0, 255.0, size=x.shape).astype(np.float32)
-    seen = {"cross": None, "cross_img": None, "cross_seconds": None, "final_img": y0}
+    seen = {"cross": None, "cross_img": None, "cross_seconds": None, "final_img": y0, "photo_cross": None}
     start = time.perf_counter()
 
     def on_iteration(k, value, z):
         ctx.step(label, loss=f"{value:.3g}", fast=f"{fast_loss:.3g}")
         seen["final_img"] = z.reshape(x.shape).copy()
+        if seen["photo_cross"] is None and value <= photo_loss:
+            seen["photo_cross"] = k
         if seen["cross"] is None and value <= fast_loss:
             seen.update(cross=k, cross_img=z.reshape(x.shape).copy(), cross_seconds=time.perf_counter() - start)
         return "matched the network" if stop_at_match and seen["cross"] is not None else None
@@ -391,6 +397,7 @@ def match_with_lbfgs(ctx: Context, net, loss, photo, label: str, rng, style=None
     record = {"fast_loss": fast_loss, "fast_seconds": round(fast_seconds, 3),
               "lbfgs_iterations_to_match": seen["cross"],
               "lbfgs_seconds_to_match": None if seen["cross_seconds"] is None else round(seen["cross_seconds"], 1),
+              "photo_loss": photo_loss, "lbfgs_iterations_to_match_photo": seen["photo_cross"],
               "lbfgs_final_loss": curve[-1], "lbfgs_iterations": len(curve),
               "lbfgs_seconds": round(lbfgs_seconds, 1), "lbfgs_curve": [round(v, 5) for v in curve]}
     ctx.say(f"{label}: network {fast_loss:.4g} in {fast_seconds:.2f} s; L-BFGS matches it at iteration "
@@ -408,8 +415,8 @@ def exp_fast(ctx: Context, model_path=None):
     train = net.meta.get("train", {})
     if not train:
         raise UsageError("the model file does not record its training settings")
-    if net.config.styles:
-        raise UsageError("a many-style model: use the fast-styles experiment")
+    if net.config.styles:  # the same measurement for each of its styles
+        return exp_fast_styles(ctx, model_path)
     style = ctx.image("styles", Path(train["style"]).name, size=train.get("style_size") or ctx.size)
     weights = {k: train[k] for k in ("content_weight", "style_weight", "tv_weight", "content_layer",
                                      "style_layers", "pooling")}
@@ -477,10 +484,13 @@ def exp_fast_styles(ctx: Context, model_path=None):
             per_photo.append({"photo": f"{folder}/{n}", **record})
             outs[style, n] = np.clip(y_fast[0].transpose(1, 2, 0) / 255.0, 0, 1)
         its = [r["lbfgs_iterations_to_match"] or ctx.iterations + 1 for r in per_photo]
+        base = [r["lbfgs_iterations_to_match_photo"] or ctx.iterations + 1 for r in per_photo]
         results.append({"style": style, "median_iterations_to_match": float(np.median(its)),
-                        "meets_target": bool(np.median(its) >= QUALITY_TARGET), "photos": per_photo,
+                        "meets_target": bool(np.median(its) >= QUALITY_TARGET),
+                        "median_iterations_to_match_photo": float(np.median(base)), "photos": per_photo,
                         "beta": objective["beta"]})
-        ctx.say(f"{style}: median {np.median(its):g} L-BFGS iterations to match the network")
+        ctx.say(f"{style}: median {np.median(its):g} L-BFGS iterations to match the network "
+                f"({np.median(base):g} to match the photo itself)")
     seconds = time.perf_counter() - t0
     _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds)
     write_record(ctx, seconds, {"objective": "each style's recorded objective"}, results,
@@ -505,7 +515,7 @@ def _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds):
         blend = {names[0]: 0.5, other: 0.5} if other != names[0] else {names[0]: 1.0}
         ax = fig.add_subplot(rows, len(photos), (rows - 1) * len(photos) + j + 1)
         show(ax, net.stylize(imgs[0], style=blend), " + ".join(f"{k} {v:g}" for k, v in blend.items()))
-    save_figure(fig, ctx.out_dir / "fast-styles.jpg",
+    save_figure(fig, ctx.out_dir / f"{ctx.name}.jpg",
                 footer(ctx, seconds, f"each style's recorded objective; target: median ≥ {QUALITY_TARGET}"))
 
 

@@ -131,6 +131,19 @@ def test_fast_styles_experiment_end_to_end(data, tmp_path, vgg16_path):
         assert len(r["photos"]) == 4 and r["photos"][-1]["photo"].startswith("train/")
         its = [p["lbfgs_iterations_to_match"] or 5 for p in r["photos"]]
         assert r["median_iterations_to_match"] == float(np.median(its))
+        for p in r["photos"]:  # the photo's own loss: L-BFGS reaches the lower one no sooner
+            a, b = p["lbfgs_iterations_to_match_photo"], p["lbfgs_iterations_to_match"]
+            if a and b:
+                assert (a <= b) == (p["photo_loss"] >= p["fast_loss"]) or a == b
+    # "fast" on a many-style model is the same experiment, under its own name
+    assert experiments.main(["fast", "--data", str(data), "--model", str(tmp_path / "many.h5"), "--size", "24",
+                             "--iterations", "4", "--output-dir", str(out), "--quiet"]) == 0
+    again = json.loads((out / "fast.json").read_text())
+    def untimed(results):
+        return [{**r, "photos": [{k: v for k, v in p.items() if "seconds" not in k} for p in r["photos"]]}
+                for r in results]
+
+    assert (out / "fast.jpg").is_file() and untimed(again["results"]) == untimed(rec["results"])
     # a one-style model is refused with one line
     assert experiments.main(["fast-styles", "--data", str(data), "--size", "24", "--quiet",
                              "--output-dir", str(out)]) == 2
