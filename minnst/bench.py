@@ -264,9 +264,84 @@ def torch_train_step(torch, net, loss):
 
 # --------------------------------------------------------------------------- workloads
 
-def _row(name, size, seconds, flops, peak, torch_seconds=None):
+# A Winograd F(4×4, 3×3) tile needs (4 + 2)² = 36 products for 4·4·9 = 144 of the direct
+# convolution: the ideal 3×3 stride-1 layer does a quarter of the direct multiply-adds
+# (the transforms, memory traffic and thin products not counted: a bound, not a plan).
+WINOGRAD4_FACTOR = 36 / 144
+
+
+def winograd4_ideal(flops_3x3: float, flops_other: float = 0.0) -> float:
+    """Multiply-add FLOPs of an ideal F(4×4, 3×3) Winograd on ``flops_3x3`` direct FLOPs
+    of 3×3 stride-1 layers, plus ``flops_other`` of the layers it cannot take."""
+    return flops_3x3 * WINOGRAD4_FACTOR + flops_other
+
+
+def transformer_conv_flops(net, N: int, H: int, W: int) -> tuple[float, float]:
+    """``(direct, winograd_ideal)``: multiply-add FLOPs (2 per MAC) of the convolutions of
+    one forward of ``net`` (a ``TransformerNet``) on N × 3 × H × W, and the same with
+    every 3×3 stride-1 layer at ``WINOGRAD4_FACTOR`` of its count. Normalisation, ReLU and
+    resizing are not counted."""
+    from .layers import Conv2d, ConvTranspose2d, Residual, Sequential, Upsample
+
+    total = {"3x3": 0.0, "other": 0.0}
+
+    def walk(layer, c, h, w):
+        if isinstance(layer, Residual):
+            walk(layer.layers["body"], c, h, w)
+            return c, h, w
+        if isinstance(layer, Sequential):
+            for child in layer.layers.values():
+                c, h, w = walk(child, c, h, w)
+            return c, h, w
+        if isinstance(layer, Upsample):
+            return c, h * layer.scale, w * layer.scale
+        if isinstance(layer, (Conv2d, ConvTranspose2d)):
+            wt = layer.params["weight"]
+            f, k = (wt.shape[0] if isinstance(layer, Conv2d) else wt.shape[1]), wt.shape[2]
+            if isinstance(layer, Conv2d):
+                oh = (h + 2 * layer.padding - k) // layer.stride + 1
+                ow = (w + 2 * layer.padding - k) // layer.stride + 1
+                macs = oh * ow * c * f * k * k  # per output position
+            else:  # each input position scatters its k × k taps
+                oh, ow = h * layer.stride, w * layer.stride
+                macs = h * w * c * f * k * k
+            kind = "3x3" if isinstance(layer, Conv2d) and k == 3 and layer.stride == 1 else "other"
+            total[kind] += 2 * N * macs
+            return f, oh, ow
+        return c, h, w
+
+    walk(net, 3, H, W)
+    return total["3x3"] + total["other"], winograd4_ideal(total["3x3"], total["other"])
+
+
+def train_step_flops(net, loss, N: int, S: int) -> tuple[float, float]:
+    """``(direct, winograd_ideal)`` FLOPs of one training step on N × S × S photos: the
+    network's forward, its weight gradient (the forward's count again) and input gradient
+    (again, less the first layer's: ``input_grad=False``); the loss network's forward and
+    input gradient to its deepest layer on the output, and its forward to the content
+    layer on the photos (the content targets). All of VGG16's layers are 3×3, stride 1."""
+    from .vgg import LAYER_NAMES, forward_flops
+
+    fwd, fwd_ideal = transformer_conv_flops(net, N, S, S)
+    first = net.layers["down1"].layers["conv"].params["weight"]
+    first_flops = 2 * N * S * S * first.size  # stride 1, "same" padding
+    layers = [*loss.loss.content_layers, *loss.loss.style_layers]
+    deepest = max(layers, key=LAYER_NAMES.index)
+    vgg = 2 * forward_flops(S, S, deepest, N) + forward_flops(S, S, max(loss.loss.content_layers,
+                                                                         key=LAYER_NAMES.index), N)
+    direct = 3 * fwd - first_flops + vgg
+    ideal = 3 * fwd_ideal - first_flops + winograd4_ideal(vgg)
+    return direct, ideal
+
+
+def _row(name, size, seconds, flops, peak, torch_seconds=None, ideal_flops=None):
+    """One result. ``flops``: the direct convolutions' multiply-add FLOPs (the useful work);
+    ``ideal_flops``: those of an ideal F(4×4, 3×3) Winograd (``winograd4_ideal``), from
+    which ``_main`` derives the time it would take at the matmul rate."""
     row = {"workload": name, "size": size, "seconds": seconds,
            "gflops": flops / seconds / 1e9 if flops else None, "peak_mb": peak}
+    if ideal_flops:
+        row["winograd4_ideal_gflop"] = ideal_flops / 1e9
     if torch_seconds is not None:
         row["torch_seconds"] = torch_seconds
         row["ratio_vs_torch"] = seconds / torch_seconds
@@ -299,12 +374,12 @@ def bench_vgg(sizes, repeat, torch=None):
             tnet(xt)["relu5_1"].sum().backward()
             return xt.grad
 
-        flops = vgg.forward_flops(s, s, "relu5_1")
+        flops = vgg.forward_flops(s, s, "relu5_1")  # every VGG16 convolution is 3×3, stride 1
         for name, fn, tfn, fl in (("vgg16_forward", fwd, t_fwd, flops),
                                   ("vgg16_forward_backward", fwd_bwd, t_fwd_bwd, 2 * flops)):
             t = best_time(fn, repeat)
             tt = best_time(tfn, repeat) if torch else None
-            rows.append(_row(name, s, t, fl, peak_mb(fn), tt))
+            rows.append(_row(name, s, t, fl, peak_mb(fn), tt, ideal_flops=winograd4_ideal(fl)))
     return rows
 
 
@@ -345,8 +420,9 @@ def bench_gatys(sizes, repeat, torch=None):
             if abs(loss - ref_loss) > 1e-4 * abs(ref_loss) or err > 1e-2:
                 raise RuntimeError(f"PyTorch twin disagrees: loss {loss} vs {ref_loss}, grad error {err:.1e}")
             t_torch = best_time(lambda: t_fn(x), repeat)
-        rows.append(_row("gatys_loss_and_grad", s, t_eval, flops, peak_mb(lambda: obj.loss_and_grad(x)), t_torch))
-        rows.append(_row("gatys_lbfgs_iteration", s, t, flops, mb))
+        rows.append(_row("gatys_loss_and_grad", s, t_eval, flops, peak_mb(lambda: obj.loss_and_grad(x)), t_torch,
+                         ideal_flops=winograd4_ideal(flops)))
+        rows.append(_row("gatys_lbfgs_iteration", s, t, flops, mb, ideal_flops=winograd4_ideal(flops)))
     return rows
 
 
@@ -379,7 +455,8 @@ def bench_fast(sizes, repeat, torch=None):
                 if diff > 0.05:
                     raise RuntimeError(f"PyTorch twin of the transformer disagrees by {diff:.3g}")
                 tt = best_time(lambda: tinfer(torch.from_numpy(x)), repeat)
-        row = _row("transformer_stylize", s, t, None, peak_mb(lambda: net.infer(x)), tt)
+        direct, ideal = transformer_conv_flops(net, 1, s, s)
+        row = _row("transformer_stylize", s, t, direct, peak_mb(lambda: net.infer(x)), tt, ideal_flops=ideal)
         content = np.random.default_rng(1).random((s, s, 3), dtype=np.float32)
         obj = gatys.Objective(content, [procedural.stained_glass(s, s, seed=0)], net=vnet)
         t_eval = best_time(lambda: obj.loss_and_grad(content), 1)
@@ -403,7 +480,9 @@ def bench_fast(sizes, repeat, torch=None):
         if abs(ours - theirs) > 1e-3 * abs(theirs):
             raise RuntimeError(f"PyTorch twin of the training step disagrees: {ours} vs {theirs}")
         tt = best_time(lambda: step(batch), repeat)
-    rows.append(_row("train_step_b4_256", 256, t, None, peak_mb(lambda: train_step(tnet, opt, loss, batch, np)), tt))
+    direct, ideal = train_step_flops(tnet, loss, 4, 256)
+    rows.append(_row("train_step_b4_256", 256, t, direct, peak_mb(lambda: train_step(tnet, opt, loss, batch, np)),
+                     tt, ideal_flops=ideal))
     return rows
 
 
@@ -561,12 +640,18 @@ def print_table(info, mm, rows):
           f"{info['threads']} BLAS threads, numpy {info['numpy']}")
     print(f"# NumPy float32 matmul (4096²): {mm:.1f} GFLOP/s")
     torch_cols = any("torch_seconds" in r for r in rows)
-    head = f"{'workload':28s} {'size':>5s} {'seconds':>9s} {'GFLOP/s':>8s} {'of matmul':>9s} {'peak MB':>8s}"
+    print("# GFLOP/s and 'of matmul': the direct convolutions' FLOPs per second, and that as a fraction "
+          "of the matmul rate; 'F(4,3) limit': the seconds at the matmul rate with every 3×3 layer an "
+          "ideal Winograd F(4×4, 3×3) (a quarter of the products), and how many times that the run took")
+    head = (f"{'workload':28s} {'size':>5s} {'seconds':>9s} {'GFLOP/s':>8s} {'of matmul':>9s} "
+            f"{'F(4,3) limit':>12s} {'× limit':>7s} {'peak MB':>8s}")
     print(head + (f" {'torch s':>9s} {'vs torch':>8s}" if torch_cols else ""))
     for r in rows:
         gf = f"{r['gflops']:8.1f}" if r.get("gflops") else f"{'-':>8s}"
         fr = f"{r['fraction_of_matmul']:9.2f}" if r.get("fraction_of_matmul") else f"{'-':>9s}"
-        line = f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {gf} {fr} {r['peak_mb']:8.0f}"
+        lim = (f"{r['winograd4_limit_seconds']:12.3f} {r['times_winograd4_limit']:7.1f}"
+               if r.get("winograd4_limit_seconds") else f"{'-':>12s} {'-':>7s}")
+        line = f"{r['workload']:28s} {r['size']:5d} {r['seconds']:9.3f} {gf} {fr} {lim} {r['peak_mb']:8.0f}"
         if "torch_seconds" in r:
             line += f" {r['torch_seconds']:9.3f} {r['ratio_vs_torch']:8.2f}"
         if "tiles" in r:
@@ -599,6 +684,9 @@ def _main(argv=None):
         rows += RUNNERS[w](args.sizes or DEFAULT_SIZES.get(w, [256, 512, 1024]), args.repeat, torch)
     for r in rows:
         r["fraction_of_matmul"] = r["gflops"] / mm if r.get("gflops") else None
+        if r.get("winograd4_ideal_gflop"):  # the time at the matmul rate, ideal F(4×4, 3×3)
+            r["winograd4_limit_seconds"] = r["winograd4_ideal_gflop"] / mm
+            r["times_winograd4_limit"] = r["seconds"] / r["winograd4_limit_seconds"]
     print_table(info, mm, rows)
     for r in rows:
         if r.get("speedup_vs_500_lbfgs"):

@@ -54,3 +54,29 @@ def test_gatys_tiled_rows(vgg16_path):
     tiled = rows[1]
     assert tiled["tiles"] == 4 and tiled["overhead_vs_untiled"] == tiled["seconds"] / rows[0]["seconds"]
     assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in rows)
+
+
+def test_flop_counts_against_the_layer_formulas():
+    """The transformer's convolution FLOPs, counted by hand layer by layer (Johnson's
+    network, nearest upsampling), and the ideal F(4×4, 3×3) count: a quarter of the 3×3
+    stride-1 layers' (the residual blocks and the two convolutions after the resizes)."""
+    from minnst.transformer import TransformerConfig, TransformerNet
+
+    H, W, N = 64, 48, 2
+    P = H * W
+    strided = 2 * 9 * 32 * 64 * P / 4 + 2 * 9 * 64 * 128 * P / 16
+    nine = 2 * 81 * 3 * 32 * P + 2 * 81 * 32 * 3 * P
+    three = 10 * 2 * 9 * 128 * 128 * P / 16 + 2 * 9 * 128 * 64 * P / 4 + 2 * 9 * 64 * 32 * P
+    direct, ideal = bench.transformer_conv_flops(TransformerNet(TransformerConfig(width=1.0)), N, H, W)
+    assert direct == N * (strided + nine + three)
+    assert ideal == N * (strided + nine + three / 4)
+
+
+def test_rows_report_the_winograd_limit(tmp_path, vgg16_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["vgg", "--sizes", "32", "--repeat", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    for r in doc["results"]:
+        assert r["winograd4_ideal_gflop"] == pytest.approx(r["gflops"] * r["seconds"] / 4)
+        assert r["winograd4_limit_seconds"] == pytest.approx(r["winograd4_ideal_gflop"] / doc["matmul_gflops"])
+        assert r["times_winograd4_limit"] == pytest.approx(r["seconds"] / r["winograd4_limit_seconds"])
