@@ -9,76 +9,158 @@ the largest size (or batch) whose estimate fits. ``available_memory`` and
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from .layers.base import Residual, Sequential
-from .layers.conv import IM2COL_MAX_BYTES, THIN_BAND_BYTES, Conv2d, ConvTranspose2d
+from .layers.conv import IM2COL_MAX_BYTES, THIN_BAND_BYTES, WINOGRAD_MIN_CHANNELS, Conv2d, ConvTranspose2d
 from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
 from .parallel import MIN_TASKS, num_workers
 from .transformer import TransformerConfig, TransformerNet
-from .tiling import max_crop_side
+from .tiling import spans
 from .vgg import LAYER_NAMES, layer_shapes, parameter_count
 
-# Calibrated with tracemalloc on a 2-iteration L-BFGS run (default layers, float32, CPU),
-# tests/test_gatys.py::test_memory_estimate_is_calibrated. Measured bytes per pixel over
-# what was allocated before: 3819 at 256², 3593 at 384², 3580 at 1024². The model:
-# device = _KEPT_FACTOR × (the ReLU outputs the forward keeps for the backward: 1064 B/px
-# up to relu5_1) — the factor covers the features handed to the losses, their gradients
-# and the backward's layer-sized transients — plus the targets; host = L-BFGS-B's float64
-# arrays, (2m + 5) vectors of workspace and ~8 more (x, g, bounds, scipy's copies), plus
-# our float32/float64 copies at the scipy boundary (~3 vectors).
-_KEPT_FACTOR = 2.6
-_LBFGS_EXTRA_VECTORS = 8 + 3
 _OVERHEAD = 16 * 2**20  # small arrays, Python objects
 # The CPU convolutions keep each frozen layer's Winograd-transformed kernels (forward and
 # input gradient), allocated on first use: 135.5 MB measured, 2.4× the weights.
 _WINOGRAD_FACTOR = 2.4
-_TILED_IMAGE_ARRAYS = 4  # image-sized float arrays a tiled evaluation holds besides its crop's
+
+# The Gatys model is of the peak resident memory (RSS) of ``python -m minnst.gatys``,
+# measured from outside the process (/usr/bin/time -v) on runs at 1024×768 to 4096×3072,
+# whole and tiled (docs/gatys.md, "Memory and time": the table, estimate against peak
+# RSS). Its parts, beyond the network's weights:
+#
+# The interpreter, NumPy, SciPy, OpenBLAS's buffers and the worker pool, before a run:
+# 115 MB measured (RSS with VGG16 loaded and warm, less the weights and their transforms).
+_RUNTIME = 128 * 2**20
+# The pastiche's forward + backward: _KEPT_FACTOR times the ReLU outputs the forward keeps
+# for the backward (1064 B/px up to relu5_1 in float32), whole or of the largest tile's
+# crop. It covers the features handed to the losses, their gradients and the backward's
+# layer-sized transients (a tile adds the whole-crop ∂L/∂F it scatters its own positions
+# into). On the CPU, arrays under glibc's largest mmap threshold (32 MB: above it each
+# array is its own mapping, returned when freed) come from the heaps, one arena per worker
+# thread, and leave them fragmented: _HEAP_FACTOR more per byte of the kept outputs under
+# _HEAP_ARRAY_BYTES (the deep layers; most of a small tile's crop). Measured, RSS less the
+# other parts over the kept outputs: 1.81 to 2.00 where the small arrays are 1% of them
+# (whole 2048×1536, tiles of 1024), 2.16 at 10% (whole 1024×768), 2.18 to 2.48 at 28%
+# (tiles of 512); the peak grows over the first evaluations (3rd to 11th: +4% in tiles of
+# 512, +1.5% whole at 2048), which the factors leave room for.
+_KEPT_FACTOR = 2.2
+_HEAP_FACTOR = 0.8
+_HEAP_FACTOR_TILED = 2.0
+_HEAP_ARRAY_BYTES = 32 * 2**20
+# With ``backend.keep_freed_memory()`` in force (the CLI's choice when memory is plentiful)
+# glibc's mmap threshold is 1 GiB, so the outputs from _HEAP_ARRAY_BYTES up to that come
+# from the heaps too, and fragment them when evaluated whole: _KEEP_FREED_FACTOR more per
+# byte of those (measured over the peak without it: 0.69 at 1024×768, 0.64 at 2048×1536;
+# the other parts' margin covers the rest). Tiled, nothing more: in tiles of 512 at
+# 2048×1536 and 4096×3072 the estimate without it was 12% and 10% above the peak with it.
+_KEEP_FREED_FACTOR = 0.5
+_KEEP_FREED_ARRAY_BYTES = 2**30  # backend.keep_freed_memory's mmap threshold
+_STYLE_FACTOR = 1.6  # a style image's forward only (its Gram targets), times its kept outputs
+# Image-sized float arrays a scale keeps through an evaluation: the start image, the best
+# one, the one evaluated, the photo at the scale's size, the gradient.
+_IMAGE_ARRAYS = 5
+# scipy's L-BFGS-B (``optim.lbfgs``, scipy 1.17, n = 3·H·W values), in float64 vectors of
+# n besides the workspace's 2m + 5 (its m correction pairs; 5 more vectors): the bounds as
+# our list of n references to one pair (1), scipy's (2, n) array of them and its lower
+# and upper arrays (4); iwa and nbd, 4n ints (2); the start vector as we pass it, clipped
+# by scipy and as its iterate x (3); scipy's copies of x (its ScalarFunction's two, the
+# memoised one, the one each call receives: 4); the gradient as we return it, the previous
+# one it keeps, and its float64 copy (3). 17 in all, measured with tracemalloc. (The
+# workspace is allocated zeroed, so its pages become resident as the iterations first
+# write them: measured, i iterations write i − 1 pairs (the last one's is never stored);
+# the model counts min(m, i).)
+_LBFGS_EXTRA_VECTORS = 17
+_ADAM_IMAGES = 4  # projected Adam beside the image arrays: m, v and its update's two temporaries
+
+
+def _kept_bytes(h: int, w: int, upto: str, itemsize: int, below: float = math.inf, above: float = 0) -> int:
+    """The ReLU outputs a forward up to ``upto`` keeps for its backward, on an h × w image:
+    their bytes, counting only the outputs of at least ``above`` and fewer than ``below`` bytes."""
+    sizes = [c * a * b * itemsize for name, c, a, b in layer_shapes(h, w, upto) if name.startswith("relu")]
+    return sum(x for x in sizes if above <= x < below)
+
+
+def _network_bytes(h: int, w: int, upto: str, itemsize: int, device: str, tiled: bool,
+                   keep_freed: bool = False) -> float:
+    """A forward + backward on an h × w image (or a tile's crop): ``_KEPT_FACTOR`` × the
+    kept outputs, plus on the CPU ``_HEAP_FACTOR`` (tiled: ``_HEAP_FACTOR_TILED``) × those
+    under ``_HEAP_ARRAY_BYTES`` and, whole with ``keep_freed``, ``_KEEP_FREED_FACTOR`` ×
+    those from there up to ``_KEEP_FREED_ARRAY_BYTES``."""
+    out = _KEPT_FACTOR * _kept_bytes(h, w, upto, itemsize)
+    if device == "cpu":
+        heap = _HEAP_FACTOR_TILED if tiled else _HEAP_FACTOR
+        out += heap * _kept_bytes(h, w, upto, itemsize, below=_HEAP_ARRAY_BYTES)
+        if keep_freed and not tiled:
+            out += _KEEP_FREED_FACTOR * _kept_bytes(h, w, upto, itemsize, below=_KEEP_FREED_ARRAY_BYTES,
+                                                    above=_HEAP_ARRAY_BYTES)
+    return out
+
+
+def largest_crop(h: int, w: int, tile: int | None, layers) -> tuple[int, int]:
+    """The largest piece of an h × w image one forward sees: the whole image, or with
+    ``tile`` the longest crop of each axis (``tiling.spans`` for ``layers``)."""
+    if tile is None:
+        return h, w
+    return tuple(max(s.crop_stop - s.crop_start for s in spans(n, tile, layers)) for n in (h, w))
+
+
+def lbfgs_host_bytes(n: int, memory: int, iterations: int | None = None) -> int:
+    """Resident host bytes of scipy's L-BFGS-B on n float64 values with ``memory``
+    correction pairs, as ``optim.lbfgs`` drives it: (2p + 5 + 17) vectors of 8n bytes,
+    p = min(memory, iterations) pairs (an iteration writes at most one new pair; the
+    workspace's unwritten pages are never resident)."""
+    pairs = memory if iterations is None else min(memory, iterations)
+    return (2 * pairs + 5 + _LBFGS_EXTRA_VECTORS) * n * 8
 
 
 def estimate_gatys_memory(h: int, w: int, content_layers, style_layers, style_hw=(),
                           optimizer: str = "lbfgs", lbfgs_memory: int = 10, device: str = "cpu",
-                          itemsize: int = 4, tile: int | None = None) -> dict:
-    """Peak bytes of one Gatys stylisation at (h, w): ``{"fixed", "device", "host", "total"}``.
+                          itemsize: int = 4, tile: int | None = None, source_hw=(),
+                          iterations: int | None = None, keep_freed: bool = False) -> dict:
+    """Peak resident bytes of one Gatys stylisation at (h, w), in parts.
 
-    With ``tile`` (the exact tiled evaluation, ``gatys.Objective(tile=…)``) the
-    activations are those of the largest crop (``tiling.max_crop_side``) and the image-sized
-    arrays are added: the content targets at their full size, the image, its gradient and
-    the per-evaluation sums.
+    Returns ``{"fixed", "network", "targets", "images", "optimizer", "runtime", "device",
+    "host", "total"}``:
 
-    fixed: the VGG16 weights (and, on the CPU, their Winograd transforms), allocated once
-    per network. device: fixed, plus the larger of the pastiche's forward + backward (the
-    kept ReLU outputs times a calibrated factor, the targets) and the forward of the
-    largest style image (``style_hw`` sizes). host: the optimiser's state — L-BFGS-B's
-    float64 vectors, or Adam's moments.
+    * fixed: the VGG16 weights (and, on the CPU, their Winograd transforms), once per network;
+    * network: the larger of the pastiche's forward + backward (``_network_bytes``; with
+      ``tile``, of its largest crop, ``largest_crop``) and the forward of the largest style
+      image (``style_hw`` sizes at this scale; with ``tile``, its largest crop); with
+      ``keep_freed``, as in a process that called ``backend.keep_freed_memory()``;
+    * targets: the content targets (at their full size, also tiled) and the Gram targets;
+    * images: ``_IMAGE_ARRAYS`` float arrays of the pastiche's size, the style images at
+      this scale's size, and the images as loaded (``source_hw`` sizes), all 3-channel;
+    * optimizer: L-BFGS-B's float64 vectors (``lbfgs_host_bytes``; its history counted
+      for at most ``iterations`` steps when given) or Adam's state;
+    * runtime: the interpreter and libraries (``_RUNTIME``).
+
+    device = fixed + network + targets + images + small objects (``_OVERHEAD``), plus
+    Adam's state: what the GPU must hold when ``device="gpu"``; host = runtime, plus
+    L-BFGS-B's vectors; total = both.
     """
     layers = list(content_layers) + list(style_layers)
     upto = max(layers, key=LAYER_NAMES.index)
-
-    def kept(hh, ww):
-        return sum(c * a * b for name, c, a, b in layer_shapes(hh, ww, upto) if name.startswith("relu"))
-
     shapes = layer_shapes(h, w, upto)
     targets = sum(c * a * b for name, c, a, b in shapes if name in content_layers)
-    targets += sum(c * c for name, c, _, _ in shapes if name in style_layers)
-    if tile is None:
-        pastiche = (_KEPT_FACTOR * kept(h, w) + targets) * itemsize
-        styles = max([1.6 * kept(a, b) * itemsize for a, b in style_hw] or [0])  # forward only
-    else:
-        side = max_crop_side(tile, layers)
-        ch, cw = min(h, side), min(w, side)
-        image_arrays = _TILED_IMAGE_ARRAYS * 3 * h * w  # the image, its gradient, a copy, the sum
-        pastiche = (_KEPT_FACTOR * kept(ch, cw) + targets + image_arrays) * itemsize
-        styles = max([1.6 * kept(min(a, side), min(b, side)) * itemsize for a, b in style_hw] or [0])
-    fixed = parameter_count() * itemsize * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))
+    targets = (targets + sum(c * c for name, c, _, _ in shapes if name in style_layers)) * itemsize
+    pastiche = _network_bytes(*largest_crop(h, w, tile, layers), upto, itemsize, device, tile is not None,
+                              keep_freed)
+    styles = [_STYLE_FACTOR * _kept_bytes(*largest_crop(a, b, tile, style_layers or layers), upto, itemsize)
+              for a, b in style_hw]
+    network = max([pastiche, *styles])
     n = 3 * h * w
-    if optimizer == "lbfgs":
-        host = (2 * lbfgs_memory + 5 + _LBFGS_EXTRA_VECTORS) * n * 8
-    else:
-        host = 4 * n * itemsize  # Adam's m and v, the best image, the gradient
-    dev = fixed + max(pastiche, styles) + _OVERHEAD
-    return {"fixed": int(fixed), "device": int(dev), "host": int(host), "total": int(dev + host)}
+    images = (_IMAGE_ARRAYS * n + sum(3 * a * b for a, b in [*style_hw, *source_hw])) * itemsize
+    fixed = parameter_count() * itemsize * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))
+    on_host = optimizer == "lbfgs"  # scipy's L-BFGS-B runs on the host; Adam where the image is
+    opt = lbfgs_host_bytes(n, lbfgs_memory, iterations) if on_host else _ADAM_IMAGES * n * itemsize
+    dev = fixed + network + targets + images + _OVERHEAD + (0 if on_host else opt)
+    host = _RUNTIME + (opt if on_host else 0)
+    parts = {"fixed": fixed, "network": network, "targets": targets, "images": images, "optimizer": opt,
+             "runtime": _RUNTIME, "device": dev, "host": host, "total": dev + host}
+    return {k: int(v) for k, v in parts.items()}
 
 
 # --------------------------------------------------------------------------- the transformer
@@ -224,6 +306,27 @@ _TRAIN_PARAM_COPIES = 3
 _ADAM_COPIES = 3  # weights, m and v, kept over the run
 
 
+def winograd_kernel_numel(net) -> int:
+    """Values of Winograd-transformed kernels one training step of ``net`` holds beyond
+    what the ``_TRAIN_*`` factors count. Each 3×3 layer on a Winograd path
+    (``conv.auto_method`` for its ``method``) keeps its forward's (m+2)²·C·F transform in
+    its cache (``WinogradWeights``), and its backward adds the input gradient's there: two
+    per layer until the step ends. The factors were fitted with F(2×2, 3×3), 16·C·F each;
+    the transformer's "fast" path, F(4×4, 3×3), takes 36·C·F, and this counts the
+    difference (measured at width 1, batch 1 at 64²: +26 MB, the count's 26 MB)."""
+    total = 0
+    for _, layer in net.named_layers():
+        if not isinstance(layer, Conv2d):
+            continue
+        F, C, KH, KW = layer.params["weight"].shape
+        if (KH, KW) != (3, 3) or layer.padding != 1 or layer.stride != 1 or min(C, F) < WINOGRAD_MIN_CHANNELS:
+            continue
+        tile = {"auto": 2, "winograd": 2, "fast": 4, "winograd4": 4}.get(layer.method)
+        if tile:
+            total += 2 * ((tile + 2) ** 2 - 16) * C * F
+    return total
+
+
 def estimate_training_memory(net, batch: int, size: int, content_layer: str = "relu2_2",
                              style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
                              device: str = "cpu", itemsize: int = 4) -> dict:
@@ -243,7 +346,7 @@ def estimate_training_memory(net, batch: int, size: int, content_layer: str = "r
     fixed = (n_params * _ADAM_COPIES
              + parameter_count() * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))) * itemsize
     step = (batch * (_TRAIN_KEPT_FACTOR * kept + _TRAIN_VGG_FACTOR * vgg_kept)
-            + _TRAIN_PARAM_COPIES * n_params) * itemsize
+            + _TRAIN_PARAM_COPIES * n_params + (winograd_kernel_numel(net) if device == "cpu" else 0)) * itemsize
     dev = fixed + step + (IM2COL_MAX_BYTES if device == "gpu" else 0) + _OVERHEAD
     host = batch * size * size * 3 * (1 + 4)
     return {"fixed": int(fixed), "device": int(dev), "host": int(host), "total": int(dev + host)}

@@ -138,17 +138,15 @@ def test_memory_refusal_suggests_a_smaller_size(pics, tmp_path, capsys, monkeypa
 def test_tile_auto_tiles_only_when_the_whole_image_does_not_fit(pics, tmp_path, capsys, monkeypatch, vgg16_path):
     """--tile auto (the default): untiled when it fits; with memory between the tiled and the
     untiled estimates it picks a tile, says so, records it, and the run completes."""
-    from minnst.memory import estimate_gatys_memory
 
     args = ["--content", pics["content"], "--style", pics["style"], "--size", "256", "--iterations", "2",
             "--content-layers", "relu1_1", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
             "--print-every", "0"]
-    hw, style_hw = (213, 256), [(256, 256)]  # the 40×48 content and 36×36 style at 256 px
-    layers = (["relu1_1"], ["relu1_1", "relu2_1"])
-    whole = estimate_gatys_memory(*hw, *layers, style_hw)["total"]
-    tiled = estimate_gatys_memory(*hw, *layers, style_hw, tile=128)["total"]
-    assert tiled < whole
-    monkeypatch.setattr(gatys_cli, "available_memory", lambda: (whole + tiled) // 2)
+    cfg = gatys_cli.parse([str(a) for a in args]).cfg
+    whole, tiled = (gatys_cli._estimate_for((40, 48), cfg, [(36, 36)], 256, "cpu", t)["total"] for t in (None, 128))
+    room = gatys_cli.AUTO_TILE_HEADROOM  # auto leaves a tenth of the free memory alone
+    assert tiled / room < whole
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: int((whole + tiled / room) / 2))
     code, _, err = run_main([*args, "--output", tmp_path / "a.png"], capsys)
     assert code == 0 and "--tile 128" in err, err
     config = json.loads(images.read_png_metadata(tmp_path / "a.png")["minnst-config"])
@@ -160,23 +158,92 @@ def test_tile_auto_tiles_only_when_the_whole_image_does_not_fit(pics, tmp_path, 
     code, _, err = run_main([*args, "--output", tmp_path / "c.png"], capsys)
     assert code == 0 and "--tile" not in err
     assert json.loads(images.read_png_metadata(tmp_path / "c.png")["minnst-config"])["tile"] is None
+    # room for the whole image, but not with the headroom: auto tiles; off runs it whole
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: int(whole / (1 + room) * 2))
+    code, _, err = run_main([*args, "--output", tmp_path / "d.png"], capsys)
+    assert code == 0 and "--tile" in err, err
+    code, _, err = run_main([*args, "--output", tmp_path / "e.png", "--tile", "off"], capsys)
+    assert code == 0 and json.loads(images.read_png_metadata(tmp_path / "e.png")["minnst-config"])["tile"] is None
+
+
+def test_tile_auto_tiles_only_the_scales_that_need_it(pics, tmp_path, capsys, monkeypatch, vgg16_path):
+    """With scales, --tile auto tiles only the scales whose whole image does not fit: the
+    note names them, the output records one tile per scale, and the printed estimate is
+    the largest over the scales."""
+    args = ["--content", pics["content"], "--style", pics["style"], "--scales", "128,256", "--iterations", "2",
+            "--content-layers", "relu1_1", "--style-layers", "relu1_1,relu2_1", "--device", "cpu",
+            "--print-every", "0", "--output", tmp_path / "m.png"]
+    args = [str(a) for a in args]
+    cfg = gatys_cli.parse(args).cfg
+    hws = (40, 48), [(36, 36)]
+
+    def total(size, tile=None):
+        return gatys_cli._estimate_for(hws[0], cfg, hws[1], size, "cpu", tile)["total"]
+
+    room = gatys_cli.AUTO_TILE_HEADROOM  # auto leaves a tenth of the free memory alone
+    assert total(128) < total(256, 128) / room < total(256)
+    have = int((total(256, 128) / room + total(256)) / 2)
+    monkeypatch.setattr(gatys_cli, "available_memory", lambda: have)
+    code, _, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "128×128 tiles at scale 256, whole at 128" in err, err
+    config = json.loads(images.read_png_metadata(tmp_path / "m.png")["minnst-config"])
+    assert config["tile"] == [None, 128] and config["scales"] == [128, 256]
+    assert gatys_cli.format_bytes(max(total(128), total(256, 128))) in err
+
+
+# The peak resident memory of the child alone: VmHWM, its address space's high-water
+# mark (new at exec). Not ru_maxrss, which counts the parent's RSS at the fork: this
+# test's, which runs inside pytest.
+PEAK_RSS = """import runpy, sys
+sys.argv = ["minnst.gatys", *sys.argv[1:]]
+try:
+    runpy.run_module("minnst.gatys", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+with open("/proc/self/status") as f:
+    print(next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc/self/status (VmHWM)")
+@pytest.mark.parametrize("tile", ["off", "64"])
+def test_memory_estimate_against_peak_rss(pics, tmp_path, vgg16_path, tile):
+    """The pre-flight's estimate against the peak resident memory of the same command, in
+    a process of its own (the kernel's count, VmHWM), whole and in tiles, with the default
+    layers: never under it, and at most 1.3 times it (at these sizes the runtime weighs;
+    measured at print size: docs/gatys.md, "Memory and time")."""
+    big = tmp_path / "big.png"
+    images.save_image(big, images.resize(images.load_image(pics["content"]), shape=(192, 230)))
+    args = ["--content", big, "--style", pics["style"], "--size", "230", "--iterations", "2",
+            "--lbfgs-memory", "1", "--tile", tile, "--device", "cpu", "--quiet", "--output", tmp_path / "r.png"]
+    args = [str(a) for a in args]
+    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split()[-1])
+    cfg = gatys_cli.parse(args).cfg
+    est = gatys_cli._run_estimate((192, 230), cfg, [(36, 36)], "cpu")["total"]
+    assert peak <= est <= 1.3 * peak, (peak / 2**20, est / 2**20)
 
 
 def test_tile_auto_shortens_the_lbfgs_history_or_takes_adam(pics, tmp_path, capsys, monkeypatch, vgg16_path):
     """When even tiles do not fit, --tile auto keeps the longest L-BFGS-B history that fits,
-    else switches to Adam, and says which; the output records the choice."""
+    else switches to Adam, and says which; the output records the choice. (More iterations
+    than pairs: a shorter run writes fewer pairs, which the estimate counts.)"""
     from minnst.memory import estimate_gatys_memory
 
-    args = ["--content", pics["content"], "--style", pics["style"], "--size", "256", "--iterations", "2",
+    args = ["--content", pics["content"], "--style", pics["style"], "--size", "256", "--iterations", "12",
             "--content-layers", "relu1_1", "--style-layers", "relu1_1", "--device", "cpu", "--print-every", "0"]
     hw, style_hw, layers = (213, 256), [(256, 256)], (["relu1_1"], ["relu1_1"])
 
     def total(**kw):
         return estimate_gatys_memory(*hw, *layers, style_hw, tile=64, **kw)["total"]
 
-    for available, key, value in (((total(lbfgs_memory=4) + total(lbfgs_memory=5)) // 2, "lbfgs_memory", 4),
-                                  ((total(optimizer="adam") + total(lbfgs_memory=3)) // 2, "optimizer", "adam")):
-        monkeypatch.setattr(gatys_cli, "available_memory", lambda a=available: a)
+    room = gatys_cli.AUTO_TILE_HEADROOM  # auto chooses within this share of the free memory
+    for available, key, value in (((total(lbfgs_memory=4) + total(lbfgs_memory=5)) / 2, "lbfgs_memory", 4),
+                                  ((total(optimizer="adam") + total(lbfgs_memory=3)) / 2, "optimizer", "adam")):
+        monkeypatch.setattr(gatys_cli, "available_memory", lambda a=available: int(a / room))
         out = tmp_path / f"{key}.png"
         code, _, err = run_main([*args, "--output", out], capsys)
         assert code == 0, err

@@ -91,7 +91,8 @@ def test_estimates_grow_with_size_batch_and_width():
     assert run_part(half) < 0.6 * run_part(big)
     assert estimate_stylize_memory(one, 100, 100, source_hw=(6000, 6000))["host"] > 1e9  # decoding
     step = [run_part(estimate_training_memory(one, b, 256)) for b in (1, 2, 4)]
-    assert step[1] > 1.9 * step[0] and step[2] > 1.9 * step[1]
+    per_image = step[1] - step[0]  # linear in the batch, past a fixed part (weights' transforms)
+    assert per_image > 0.8 * step[0] and step[2] - step[1] == pytest.approx(2 * per_image, rel=1e-6)
     assert 1 * 2**30 < estimate_training_memory(one, 4, 256)["total"] < 2 * 2**30  # the paper's setting
     gpu = estimate_training_memory(one, 4, 256, device="gpu")
     assert gpu["fixed"] < estimate_training_memory(one, 4, 256)["fixed"]  # no Winograd kernels

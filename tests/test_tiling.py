@@ -104,7 +104,7 @@ def test_spans_partition_align_and_are_exact(layers):
     image's values at every own position. Cutting the halo by S, or starting the crop
     S/2 earlier (misaligned), loses that for some tile."""
     last = tiling.deepest(layers)
-    S, R = tiling.layer_factor(last), tiling.receptive_radius(last)
+    S = tiling.layer_factor(last)
     def covers(ex, own):
         return own[0] >= own[1] or ex[0] <= own[0] and own[1] <= ex[1]
 
@@ -292,6 +292,14 @@ def test_objective_and_config_check_the_tile(vgg16_f32):
         with pytest.raises(ConfigError, match="tile"):
             gatys.GatysConfig(tile=bad).validate()
     assert gatys.GatysConfig(tile=512).validate().to_json()["tile"] == 512
+    # one tile per scale (None: that scale whole); one value for all scales
+    per_scale = gatys.GatysConfig(scales=[128, 256, 512], tile=[None, None, 64]).validate()
+    assert per_scale.scale_tiles == [None, None, 64] and per_scale.to_json()["tile"] == [None, None, 64]
+    assert gatys.GatysConfig(scales=[128, 256], tile=[64]).validate().tile == 64
+    assert gatys.GatysConfig(scales=[128, 256], tile=64).validate().scale_tiles == [64, 64]
+    for bad in ([None, 8], [64, 64, 64], [None, "auto"]):
+        with pytest.raises(ConfigError, match="tile"):
+            gatys.GatysConfig(scales=[128, 256], tile=bad).validate()
 
 
 def test_stylize_passes_the_tile_through(vgg16_f32):
@@ -306,6 +314,27 @@ def test_stylize_passes_the_tile_through(vgg16_f32):
     assert b.evaluations == a.evaluations
     assert [h["loss"] for h in b.history] == pytest.approx([h["loss"] for h in a.history], rel=1e-4)
     assert np.abs(a.image - b.image).max() < 1e-3
+
+
+def test_stylize_tiles_only_the_scales_given(vgg16_f32, monkeypatch):
+    """A tile per scale: the scale given None is evaluated whole, bit for bit the untiled
+    run's, and the next one in tiles (the same run within rounding)."""
+    c, styles = image(45, 60, 0, np.float32), [procedural.stained_glass(50, 50, seed=1)]
+    opts = dict(scales=[40, 56], iterations=3, style_weight=1e4, device="cpu", quiet=True, **SHALLOW)
+    counts = []
+
+    class Spy(gatys.Objective):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            counts.append(self.tile_count)
+
+    monkeypatch.setattr(gatys.run, "Objective", Spy)
+    whole = gatys.stylize(c, styles, gatys.GatysConfig(**opts), net=vgg16_f32)
+    mixed = gatys.stylize(c, styles, gatys.GatysConfig(tile=[None, 20], **opts), net=vgg16_f32)
+    assert counts == [1, 1, 1, 9]  # 30×40 whole, then 42×56 in 3×3 tiles of 20
+    first = [h["loss"] for h in whole.history if h["scale"] == 0]
+    assert [h["loss"] for h in mixed.history[:len(first)]] == first
+    assert [h["loss"] for h in mixed.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-4)
 
 
 # ------------------------------------------------------------------------ memory

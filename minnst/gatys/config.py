@@ -64,7 +64,8 @@ class GatysConfig:
     time_budget: float | None = None  # seconds for the whole run (None: no limit)
     tol: float | None = None          # stop a scale once the best loss fell < tol·loss over TOL_WINDOW steps
     device: str = "auto"              # "cpu", "gpu" or "auto"
-    tile: int | None = None           # evaluate the objective exactly in tiles of this side, pixels (None: whole)
+    tile: int | list | None = None    # evaluate exactly in tiles of this side, pixels (None: whole); per
+                                      # scale: one for all, or one per scale (coarse to fine, None: whole)
     quiet: bool = False               # no progress bar or printed losses
 
     @property
@@ -77,6 +78,13 @@ class GatysConfig:
         if isinstance(self.iterations, (list, tuple)):
             return list(self.iterations)
         return [self.iterations] * len(self.sizes)
+
+    @property
+    def scale_tiles(self) -> list:
+        """The tile side at each scale, coarse to fine (None: that scale is evaluated whole)."""
+        if isinstance(self.tile, (list, tuple)):
+            return list(self.tile)
+        return [self.tile] * len(self.sizes)
 
     @property
     def total_iterations(self) -> int:
@@ -150,7 +158,15 @@ class GatysConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, f"{words(name)} must be one of {', '.join(allowed)}, "
                                         f"got {getattr(self, name)!r}")
-        checked("tile", tiling.check_tile, self.tile)
+        if isinstance(self.tile, (list, tuple)):
+            if len(self.tile) not in (1, len(self.sizes)):
+                raise ConfigError("tile", f"give one tile, or one per scale ({len(self.sizes)}), "
+                                          f"got {len(self.tile)}")
+            for t in self.tile:
+                checked("tile", tiling.check_tile, t)
+            self.tile = self.tile[0] if len(self.tile) == 1 else list(self.tile)
+        else:
+            checked("tile", tiling.check_tile, self.tile)
         checked("content_layers", check_layers, self.content_layers, "content layers")
         checked("style_layers", check_layers, self.style_layers, "style layers")
         checked("style_blend_weights", check_weights, self.style_blend_weights, max(1, len(self.style)),

@@ -165,7 +165,7 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
     ``config.device``); ``net``: a loaded VGG16 with the config's pooling on that device.
     ``callback(Progress)`` runs after every iteration. ``cluster``: a
     ``distributed.Cluster`` on whose workers the objective's tiles run, each scale tiled
-    with ``config.tile`` or, if None, a tile that gives every worker one
+    with its tile (``config.scale_tiles``) or, if None, a tile that gives every worker one
     (``Objective(cluster=…)``); the optimiser stays here, and the run is the serial tiled
     run's, bit for bit. Returns a ``StylizeResult``;
     Ctrl-C raises ``StylizeInterrupted`` and a non-finite loss ``NonFiniteLossError``,
@@ -215,7 +215,8 @@ def stylize(content, styles, config: GatysConfig | None = None, *, init_image=No
                             style_layer_weights=cfg.style_layer_weights,
                             style_blend_weights=cfg.style_blend_weights, alpha=cfg.content_weight,
                             beta=cfg.beta, tv_weight=cfg.tv, pooling=cfg.pooling,
-                            normalization=cfg.normalization, net=net, tile=cfg.tile, cluster=cluster)
+                            normalization=cfg.normalization, net=net, tile=cfg.scale_tiles[k],
+                            cluster=cluster)
             if k == 0:
                 x0 = _init_image(cfg, content_s, init_image, cfg.seed)
             else:
