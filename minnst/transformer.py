@@ -52,7 +52,8 @@ from .layers.activations import ReLU, ScaledTanh
 from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.base import forward_child
-from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
+from .layers.normalization import (BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d,
+                                   check_conditional_norm, instance_norm_infer)
 from .layers.resampling import Upsample
 from .modelfile import ModelFileError, load_model, save_model, source_name
 from .perceptual import training_objective
@@ -156,13 +157,32 @@ def _up_block(cin, cout, cfg, rng, dtype):
     return Sequential(layers)
 
 
+def _infer_norm(norm, x, style, relu: bool):
+    """An instance norm (plain or conditional on ``style``) without a cache, with the
+    ReLU that follows it when ``relu`` (``normalization.instance_norm_infer``)."""
+    if isinstance(norm, ConditionalInstanceNorm2d):
+        gamma, beta, mix = check_conditional_norm(x, norm.params["weight"], norm.params["bias"], style)
+        return instance_norm_infer(x, mix @ gamma, mix @ beta, norm.eps, relu)
+    return instance_norm_infer(x, norm.params.get("weight"), norm.params.get("bias"), norm.eps, relu)
+
+
 def _infer(layer: Layer, x, style=None):
-    """Forward without keeping caches (inference at any resolution in little memory)."""
+    """Forward without keeping caches (inference at any resolution in little memory); an
+    instance norm and the ReLU after it run as one (``_infer_norm``)."""
     if isinstance(layer, Residual):
         return x + _infer(layer.layers["body"], x, style)
     if isinstance(layer, Sequential):
-        for child in layer.layers.values():
-            x = _infer(child, x, style)
+        children = list(layer.layers.values())
+        i = 0
+        while i < len(children):
+            child = children[i]
+            if isinstance(child, (InstanceNorm2d, ConditionalInstanceNorm2d)):
+                relu = i + 1 < len(children) and isinstance(children[i + 1], ReLU)
+                x = _infer_norm(child, x, style, relu)
+                i += 2 if relu else 1
+            else:
+                x = _infer(child, x, style)
+                i += 1
         return x
     return forward_child(layer, x, style)[0]
 

@@ -440,3 +440,37 @@ def test_state_dict_round_trip(rng):
     np.testing.assert_array_equal(other(x), net(x))
     with pytest.raises(ValueError):
         other.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
+
+
+@pytest.mark.parametrize("affine", ["none", "shared", "per_sample"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_instance_norm_infer_is_the_forward(rng, affine, relu):
+    """The inference norm (no cache, the ReLU in its last pass, cache-sized bands) equals
+    the training forward followed by a ReLU, to float64 rounding; rows of 5 channels and a
+    band limit that cuts each image into several bands."""
+    x = rng.standard_normal((2, 5, 13, 11)) * 3 + 1
+    shape = {"none": None, "shared": (5,), "per_sample": (2, 5)}[affine]
+    gamma = None if shape is None else rng.standard_normal(shape)
+    beta = None if shape is None else rng.standard_normal(shape)
+    want = normalization.instance_norm_forward(x, gamma, beta)[0]
+    want = np.maximum(want, 0) if relu else want
+    old = normalization.INFER_BAND_BYTES
+    try:
+        normalization.INFER_BAND_BYTES = 3 * 11 * 5 * 8  # three rows a band
+        got = normalization.instance_norm_infer(x, gamma, beta, relu=relu)
+    finally:
+        normalization.INFER_BAND_BYTES = old
+    assert got.shape == x.shape and rel_error(got, want) < 1e-12
+
+
+def test_transformer_inference_is_its_forward():
+    """``TransformerNet.infer`` (norm + ReLU fused, no caches) against ``forward``, for a
+    plain and a many-style network with a blend: the same pixels to float32 rounding."""
+    from minnst.transformer import TransformerConfig, TransformerNet
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 3, 40, 48)).astype(np.float32)
+    for cfg, style in ((TransformerConfig(width=0.25), None),
+                       (TransformerConfig(width=0.25, styles=("a", "b")), {"a": 0.3, "b": 0.7})):
+        net = TransformerNet(cfg, seed=1)
+        mix = None if style is None else net.style_mix(style, 2)
+        assert np.abs(net.infer(x, style) - net.forward(x, mix)[0]).max() < 0.01  # of 255

@@ -45,7 +45,8 @@ def test_shapes_range_and_channels(upsample, norm):
     y, _ = net.forward(x)
     assert y.shape == (2, 3, 20, 24) and y.dtype == np.float32
     assert y.min() >= 0 and y.max() <= 255
-    assert np.array_equal(net.infer(x), y)  # train mode (both norms): forward without caches
+    # train mode (both norms): forward without caches, instance norm + ReLU fused (rounding)
+    assert np.abs(net.infer(x) - y).max() < 1e-3
     assert TransformerConfig(width=1.0).channels == (32, 64, 128)
     assert TransformerConfig(width=0.5).channels == (16, 32, 64)
 

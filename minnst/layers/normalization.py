@@ -263,6 +263,56 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
     return y.transpose(0, 3, 1, 2), cache
 
 
+# Inference bands: a band of rows of the channels-last view stays in cache between the
+# centred sum's temporary and its three passes of y (the norms are memory-bound, and the
+# two cores share about one core's memory bandwidth: docs/performance.md).
+INFER_BAND_BYTES = 1 << 20
+
+
+def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
+    """Instance norm without a cache (inference), optionally followed by a ReLU:
+    ``max(γ·(x − μ)/σ + β, 0)``. On NumPy in bands of rows of the channels-last view
+    (``pmap`` tasks): Σx per band, then Σ(x − μ)² from a band-sized temporary, then
+    ``y = x·a + b`` with ``a = γ/σ``, ``b = β − μ·a`` and the ReLU in place, while the band
+    is in cache: three reads of x and one write of y, where the training forward followed
+    by a ReLU makes about ten passes. The statistics are the training forward's (two
+    passes, float sums over bands added per image in task order); y differs from
+    ``instance_norm_forward`` followed by a ReLU only by rounding. Other arrays: that."""
+    if is_gpu_array(x):
+        y = instance_norm_forward(x, gamma, beta, eps)[0]
+        return get_xp(x).maximum(y, 0) if relu else y
+    gamma, beta, _ = instance_affine(gamma, beta, x)
+    N, C, H, W = x.shape
+    v = x.transpose(0, 2, 3, 1)
+    y = np.empty((N, H, W, C), dtype=x.dtype)
+    tasks = image_bands(N, H, max(1, INFER_BAND_BYTES // max(1, W * C * x.itemsize)))
+    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]]), tasks)) / (H * W)
+
+    def centred(task):
+        n, r0, r1 = task
+        t = np.subtract(v[n, r0:r1], mu[n], out=y[n, r0:r1])  # y's band as the temporary
+        return _colsum(t, t)
+
+    var = _per_image(N, tasks, pmap(centred, tasks)) / (H * W)
+    a = (1 / np.sqrt(var + eps)).astype(x.dtype)                     # (N, C)
+    if gamma is not None:
+        a = a * gamma                                                # (C,) or (N, C) rows
+    b = -mu.astype(x.dtype) * a
+    if beta is not None:
+        b = b + beta
+
+    def scale(task):
+        n, r0, r1 = task
+        yb = y[n, r0:r1]
+        np.multiply(v[n, r0:r1], a[n], out=yb)
+        yb += b[n]
+        if relu:
+            np.maximum(yb, 0, out=yb)
+
+    pmap(scale, tasks)
+    return y.transpose(0, 3, 1, 2)
+
+
 def instance_norm_backward_cpu(dy, cache):
     """The backward of ``_normalize`` over (H, W) on NumPy, in bands of rows of the
     channels-last view, with the means written as sums:  s1 = Σ dy,  s2 = Σ dy·x̂  (over H, W), and
