@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from .layers.base import Residual, Sequential
-from .layers.conv import IM2COL_MAX_BYTES, THIN_BAND_BYTES, WINOGRAD_MIN_CHANNELS, Conv2d, ConvTranspose2d
+from .layers.conv import (IM2COL_MAX_BYTES, THIN_BAND_BYTES, WINOGRAD_TILES, Conv2d, ConvTranspose2d,
+                          auto_method)
 from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
 from .parallel import MIN_TASKS, num_workers
@@ -318,12 +321,13 @@ def winograd_kernel_numel(net) -> int:
     for _, layer in net.named_layers():
         if not isinstance(layer, Conv2d):
             continue
-        F, C, KH, KW = layer.params["weight"].shape
-        if (KH, KW) != (3, 3) or layer.padding != 1 or layer.stride != 1 or min(C, F) < WINOGRAD_MIN_CHANNELS:
-            continue
-        tile = {"auto": 2, "winograd": 2, "fast": 4, "winograd4": 4}.get(layer.method)
-        if tile:
-            total += 2 * ((tile + 2) ** 2 - 16) * C * F
+        w = layer.params["weight"]
+        method = layer.method
+        if method in ("auto", "fast"):  # the path a CPU input of w's dtype takes
+            method = auto_method(np.empty((1, w.shape[1], 1, 1), w.dtype), w, layer.stride, layer.padding,
+                                 fast=method == "fast")
+        if method in WINOGRAD_TILES:
+            total += 2 * ((WINOGRAD_TILES[method] + 2) ** 2 - 16) * w.shape[0] * w.shape[1]
     return total
 
 
