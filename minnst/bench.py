@@ -279,38 +279,22 @@ def winograd4_ideal(flops_3x3: float, flops_other: float = 0.0) -> float:
 def transformer_conv_flops(net, N: int, H: int, W: int) -> tuple[float, float]:
     """``(direct, winograd_ideal)``: multiply-add FLOPs (2 per MAC) of the convolutions of
     one forward of ``net`` (a ``TransformerNet``) on N × 3 × H × W, and the same with
-    every 3×3 stride-1 layer at ``WINOGRAD4_FACTOR`` of its count. Normalisation, ReLU and
-    resizing are not counted."""
-    from .layers import Conv2d, ConvTranspose2d, Residual, Sequential, Upsample
+    every 3×3 stride-1 layer at ``WINOGRAD4_FACTOR`` of its count. The shapes are
+    ``memory.transformer_layer_shapes``'; normalisation, ReLU and resizing are not counted."""
+    from .layers import Conv2d, ConvTranspose2d
+    from .memory import transformer_layer_shapes
 
+    convs = [l for _, l in net.named_layers() if isinstance(l, (Conv2d, ConvTranspose2d))]
+    shapes = [s for s in transformer_layer_shapes(net, H, W) if s.kind in ("Conv2d", "ConvTranspose2d")]
     total = {"3x3": 0.0, "other": 0.0}
-
-    def walk(layer, c, h, w):
-        if isinstance(layer, Residual):
-            walk(layer.layers["body"], c, h, w)
-            return c, h, w
-        if isinstance(layer, Sequential):
-            for child in layer.layers.values():
-                c, h, w = walk(child, c, h, w)
-            return c, h, w
-        if isinstance(layer, Upsample):
-            return c, h * layer.scale, w * layer.scale
-        if isinstance(layer, (Conv2d, ConvTranspose2d)):
-            wt = layer.params["weight"]
-            f, k = (wt.shape[0] if isinstance(layer, Conv2d) else wt.shape[1]), wt.shape[2]
-            if isinstance(layer, Conv2d):
-                oh = (h + 2 * layer.padding - k) // layer.stride + 1
-                ow = (w + 2 * layer.padding - k) // layer.stride + 1
-                macs = oh * ow * c * f * k * k  # per output position
-            else:  # each input position scatters its k × k taps
-                oh, ow = h * layer.stride, w * layer.stride
-                macs = h * w * c * f * k * k
-            kind = "3x3" if isinstance(layer, Conv2d) and k == 3 and layer.stride == 1 else "other"
-            total[kind] += 2 * N * macs
-            return f, oh, ow
-        return c, h, w
-
-    walk(net, 3, H, W)
+    for layer, shape in zip(convs, shapes, strict=True):
+        k = layer.params["weight"].shape[2]
+        (c, h, w), (f, oh, ow) = shape.x, shape.y
+        if isinstance(layer, Conv2d):
+            macs, three = oh * ow * c * f * k * k, k == 3 and layer.stride == 1
+        else:  # each input position scatters its k × k taps
+            macs, three = h * w * c * f * k * k, False
+        total["3x3" if three else "other"] += 2 * N * macs
     return total["3x3"] + total["other"], winograd4_ideal(total["3x3"], total["other"])
 
 
