@@ -216,6 +216,22 @@ def tv_loss_cpu(x, axes=(-3, -2)):
     return value, grad
 
 
+def saturation_penalty(z, bound: float = 3.0):
+    """Mean squared excess of a pre-activation over ``±bound`` and its gradient.
+
+    ``z``: any shape (the input of the network's output tanh). R = mean(max(|z| − b, 0)²);
+    ∂R/∂z = 2 · sign(z) · max(|z| − b, 0) / z.size. Zero wherever |z| ≤ b, so it only
+    acts where tanh has saturated (tanh'(3) ≈ 0.01): there the perceptual loss's gradient
+    through tanh vanishes (≈ e^-2|z|) and cannot bring a pixel back, this one can.
+    """
+    xp = get_xp(z)
+    excess = xp.maximum(xp.abs(z) - z.dtype.type(bound), 0)
+    n = max(z.size, 1)
+    value = float((excess.astype(np.float64) ** 2).sum()) / n
+    grad = xp.sign(z) * excess * z.dtype.type(2.0 / n)
+    return value, grad
+
+
 # --------------------------------------------------------------------------- kernels
 
 def _reduce(partial) -> float:

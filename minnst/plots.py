@@ -12,7 +12,7 @@ from .files import atomic_write
 
 # the log keys drawn, with their line styles and legend labels
 CURVES = (("loss", "k-", "total"), ("content", "C0-", "content"), ("style", "C3-", "style"),
-          ("tv", "C2-", "tv"))
+          ("tv", "C2-", "tv"), ("saturation", "C1-", "saturation penalty"))
 
 
 def running_mean(values, window: int) -> np.ndarray:
@@ -27,12 +27,13 @@ def running_mean(values, window: int) -> np.ndarray:
 
 
 def draw_losses(ax, records: list, x: str = "iteration", window: int = 1, fontsize=None):
-    """The weighted terms of a loss log (total, content, style, TV; log scale) on a
+    """The weighted terms of a loss log (total, content, style, TV, saturation; log scale) on a
     matplotlib axis against ``x`` (a key of the records), each a trailing mean over
     ``window`` records; dashed lines where a new scale starts (records with ``"scale"``)."""
     xs = [r[x] for r in records]
     for key, style, label in CURVES:
-        ys = running_mean([r[key] for r in records], window) if window > 1 else [r[key] for r in records]
+        values = [r.get(key, 0.0) for r in records]  # a term a log does not hold draws nothing
+        ys = running_mean(values, window) if window > 1 else values
         if any(y > 0 for y in ys):
             ax.plot(xs, [y if y > 0 else np.nan for y in ys], style, lw=1.2, label=label)
     if records and "scale" in records[0]:

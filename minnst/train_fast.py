@@ -66,6 +66,11 @@ CHECKPOINT_KIND = "minnst-train-checkpoint"
 STYLE_LAYERS = JOHNSON_STYLE_LAYERS
 PLOT_SECONDS = 600  # loss.png is redrawn at a checkpoint at most this often, and at the end
 PLOT_WINDOW = 50  # loss.png draws trailing means over this many steps
+# The output is 127.5 + 127.5·tanh(z). Where training drives z far out (bright photo
+# regions pushed towards white), tanh' ≈ e^-2|z| kills the gradient and the pixels stay
+# stuck white: the "white blob". μ·losses.saturation_penalty(z, bound) with the bound
+# at tanh(3) = 0.995 (pixels 0.6–254.4) keeps z where the gradient lives.
+SATURATION_BOUND = 3.0
 
 
 @dataclass
@@ -82,6 +87,7 @@ class TrainConfig:
     content_weight: float = 1.0              # λ_c
     style_weight: float | tuple = 1e5        # λ_s, on the mean squared Gram difference (or one per style)
     tv_weight: float = 1e-5                  # λ_tv, on the output in [0, 1]
+    saturation_weight: float = 1.0           # μ, on the output tanh's input beyond ±SATURATION_BOUND
     content_layer: str = "relu2_2"
     style_layers: tuple = STYLE_LAYERS
     style_layer_weights: tuple = ()          # w_l; () = 1 for every layer
@@ -116,7 +122,7 @@ class TrainConfig:
             raise ConfigError("crop_size", "crop size must be between 16 and the image size (or 0: no crop)")
         if not self.lr > 0:
             raise ConfigError("lr", "lr must be > 0")
-        for name in ("content_weight", "tv_weight"):
+        for name in ("content_weight", "tv_weight", "saturation_weight"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(name, f"{name.replace('_', ' ')} must be a finite number >= 0")
         paths = self.style_paths()
@@ -187,6 +193,7 @@ class TrainConfig:
     def from_json(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
+        d.setdefault("saturation_weight", 0.0)  # runs from before the penalty had none
         for k in ("style_layers", "style_layer_weights", "samples", "style", "style_weight"):
             if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
@@ -198,8 +205,9 @@ class TrainConfig:
 # crops first, larger ones later), a learning-rate schedule, or new style weights
 # (fine-tuning a trained model towards another balance of content and style). The
 # checkpoint records each change as "<name>_schedule": [[from step, value], …].
-SCHEDULED = ("crop_size", "lr", "style_weight")
-SCHEDULE_KEYS = {"crop_size": "crop_schedule", "lr": "lr_schedule", "style_weight": "style_weight_schedule"}
+SCHEDULED = ("crop_size", "lr", "style_weight", "saturation_weight")
+SCHEDULE_KEYS = {"crop_size": "crop_schedule", "lr": "lr_schedule", "style_weight": "style_weight_schedule",
+                 "saturation_weight": "saturation_schedule"}
 RESUMABLE_OVERRIDES = ("dataset", "output", "iterations", "device", "checkpoint_every",
                        "checkpoint_minutes", "sample_every", "samples", "quiet", *SCHEDULED)
 
@@ -256,14 +264,23 @@ class TrainingLoss:
 
 
 def train_step(net: TransformerNet, opt: Adam, loss: TrainingLoss, batch, xp, dtype=np.float32,
-               style=None):
+               style=None, saturation_weight: float = 0.0):
     """One Adam step on a uint8 batch (B, S, S, 3); returns ``(total, parts)``. ``style``:
     the batch's style (``TransformerNet.style_mix``) for a many-style network. Only the
-    parameters the optimiser holds are updated."""
+    parameters the optimiser holds are updated.
+
+    ``saturation_weight`` μ > 0 adds μ·``losses.saturation_penalty`` of the output tanh's
+    input to what is minimised (``parts["saturation"]``); ``total`` stays the perceptual
+    loss, the model's recorded objective."""
     x = xp.asarray(batch, dtype=dtype)                 # (B, S, S, 3) in [0, 255]
     y, cache = net.forward(xp.ascontiguousarray(x.transpose(0, 3, 1, 2)), style)
     total, parts, dy = loss(y, x / 255.0)
-    _, grads = net.backward(dy, cache)
+    add = None
+    if saturation_weight:
+        value, dz = losses.saturation_penalty(net.output_preactivation(cache), SATURATION_BOUND)
+        parts = {**parts, "saturation": saturation_weight * value}
+        add = {"tanh": dz * dz.dtype.type(saturation_weight)}
+    _, grads = net.backward(dy, cache, add=add)
     opt.step({k: g for k, g in grads.items() if k in opt.params})
     return total, parts
 
@@ -615,7 +632,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
                                          np.random.default_rng([cfg.seed, sampler.epoch, sampler.index]))
                 k = style_schedule(cfg.seed, step, len(trained))
                 mix = None if trained[k] is None else net.style_mix(net.styles[trained[k]], len(batch))
-                total, parts = train_step(net, opt, loss_of[k], batch, xp, dtype, style=mix)
+                total, parts = train_step(net, opt, loss_of[k], batch, xp, dtype, style=mix,
+                                          saturation_weight=cfg.saturation_weight)
                 if mix is not None:
                     parts = {**parts, "style_name": net.styles[trained[k]]}
                 step, done = step + 1, done + 1
@@ -688,6 +706,10 @@ def _parser() -> ArgumentParser:
                    help=f"({d.style_weight}; or one per style image); a --resume may change them, "
                         f"fine-tuning the model (recorded in the checkpoint)")
     g.add_argument("--tv-weight", type=number(0, MAX_WEIGHT), metavar="X", help=f"({d.tv_weight})")
+    g.add_argument("--saturation-weight", type=number(0, MAX_WEIGHT), metavar="X",
+                   help=f"penalty on the output tanh's input beyond ±{SATURATION_BOUND:g}, where its gradient "
+                        f"vanishes and pixels stick at white or black ({d.saturation_weight}; 0 = off); "
+                        f"a --resume may change it (recorded)")
     g.add_argument("--content-layer", metavar="LAYER", help=f"({d.content_layer})")
     g.add_argument("--style-layers", nargs="+", metavar="LAYER", help=f"({' '.join(d.style_layers)})")
     g.add_argument("--style-layer-weights", nargs="+", type=number(0), metavar="X",

@@ -292,6 +292,13 @@ class TransformerNet(Sequential):
         """``(y, cache)``; ``style`` as ``style_mix`` takes it (many-style networks)."""
         return super().forward(x, self._mix_for(style, x))
 
+    @staticmethod
+    def output_preactivation(cache):
+        """The input z of the output ``y = 127.5 + 127.5·tanh(z)``, from a ``forward`` cache
+        (what ``losses.saturation_penalty`` acts on; its gradient goes to ``backward``'s
+        ``add={"tanh": …}``)."""
+        return cache[-1][2]
+
     # ------------------------------------------------------------------ inference
 
     def infer(self, x, style=None):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from minnst.gradcheck import eval_numerical_gradient_array, rel_error
+from minnst.gradcheck import eval_numerical_gradient, eval_numerical_gradient_array, rel_error
 from minnst.layers.activations import (ReLU, ScaledTanh, relu_backward, relu_forward,
                                        scaled_tanh_backward, scaled_tanh_forward)
 from minnst.layers.base import Residual, Sequential
@@ -86,6 +86,35 @@ def test_scaled_tanh(rng, scale, offset):
     num = numgrad(lambda z: scaled_tanh_forward(z, scale, offset)[0], x, dy)
     assert rel_error(dx, num) < TOL
     check_layer_grads(ScaledTanh(scale, offset), x, dy)
+
+
+def test_sequential_backward_adds_the_gradient_of_a_term_on_an_activation(rng):
+    """``Sequential.backward(dy, cache, add={"t": g})`` is the gradient of
+    Σ dy·y + Σ g_fixed·z, with z the input of child "t" (here: Σ a·z for a fixed a)."""
+    from minnst.layers import Conv2d
+    net = Sequential({"c": Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64), "t": ScaledTanh(2.0, 0.5)})
+    x = rng.standard_normal((2, 2, 4, 5))
+    dy = rng.standard_normal((2, 3, 4, 5))
+    a = rng.standard_normal((2, 3, 4, 5))
+
+    def objective(inp):
+        y, cache = net.forward(inp)
+        return float((dy * y).sum() + (a * cache[1][2]).sum())  # cache[1][2]: tanh's input
+
+    _, cache = net.forward(x)
+    dx, grads = net.backward(dy, cache, add={"t": a})
+    num = eval_numerical_gradient(objective, x)
+    assert rel_error(dx, num) < TOL
+    w = net.params["c.weight"]  # the layer's own array: perturbed in place
+    num_w = np.zeros_like(w)
+    for i in np.ndindex(w.shape):
+        old = w[i]
+        w[i] = old + 1e-5
+        up = objective(x)
+        w[i] = old - 1e-5
+        num_w[i] = (up - objective(x)) / 2e-5
+        w[i] = old
+    assert rel_error(grads["c.weight"], num_w) < TOL
 
 
 # -------------------------------------------------------------------------------- pooling

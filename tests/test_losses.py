@@ -80,6 +80,21 @@ def test_tv_loss_value_and_gradient(rng, axes, shape):
     assert rel_error(grad, num) < 1e-7
 
 
+def test_saturation_penalty_value_and_gradient(rng):
+    """R = mean(max(|z| − b, 0)²) against an element-wise sum, ∂R/∂z against finite
+    differences (no element within the step of ±b, where R has a kink in its 2nd derivative)."""
+    z = rng.uniform(-6, 6, (2, 3, 5, 4))
+    z[np.abs(np.abs(z) - 3.0) < 0.05] = 0.0
+    value, grad = losses.saturation_penalty(z, 3.0)
+    expected = sum(max(abs(v) - 3.0, 0.0) ** 2 for v in z.ravel()) / z.size
+    assert value == pytest.approx(expected, rel=1e-12)
+    assert 0 < np.count_nonzero(grad) < z.size  # both sides of the bound are exercised
+    num = eval_numerical_gradient(lambda t: losses.saturation_penalty(t, 3.0)[0], z)
+    assert rel_error(grad, num) < 1e-7
+    inside = rng.uniform(-2.9, 2.9, (3, 4))
+    assert losses.saturation_penalty(inside)[0] == 0.0 and not losses.saturation_penalty(inside)[1].any()
+
+
 def test_float32_keeps_dtype(rng):
     F = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
     A = losses.style_target(F, "gatys")

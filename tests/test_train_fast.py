@@ -290,12 +290,13 @@ def test_resume_may_fine_tune_style_weights_and_lr(files, styles, tmp_path, vgg_
     train(first, vgg=vgg_max, log=lambda *a: None)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     said = []
-    tuned = dataclasses.replace(first, style_weight=(2e3, 5e3), lr=3e-4, iterations=4)
+    tuned = dataclasses.replace(first, style_weight=(2e3, 5e3), lr=3e-4, saturation_weight=0.25, iterations=4)
     net = train(tuned, resume=True, vgg=vgg_max, log=said.append)
     assert any("style weight [10000.0, 30000.0] → [2000.0, 5000.0] from step 2" in s for s in said), said
     meta = read_checkpoint(tmp_path / "a" / "checkpoint.h5")[3]
     assert meta["style_weight_schedule"] == [[0, [1e4, 3e4]], [2, [2e3, 5e3]]]
     assert meta["lr_schedule"] == [[0, first.lr], [2, 3e-4]]
+    assert meta["saturation_schedule"] == [[0, first.saturation_weight], [2, 0.25]]
     model = TransformerNet.load(tmp_path / "a" / "model.h5")
     assert [model.style_settings(n)["objective"]["beta"] for n in model.styles] == [2e3, 5e3]
     assert model.meta["inputs"]["style_weight_schedule"][-1] == [2, [2e3, 5e3]]
@@ -319,10 +320,35 @@ def test_resume_may_fine_tune_style_weights_and_lr(files, styles, tmp_path, vgg_
         if first.crop_size:
             batch = random_crops(batch, first.crop_size, np.random.default_rng([first.seed, sampler.epoch, sampler.index]))
         k = train_fast.style_schedule(first.seed, step, 2)
-        total, _ = train_fast.train_step(ref, opt, losses[k], batch, np, style=ref.style_mix(ref.styles[k], len(batch)))
+        total, parts = train_fast.train_step(ref, opt, losses[k], batch, np, style=ref.style_mix(ref.styles[k], len(batch)),
+                                             saturation_weight=0.25)
         assert total == pytest.approx(rows[step]["loss"], rel=1e-6)
+        assert parts["saturation"] == pytest.approx(rows[step]["saturation"], rel=1e-6)
     a, b = net.state_dict(), ref.state_dict()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_saturation_penalty_frees_a_saturated_output(vgg_max):
+    """An output channel driven deep into tanh's saturation (z = 11: tanh rounds to 1 in
+    float32) gets no gradient from the perceptual loss, so Adam never moves it; with the
+    saturation penalty its bias comes back towards the bound by about lr per step."""
+    from minnst.transformer import TransformerConfig
+
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (2, 24, 24, 3)).astype(np.uint8)
+    loss = train_fast.TrainingLoss(vgg_max, rng.random((24, 24, 3)).astype(np.float32))
+    moved = {}
+    for mu in (0.0, 1.0):
+        net = TransformerNet(TransformerConfig(width=0.125), seed=1)
+        net.layers["out"].params["weight"][0] = 0.0
+        net.layers["out"].params["bias"][0] = 11.0  # channel 0: z = 11 everywhere
+        net.train()
+        opt = Adam(net.params, lr=1e-2)
+        for _ in range(3):
+            train_fast.train_step(net, opt, loss, batch, np, saturation_weight=mu)
+        moved[mu] = 11.0 - float(net.layers["out"].params["bias"][0])
+    assert moved[0.0] == 0.0
+    assert moved[1.0] > 2.5e-2
 
 
 def test_style_settings_reproduce_the_training_loss(files, styles, tmp_path, vgg_max):

@@ -87,18 +87,19 @@ def relu_backward_gpu(dy, cache):
 def scaled_tanh_forward(x, scale=127.5, offset=127.5):
     """``y = offset + scale · tanh(x)``, any shape; the defaults map onto pixels in [0, 255].
 
-    The cache is ``(tanh(x), scale)``: recovering tanh from ``y`` would lose digits in
-    float32 once the offset is added.
+    The cache is ``(tanh(x), scale, x)``: recovering tanh from ``y`` would lose digits in
+    float32 once the offset is added, and x itself is lost where tanh rounds to ±1 (a
+    training penalty on saturation reads it: ``losses.saturation_penalty``).
     """
     xp = get_xp(x)
     scale, offset = float(scale), float(offset)  # Python floats never change x's dtype
     t = xp.tanh(x)
-    return offset + scale * t, (t, scale)
+    return offset + scale * t, (t, scale, x)
 
 
 def scaled_tanh_backward(dy, cache):
     """``dx = dy · scale · (1 − tanh²(x))``."""
-    t, scale = cache
+    t, scale = cache[:2]
     return dy * (scale * (1 - t * t))
 
 

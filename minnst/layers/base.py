@@ -153,10 +153,14 @@ class Sequential(_Container):
             caches.append(cache)
         return x, caches
 
-    def backward(self, dy, cache):
+    def backward(self, dy, cache, add=None):
+        """``add``: {child name: gradient} added to the gradient at that child's input, the
+        gradient of a further loss term on an intermediate activation."""
         grads = {}
         for (name, layer), c in zip(reversed(self.layers.items()), reversed(cache)):
             dy, g = layer.backward(dy, c)
+            if add and name in add:
+                dy = dy + add[name]
             grads.update(self._prefixed(name, g))
         return dy, grads
 
