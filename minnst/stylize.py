@@ -248,6 +248,17 @@ def parse_style(text: str):
     return blend
 
 
+def output_tag(model_path: Path, net: TransformerNet, style) -> str:
+    """What an output's default name adds to the input's stem: the model's stem, and for a
+    many-style model the style (``starry_night``) or the blend (``a0.6+b0.4``), so that
+    different styles of one model do not overwrite each other."""
+    if not net.config.styles or style is None:
+        return model_path.stem
+    if isinstance(style, str):
+        return f"{model_path.stem}_{style}"
+    return f"{model_path.stem}_" + "+".join(f"{k}{v:g}" for k, v in style.items())
+
+
 def _plan(inp: Path, out: Path | None, model_stem: str) -> list[tuple[Path, Path]]:
     """(source, destination) pairs for a file or folder input."""
     if os.path.isdir(inp):
@@ -356,10 +367,10 @@ def _main(argv=None):
     inp = Path(a.input) if a.input else demo_photo()
     if os.path.isfile(inp) and inp.suffix.lower() in video.INPUT_SUFFIXES:
         return _video(a, inp, net, model_path)
-    jobs = _plan(inp, Path(a.output) if a.output else None, model_path.stem)
+    style = _style(a, net)
+    jobs = _plan(inp, Path(a.output) if a.output else None, output_tag(model_path, net, style))
     for _, dst in jobs:
         check_writable(dst)
-    style = _style(a, net)
     todo = [(src, dst) for src, dst in jobs if not (a.skip_existing and os.path.exists(dst))]
     if not todo:
         print(f"nothing to do: {'the output exists' if len(jobs) == 1 else f'all {len(jobs)} outputs exist'} "
@@ -415,8 +426,9 @@ def _video(a, inp: Path, net: TransformerNet, model_path: Path) -> int:
     ``stylize_video_chunks`` on a cluster), progress in frames."""
     from tqdm import tqdm
 
-    dst = check_writable(_video_output(inp, Path(a.output) if a.output else None, model_path.stem))
     style = _style(a, net)
+    dst = check_writable(_video_output(inp, Path(a.output) if a.output else None,
+                                       output_tag(model_path, net, style)))
     if a.skip_existing and os.path.exists(dst):
         print(f"nothing to do: {dst} exists (--skip-existing)")
         return 0

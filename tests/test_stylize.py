@@ -135,6 +135,11 @@ def test_list_styles_and_choose_or_blend(many, photos, tmp_path, capsys):
     out = tmp_path / "default.png"
     assert stylize.main(["--model", str(many), "--input", str(src), "--output", str(out)]) == 0
     assert np.array_equal(np.asarray(Image.open(out), dtype=np.float64), outs["a"])
+    # into a folder: the default names carry the style, so styles do not overwrite each other
+    for style in ("b", "a=0.6,c=0.4"):
+        assert stylize.main(["--model", str(many), "--input", str(src), "--output", str(tmp_path / "d"),
+                             "--style", style]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["a_many_a0.6+c0.4.jpg", "a_many_b.jpg"]
 
 
 @pytest.mark.parametrize("style,needle", [("zz", "unknown style"), ("a=x", "NAME=WEIGHT"),
