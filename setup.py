@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["minnst", "minnst.*"]),
     package_data={"minnst": ["kernels/*.cu", "kernels/*.h"]},
     # the project's trained style models (VGG16 itself is fetched, never shipped)
-    data_files=[("share/minnst", ["weights/starry_night.h5"])],
+    data_files=[("share/minnst", ["weights/twelve_styles.h5", "weights/starry_night.h5"])],
     install_requires=[
         "numpy>=1.23.2",
         "scipy>=1.11.1",

@@ -505,7 +505,7 @@ def bench_video(sizes, repeat, torch=None, frames=10):
         scene = procedural.stained_glass(H * 3 // 2, W * 3 // 2, seed=0)
         clips = {"pan": video.camera_clip(scene, frames, H, W, "pan", 3.0),
                  "zoom": video.camera_clip(scene, frames, H, W, "zoom", 1.0)}
-        ms = [video.measure_stability(net, *clip) for clip in clips.values()]
+        ms = [video.measure_stability(net, *clip, style=net.default_style) for clip in clips.values()]
         sharp = ("gradient", "laplacian", "gradient_rgb", "laplacian_rgb")  # video.sharpness
         t_net = float(np.mean([m["seconds_network"] for m in ms]))
         t_stab = float(np.mean([m["seconds_stabilized"] for m in ms]))
@@ -542,7 +542,8 @@ def bench_video(sizes, repeat, torch=None, frames=10):
                               rate=Fraction(30))
             best = {"none": np.inf, "flow": np.inf}
             for mode in ("none", "flow", "none", "flow"):  # alternated: the best of two each
-                st = video.stylize_video(net, src, os.path.join(tmp, f"{mode}.mp4"), stabilize=mode)
+                st = video.stylize_video(net, src, os.path.join(tmp, f"{mode}.mp4"), style=net.default_style,
+                                         stabilize=mode)
                 best[mode] = min(best[mode], st["seconds"] / st["frames"])
             for name, mode in (("video_file_frame_by_frame", "none"), ("video_file_stabilized", "flow")):
                 rows.append(_row(name, s, best[mode], None, 0.0))

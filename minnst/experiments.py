@@ -583,7 +583,8 @@ def exp_gallery(ctx: Context):
         r = gatys_run(ctx, Path(content).stem, photo, [style_img])
         small = images.resize(photo, size=ctx.size)
         t = time.perf_counter()
-        fast = net.stylize(small)
+        # a many-style model stylises each photo in its painting's style, if it has it
+        fast = net.stylize(small, Path(style).stem if Path(style).stem in net.styles else net.default_style)
         fast_seconds = time.perf_counter() - t
         cols.append((small, images.resize(style_img, size=ctx.size), r.image, fast))
         results.append({"content": content, "style": style, "gatys_seconds": round(r.seconds, 1),
@@ -591,13 +592,14 @@ def exp_gallery(ctx: Context):
     seconds = time.perf_counter() - t0
     n = len(cols)
     fig = new_figure(4, n, aspect=0.8)
-    titles = ("photo", "style", "Gatys ({:.0f} s)", "fast, Starry Night ({:.2f} s)")
+    fast_title = "fast ({:.2f} s)" if net.config.styles else "fast, Starry Night ({:.2f} s)"
+    titles = ("photo", "style", "Gatys ({:.0f} s)", fast_title)
     for j, (col, r) in enumerate(zip(cols, results)):
         for i, img in enumerate(col):
             t = titles[i].format(r["gatys_seconds"] if i == 2 else r["fast_seconds"])
             show(fig.add_subplot(4, n, i * n + j + 1), img, t)
     weights = {"content_weight": 1.0, "style_weight": 3e6, "tv_weight": 1.0, "pooling": "avg",
-               "fast_model": f"weights/starry_night.h5 ({net.meta.get('iterations')} steps)"}
+               "fast_model": f"weights/{default_model_path().name} ({net.meta.get('iterations')} steps)"}
     save_figure(fig, ctx.out_dir / "gallery.jpg", footer(ctx, seconds, "α = 1, β = 3e6, λ_tv = 1 (defaults)"))
     write_record(ctx, seconds, weights, results)
 

@@ -7,7 +7,9 @@
     python -m minnst.stylize --input clip.mp4 --output out.mp4 [--stabilize none]
 
 * ``--model``: a file written by ``minnst.train_fast`` (default: the shipped
-  ``starry_night.h5``, see ``default_model_path``), or a training checkpoint.
+  ``twelve_styles.h5``, see ``default_model_path``), or a training checkpoint.
+* ``--style``: a many-style model's style, ``NAME`` or a blend ``a=0.6,b=0.4`` (default:
+  its first, ``TransformerNet.default_style``); ``--list-styles`` prints them.
 * ``--input``: an image file, a folder (every image under it, recursively; the output
   folder mirrors the tree) or a video clip (``video.INPUT_SUFFIXES``). Without
   ``--input``: matplotlib's sample photo ``grace_hopper.jpg``.
@@ -60,16 +62,16 @@ from .modelfile import ModelFileError, load_model
 from .transformer import TransformerNet
 from .weights import cache_dir, checkout_weights_dir
 
-DEFAULT_MODEL = "starry_night.h5"
+DEFAULT_MODEL = "twelve_styles.h5"  # one network, the twelve paintings of data/styles (docs/fast.md)
 DEFAULT_OUTPUT_DIR = Path("minnst_out")
 DEMO_PHOTO = images.DEMO_PHOTO
 OUTPUT_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def default_model_path() -> Path:
-    """The shipped model: ``<checkout>/weights/starry_night.h5`` in a source checkout, else
+    """The shipped model: ``<checkout>/weights/<DEFAULT_MODEL>`` in a source checkout, else
     where ``pip install`` put it (``<prefix>/share/minnst/``), else
-    ``$MINNST_HOME/starry_night.h5`` (default ``~/.cache/minnst``)."""
+    ``$MINNST_HOME/<DEFAULT_MODEL>`` (default ``~/.cache/minnst``)."""
     installed = Path(sys.prefix) / "share" / "minnst"
     for d in (checkout_weights_dir(), installed, cache_dir()):
         if d is not None and (d / DEFAULT_MODEL).is_file():
@@ -346,7 +348,7 @@ def _parser() -> ArgumentParser:
 
 def _style(a, net: TransformerNet):
     """``--style`` (default: the model's first style of a many-style model), checked."""
-    style = parse_style(a.style) if a.style else (net.styles[0] if net.config.styles else None)
+    style = parse_style(a.style) if a.style else net.default_style
     try:
         net.style_mix(style)
     except ValueError as e:

@@ -243,6 +243,12 @@ class TransformerNet(Sequential):
         name = self.meta.get("style")
         return [Path(name).stem] if name else []
 
+    @property
+    def default_style(self):
+        """The style a tool uses when none is asked for: the first of a many-style network,
+        None for a one-style network (whose ``stylize`` takes no style)."""
+        return self.config.styles[0] if self.config.styles else None
+
     def style_mix(self, style=None, n: int = 1):
         """The (n, S) host float64 style weights of a batch of n, or None for a one-style
         network. ``style``: a name, a ``{name: weight}`` blend (weights ≥ 0, normalised to
