@@ -174,6 +174,7 @@ def test_maxpool_cache_is_compact_and_nan_propagates(rng, k, s):
     arrays = [f for f in cache if isinstance(f, np.ndarray)]
     assert len(arrays) == 1 and cache.idx.dtype == np.uint8 and cache.idx.size == y.size
     assert np.isnan(y[0, 1, 0, 0]) and not np.isnan(y[0, 0]).any()
+    assert cache.idx[0, 0, 0, 1] == (1 * k + 1)  # the NaN's own offset in its window, not the first
 
 
 def test_pool_rejects_window_larger_than_input():

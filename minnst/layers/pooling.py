@@ -120,6 +120,8 @@ def maxpool2d_forward_cpu(x, kernel=2, stride=None):
         R = r1 - r0
         xb = xt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
         yb, ib = y[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
+        if k == stride == 2 and _max2x2(xb, yb, ib, R, OW):
+            return
         yb[...] = xb[_offset(0, 0, stride, R, OW)]
         ib[...] = 0
         for p in range(1, k * k):
@@ -131,6 +133,25 @@ def maxpool2d_forward_cpu(x, kernel=2, stride=None):
 
     pmap(rows, image_bands(N, OH))
     return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride)
+
+
+def _max2x2(xb, yb, ib, R, OW) -> bool:
+    """VGG's 2×2/2 windows as a tournament: the top pair, the bottom pair, then the two
+    winners, each by ``np.maximum`` and a strict ``>`` (so ties keep the earlier element,
+    row-major). Six passes over quarter-size arrays instead of the general loop's ~25.
+    ``>`` cannot rank a NaN, so a band whose output holds one returns False: the general
+    loop then redoes it with the NaN rule."""
+    a, b, c, d = (xb[_offset(ki, kj, 2, R, OW)] for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    top = np.maximum(a, b)
+    bottom = np.maximum(c, d)
+    np.maximum(top, bottom, out=yb)
+    if np.isnan(yb).any():
+        return False
+    ib[...] = np.greater(b, a).view(np.uint8)
+    right = np.greater(d, c).view(np.uint8)
+    right += 2
+    np.copyto(ib, right, where=np.greater(bottom, top))
+    return True
 
 
 def _backward_tasks(N, OH, k, stride):
@@ -154,6 +175,8 @@ def maxpool2d_backward_cpu(dy, cache):
     zero = dy.dtype.type(0)
     OH, OW = dy.shape[2:]
     dyt = _cl(dy)
+    if k == stride:  # the windows tile the input: each element is written once, no zeroing pass
+        return _maxpool_tiled_backward(dyt, idx, x_shape, k).transpose(0, 3, 1, 2)
     dxt = _zeros_cl(np, x_shape, dy.dtype)
 
     def rows(t):
@@ -168,6 +191,29 @@ def maxpool2d_backward_cpu(dy, cache):
 
     pmap(rows, _backward_tasks(dy.shape[0], OH, k, stride))
     return dxt.transpose(0, 3, 1, 2)
+
+
+def _maxpool_tiled_backward(dyt, idx, x_shape, k):
+    """``maxpool2d_backward_cpu`` for kernel == stride, channels-last (N, H, W, C): every
+    window offset's slice of dx is assigned ``dy`` where the index names it, else 0; the
+    rows and columns no window covers are zeroed."""
+    N, C, H, W = x_shape
+    OH, OW = dyt.shape[1:3]
+    dxt = np.empty((N, H, W, C), dtype=dyt.dtype)
+    dxt[:, OH * k:] = 0
+    dxt[:, :, OW * k:] = 0
+    zero = dyt.dtype.type(0)
+
+    def rows(t):
+        n, r0, r1 = t
+        R = r1 - r0
+        db, ib = dyt[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
+        dxb = dxt[n:n + 1, r0 * k:r1 * k]
+        for p in range(k * k):
+            np.copyto(dxb[_offset(*divmod(p, k), k, R, OW)], np.where(ib == p, db, zero))
+
+    pmap(rows, image_bands(N, OH))
+    return dxt
 
 
 def _pool_naive(x, kernel, stride, reduce):
