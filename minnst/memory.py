@@ -19,6 +19,7 @@ from .layers.conv import (IM2COL_MAX_BYTES, THIN_BAND_BYTES, WINOGRAD_TILES, Con
                           auto_method)
 from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
+from .layers.upconv import folds_into_conv
 from .parallel import MIN_TASKS, num_workers
 from .transformer import TransformerConfig, TransformerNet
 from .tiling import spans
@@ -207,7 +208,9 @@ def _leaf_shape(layer, x) -> tuple[tuple, int, int]:
         return y, h * w * f * k * k, 0  # the GEMM's columns before they are folded (col2im)
     if isinstance(layer, Upsample):
         return (c, h * layer.scale, w * layer.scale), 0, 0
-    if isinstance(layer, (InstanceNorm2d, ConditionalInstanceNorm2d, BatchNorm2d)):
+    if isinstance(layer, (InstanceNorm2d, ConditionalInstanceNorm2d)):
+        return x, 0, 0  # normalization.instance_norm_infer: y, its band the only temporary
+    if isinstance(layer, BatchNorm2d):
         return x, 0, 2 * c * h * w  # x − mean and its normalised copy
     return x, 0, 0  # ReLU, tanh: elementwise
 
@@ -226,11 +229,26 @@ def transformer_layer_shapes(net, h: int, w: int) -> list[LayerShape]:
             return y
         if isinstance(layer, Sequential):
             y = x
-            for i, (child_name, child) in enumerate(layer.layers.items()):
+            children = list(layer.layers.items())
+            for i, (child_name, child) in enumerate(children):
                 # the container's input stays referenced by its caller while it runs; its
                 # first child's input is that very array
-                y = walk(child, f"{name}.{child_name}" if name else child_name, y,
-                         held + (_numel(x) if i else 0))
+                full, held_i = f"{name}.{child_name}" if name else child_name, held + (_numel(x) if i else 0)
+                after = children[i + 1][1] if i + 1 < len(children) else None
+                if folds_into_conv(child, after):  # one op with the convolution (layers/upconv.py)
+                    c, h, w = y
+                    f = after.params["weight"].shape[0]
+                    out.append(LayerShape(full, type(child).__name__, y, y, held_i, 0, 0))  # makes nothing
+                    y2 = (f, 2 * h, 2 * w)
+                    # each task: its edge-padded input rows and its band of Z (4·F columns)
+                    task_work = c * (h + 2) * (w + 2) + 4 * f * h * (w + 2)
+                    out.append(LayerShape(f"{name}.{children[i + 1][0]}" if name else children[i + 1][0],
+                                          type(after).__name__, y, y2, held + _numel(x), 0, task_work))
+                    y = y2
+                elif i and folds_into_conv(children[i - 1][1], child):
+                    continue  # counted with the resize
+                else:
+                    y = walk(child, full, y, held_i)
             return y
         y, work, task_work = _leaf_shape(layer, x)
         out.append(LayerShape(name, type(layer).__name__, x, y, held, work, task_work))
@@ -255,7 +273,10 @@ def stylize_padded_hw(h: int, w: int) -> tuple[int, int]:
 # min(workers, MIN_TASKS) task parts alive, plus each task's band buffers (up to 4 MB,
 # which matter at small sizes), gives 1.03 to 1.17 times the measured peak for width 1 and
 # 0.5, nearest and transposed upsampling, 1, 2 and 4 to 16 workers (measured at width 1,
-# nearest: 525, 590 and 720 B/px; the layer model: 560, 625 and 753). Around the
+# nearest: 525, 590 and 720 B/px; the layer model: 560, 625 and 753). Since the resize is
+# folded into the next convolution (layers/upconv.py) the nearest network peaks lower
+# (width 1, 768²: 187 MiB, was 277), the model follows at 1.13 (1 worker) and 1.25 (2);
+# width 0.5: 1.25 and 1.39 (its peak, 97 MiB, is nearer the fixed band buffers). Around the
 # network: the image as loaded, its padded copy and the result, three 3-channel floats.
 _STYLIZE_IMAGE_ARRAYS = 3
 # Decoding a photo (``images.load_image``) before it is resized: Pillow's RGBX buffer

@@ -14,3 +14,4 @@ from .padding import pad2d, pad2d_backward
 from .pooling import (AvgPool2d, MaxPool2d, avgpool2d_backward, avgpool2d_forward,
                       maxpool2d_backward, maxpool2d_forward)
 from .resampling import Upsample, upsample_nearest2d_backward, upsample_nearest2d_forward
+from .upconv import upconv2d_backward, upconv2d_forward, upconv2d_naive
