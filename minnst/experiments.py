@@ -500,7 +500,7 @@ def exp_fast_styles(ctx: Context, model_path=None):
 
 def _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds):
     """Rows: the photos, then each style; columns: the four photos; a last row of blends
-    of the first style with the others (0.5/0.5) on the first photo."""
+    from the first style to the last on the first photo (weights 0.8/0.2 … 0.2/0.8)."""
     rows = 1 + len(names) + 1
     fig = new_figure(rows, len(photos), panel=1.6)
     med = {r["style"]: r["median_iterations_to_match"] for r in results}
@@ -510,11 +510,12 @@ def _fast_styles_figure(ctx, net, names, photos, imgs, outs, results, seconds):
         for j, (_, n) in enumerate(photos):
             title = f"{style} (median {med[style]:g})" if j == 0 else ""
             show(fig.add_subplot(rows, len(photos), (i + 1) * len(photos) + j + 1), outs[style, n], title)
-    for j in range(len(photos)):
-        other = names[(j + 1) % len(names)]
-        blend = {names[0]: 0.5, other: 0.5} if other != names[0] else {names[0]: 1.0}
+    first, last = names[0], names[-1]
+    for j in range(len(photos)):  # from mostly the first style to mostly the last
+        t = (j + 1) / (len(photos) + 1)
+        blend = {first: round(1 - t, 2), last: round(t, 2)} if last != first else {first: 1.0}
         ax = fig.add_subplot(rows, len(photos), (rows - 1) * len(photos) + j + 1)
-        show(ax, net.stylize(imgs[0], style=blend), " + ".join(f"{k} {v:g}" for k, v in blend.items()))
+        show(ax, net.stylize(imgs[0], style=blend), "\n+ ".join(f"{k} {v:g}" for k, v in blend.items()))
     save_figure(fig, ctx.out_dir / f"{ctx.name}.jpg",
                 footer(ctx, seconds, f"each style's recorded objective; target: median ≥ {QUALITY_TARGET}"))
 
