@@ -384,3 +384,61 @@ def test_input_gradient_is_skipped_by_default():
     assert dx is None and dx_full.shape == x.shape
     for k in grads:
         assert np.array_equal(grads[k], grads_full[k]), k
+
+
+def residual_net(dtype=np.float64, seed=1):
+    return TransformerNet(TransformerConfig(width=0.125, residual_blocks=1, output_map="residual"), seed=seed,
+                          dtype=dtype, input_grad=True)
+
+
+def test_residual_output_returns_the_photo_at_z_zero():
+    """With the last convolution at zero the residual map gives the photo back (pixels the
+    clip of g leaves alone: 1.275 to 253.725), and clamps the others to that range."""
+    net = residual_net()
+    net.layers["out"].params["weight"][...] = 0
+    net.layers["out"].params["bias"][...] = 0
+    x = np.random.default_rng(0).uniform(0, 255, (2, 3, 16, 20))
+    y, _ = net.forward(x)
+    np.testing.assert_allclose(y, np.clip(x, 1.275, 253.725), rtol=1e-12, atol=1e-9)
+    assert np.abs(np.clip(x, 1.275, 253.725) - x).max() > 0  # both cases are exercised
+
+
+def test_residual_output_backward_matches_finite_differences():
+    """Input and parameter gradients of Σ dy·y + Σ a·z (z the tanh's input, through
+    ``backward``'s ``add``, as the saturation penalty uses it) against central differences."""
+    rng = np.random.default_rng(0)
+    net = residual_net()
+    x = rng.uniform(20, 235, (2, 3, 16, 16))  # inside the clip of g, where it has a gradient
+    y, cache = net.forward(x)
+    dy, a = rng.standard_normal(y.shape), rng.standard_normal(y.shape)
+    dx, grads = net.backward(dy, cache, add={"tanh": a})
+
+    def f(inp):
+        out, c = net.forward(inp)
+        return float((out * dy).sum() + (a * net.output_preactivation(c)).sum())
+
+    assert directional_check(f, x, dx, h=1e-4)[0] < TOL
+    for k in ("down1.conv.weight", "res1.body.conv1.weight", "up2.norm.bias", "out.weight", "out.bias"):
+        p = net.params[k]
+        p0 = p.copy()
+
+        def f_p(q, p=p, p0=p0):
+            p[...] = q
+            v = f(x)
+            p[...] = p0
+            return v
+
+        assert directional_check(f_p, p0, grads[k], h=1e-6, seed=len(k))[0] < TOL, k
+
+
+def test_residual_output_infer_and_file(tmp_path):
+    net = residual_net(dtype=np.float32, seed=3).eval()
+    x = np.random.default_rng(1).uniform(0, 255, (1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(net.infer(x), net.forward(x)[0], atol=2e-3)
+    back = TransformerNet.load(net.save(tmp_path / "r.h5"))
+    assert back.config.output_map == "residual"
+    img = x[0].transpose(1, 2, 0) / 255
+    np.testing.assert_array_equal(back.stylize(img), net.stylize(img))
+    assert "output_map" not in TransformerConfig().to_dict()  # files of the plain map are as before
+    with pytest.raises(ValueError):
+        TransformerConfig(output_map="linear")
