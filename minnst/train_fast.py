@@ -96,7 +96,6 @@ class TrainConfig:
     width: float = 1.0                       # channel multiplier of the transformer
     norm: str = "instance"                   # instance | batch
     upsample: str = "nearest"                # nearest (resize + conv) | transpose
-    output_map: str = "tanh"                 # tanh | residual (the photo's pre-activation added)
     seed: int = 0                            # initialisation and batch order
     device: str = "auto"                     # cpu | gpu | auto
     checkpoint_every: int = 500              # iterations between checkpoints
@@ -176,8 +175,7 @@ class TrainConfig:
 
     def model_config(self) -> TransformerConfig:
         styles = tuple(Path(p).stem for p in self.style_paths()) if self.multi_style else ()
-        return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample, styles=styles,
-                                 output_map=self.output_map)
+        return TransformerConfig(width=self.width, norm=self.norm, upsample=self.upsample, styles=styles)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / Path(self.output).stem
@@ -551,7 +549,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, vgg: 
         if cfg.base_model:  # the base model fixes the architecture; its convolutions stay frozen
             base = TransformerNet.load(cfg.base_model)
             cfg.width, cfg.norm, cfg.upsample = base.config.width, base.config.norm, base.config.upsample
-            cfg.output_map = base.config.output_map
             net = add_styles(base, [Path(p).stem for p in cfg.style_paths()], seed=cfg.seed)
         else:
             net = TransformerNet(cfg.model_config(), seed=cfg.seed)
@@ -724,9 +721,6 @@ def _parser() -> ArgumentParser:
                    help=f"channel multiplier of the network, in (0, 8] ({d.width})")
     g.add_argument("--norm", choices=("instance", "batch"), help=f"({d.norm})")
     g.add_argument("--upsample", choices=("nearest", "transpose"), help=f"({d.upsample})")
-    g.add_argument("--output-map", choices=("tanh", "residual"),
-                   help=f"the network's output: tanh, 127.5 + 127.5·tanh(z), or residual, which adds the "
-                        f"photo's own pre-activation so that z = 0 returns the photo ({d.output_map})")
     g.add_argument("--seed", type=whole(0, 2**63 - 1), metavar="N", help=f"({d.seed})")
     g = p.add_argument_group("run (may change on --resume)")
     g.add_argument("--iterations", type=whole(1, 10**9), metavar="N", help=f"({d.iterations})")

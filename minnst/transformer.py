@@ -3,14 +3,6 @@
     9×9 conv 32 → 3×3/2 conv 64 → 3×3/2 conv 128 → 5 residual blocks (128)
     → ×2 up 64 → ×2 up 32 → 9×9 conv 3 → scaled tanh to [0, 255]
 
-Output map: ``"tanh"`` (the paper's) is ``y = 127.5 + 127.5·tanh(z)``; ``"residual"`` adds
-the photo's own pre-activation, ``y = 127.5 + 127.5·tanh(z + g(x))`` with
-``g(x) = atanh(clip(x/127.5 − 1, ±0.99))`` (``layers.activations.pixel_logit_forward``),
-so that z = 0 gives the photo back and the network learns only the change. The plain map
-must carry the photo's absolute colours through every instance norm, which removes each
-channel's mean and variance; the network gets them past the norms by a localised spike
-(a "droplet", Karras et al. 2020) that becomes a white blob in the output.
-
 Every convolution but the last is followed by a normalisation (instance by default, as
 Ulyanov et al. found it better than the paper's batch norm) and a ReLU; a residual block
 is ``x + norm(conv(relu(norm(conv(x)))))``. All padding is reflection, which keeps the
@@ -57,8 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import get_xp, to_host
-from .layers.activations import (ReLU, ScaledTanh, pixel_logit_backward, pixel_logit_forward,
-                                 scaled_tanh_backward)
+from .layers.activations import ReLU, ScaledTanh
 from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.base import forward_child
@@ -71,7 +62,6 @@ from .perceptual import training_objective
 
 NORMS = ("instance", "batch")
 UPSAMPLINGS = ("nearest", "transpose")
-OUTPUT_MAPS = ("tanh", "residual")
 MODEL_KIND = "minnst-transformer"
 BASE_CHANNELS = (32, 64, 128)
 
@@ -83,7 +73,6 @@ class TransformerConfig:
     upsample: str = "nearest"   # "nearest" (resize + conv) | "transpose" (strided conv)
     residual_blocks: int = 5
     styles: tuple = ()          # style names: one conditional instance norm per style (many styles)
-    output_map: str = "tanh"    # "tanh": 127.5 + 127.5·tanh(z); "residual": tanh(z + logit(photo))
 
     def __post_init__(self):
         object.__setattr__(self, "styles", tuple(self.styles))
@@ -95,8 +84,6 @@ class TransformerConfig:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.upsample not in UPSAMPLINGS:
             raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
-        if self.output_map not in OUTPUT_MAPS:
-            raise ValueError(f"output_map must be one of {OUTPUT_MAPS}, got {self.output_map!r}")
         if not (isinstance(self.width, (int, float)) and 0 < self.width <= 8):
             raise ValueError(f"width must be a number in (0, 8], got {self.width!r}")
         if not (isinstance(self.residual_blocks, int) and 0 <= self.residual_blocks <= 64):
@@ -113,8 +100,6 @@ class TransformerConfig:
             d["styles"] = list(self.styles)
         else:
             del d["styles"]
-        if self.output_map == "tanh":
-            del d["output_map"]  # the files from before it existed read back the same
         return d
 
     @classmethod
@@ -356,55 +341,20 @@ class TransformerNet(Sequential):
 
     def forward(self, x, style=None):
         """``(y, cache)``; ``style`` as ``style_mix`` takes it (many-style networks)."""
-        mix = self._mix_for(style, x)
-        if self.config.output_map != "residual":
-            return super().forward(x, mix)
-        g, skip = pixel_logit_forward(x)
-        caches, h = [], x
-        for name, layer in self.layers.items():
-            if name == "tanh":
-                h = h + g
-            h, c = forward_child(layer, h, mix)
-            caches.append(c)
-        return h, (caches, skip)
+        return super().forward(x, self._mix_for(style, x))
 
-    def backward(self, dy, cache, add=None):
-        """``(dx, grads)``. The residual output adds the photo's own pre-activation g(x) to
-        the last convolution's: the parameters' gradients are the plain network's, and dx
-        (``input_grad``) also takes the path through g: ``pixel_logit_backward`` of the
-        gradient at the tanh's input."""
-        if self.config.output_map != "residual":
-            return super().backward(dy, cache, add)
-        caches, skip = cache
-        dx, grads = super().backward(dy, caches, add)
-        if dx is not None:
-            dz = scaled_tanh_backward(dy, caches[-1])
-            if add and "tanh" in add:
-                dz = dz + add["tanh"]
-            dx = dx + pixel_logit_backward(dz, skip)
-        return dx, grads
-
-    def output_preactivation(self, cache):
-        """The input z of the output ``y = 127.5 + 127.5·tanh(z)`` (with the residual map,
-        the last convolution's output plus the photo's g(x)), from a ``forward`` cache:
-        what ``losses.saturation_penalty`` acts on; its gradient goes to ``backward``'s
-        ``add={"tanh": …}``."""
-        caches = cache[0] if self.config.output_map == "residual" else cache
-        return caches[-1][2]
+    @staticmethod
+    def output_preactivation(cache):
+        """The input z of the output ``y = 127.5 + 127.5·tanh(z)``, from a ``forward`` cache
+        (what ``losses.saturation_penalty`` acts on; its gradient goes to ``backward``'s
+        ``add={"tanh": …}``)."""
+        return cache[-1][2]
 
     # ------------------------------------------------------------------ inference
 
     def infer(self, x, style=None):
         """``forward`` without caches: (N, 3, H, W) in [0, 255] -> same, less memory."""
-        mix = self._mix_for(style, x)
-        if self.config.output_map != "residual":
-            return _infer(self, x, mix)
-        h = x
-        for name, layer in self.layers.items():
-            if name == "tanh":
-                h = h + pixel_logit_forward(x)[0]
-            h = _infer(layer, h, mix)
-        return h
+        return _infer(self, x, self._mix_for(style, x))
 
     def stylize(self, img, style=None, xp=None):
         """Stylise one image ``(H, W, 3)`` in [0, 1] (any size ≥ 1 px) -> ``(H, W, 3)`` in

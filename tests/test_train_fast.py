@@ -164,14 +164,12 @@ def test_mean_gram_layer_weights_divide_by_channels_squared():
 
 # --------------------------------------------------------------------------- exact resume
 
-@pytest.mark.parametrize("norm,upsample,n,k,output_map", [("instance", "nearest", 5, 2, "tanh"),
-                                                         ("batch", "transpose", 3, 1, "tanh"),
-                                                         ("instance", "nearest", 3, 1, "residual")])
-def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k, output_map):
+@pytest.mark.parametrize("norm,upsample,n,k", [("instance", "nearest", 5, 2), ("batch", "transpose", 3, 1)])
+def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k):
     """n steps straight == k steps, stop (checkpoint), resume to n: every weight (and the
     batch-norm running statistics) equal, bit for bit."""
     def cfg(d):
-        return tiny_config(files, tmp_path / d, norm=norm, upsample=upsample, iterations=n, output_map=output_map)
+        return tiny_config(files, tmp_path / d, norm=norm, upsample=upsample, iterations=n)
 
     straight = train(cfg("a"), vgg=vgg_max, log=lambda *a: None)
     train(cfg("b"), vgg=vgg_max, stop_after=k, log=lambda *a: None)
@@ -191,7 +189,6 @@ def test_resume_is_bit_exact(files, tmp_path, vgg_max, norm, upsample, n, k, out
     m = TransformerNet.load(tmp_path / "b" / "model.h5")
     assert m.meta["iterations"] == n and m.meta["style"] == "style.png"
     assert m.meta["train"]["crop_size"] == 24
-    assert m.config.output_map == output_map
     assert np.array_equal(m.params["out.weight"], b["out.weight"])
 
 

@@ -1,5 +1,4 @@
-"""Elementwise activations: ReLU, the transformer's output nonlinearity (a scaled tanh) and
-its inverse on pixels (``pixel_logit_*``, the transformer's residual output).
+"""Elementwise activations: ReLU and the transformer's output nonlinearity, a scaled tanh.
 
 Functional pairs ``y, cache = op_forward(x)`` / ``dx = op_backward(dy, cache)`` and thin
 layer classes over them. Any shape, float32 or float64, NumPy or CuPy; the output keeps
@@ -102,24 +101,6 @@ def scaled_tanh_backward(dy, cache):
     """``dx = dy · scale · (1 − tanh²(x))``."""
     t, scale = cache[:2]
     return dy * (scale * (1 - t * t))
-
-
-def pixel_logit_forward(x, limit=0.99):
-    """``g = atanh(clip(x / 127.5 − 1, −limit, limit))``, any shape: the pre-activation at
-    which ``127.5 + 127.5·tanh(g)`` gives the pixel ``x`` back (in [0, 255]; the clip keeps
-    g finite, |g| ≤ atanh(limit) = 2.65 at 0.99). The cache is the clipped ``u``."""
-    xp = get_xp(x)
-    dtype = x.dtype.type
-    u = xp.clip(x / dtype(127.5) - dtype(1), dtype(-limit), dtype(limit))
-    return xp.arctanh(u), (u, float(limit))
-
-
-def pixel_logit_backward(dg, cache):
-    """``dx = dg / (127.5 · (1 − u²))`` where the clip passes x through, 0 where it clips."""
-    u, limit = cache
-    xp = get_xp(u)
-    inside = xp.abs(u) < u.dtype.type(limit)
-    return dg * (inside / (u.dtype.type(127.5) * (1 - u * u)))
 
 
 class ReLU(Layer):
