@@ -9,7 +9,15 @@ Pooling is average (Gatys et al.: better gradient flow) or max (the trained netw
 
 The forward stops at the deepest requested layer; the backward starts there and adds each
 layer's incoming gradient as it passes it. Only the input gradient is computed: the
-convolutions keep no input in their caches, the ReLUs keep a mask.
+convolutions keep no input in their caches, the ReLUs keep their output (the mask y > 0).
+
+On the CPU each ReLU runs inside the convolution before it (``conv2d_forward(...,
+relu=True)``: max(·, 0) of each band of output while it is in cache), and its backward
+inside that convolution's backward (``conv2d_backward(..., relu_y=y)``: dy · (y > 0) as
+each band of dy is read), instead of a pass of its own over memory. The bits are the
+same; ``fuse_relu=False`` runs them separately, as the GPU always does. A convolution
+whose own (pre-ReLU) output is asked for keeps its ReLU separate; one that receives a
+gradient takes its ReLU's backward separately.
 """
 from __future__ import annotations
 
@@ -133,25 +141,31 @@ class VGG16:
 
     # ------------------------------------------------------------------ forward / backward
 
-    def forward(self, x, layers):
-        """Run up to the deepest of ``layers``; returns ``({name: features}, cache)``."""
+    def forward(self, x, layers, fuse_relu: bool = True):
+        """Run up to the deepest of ``layers``; returns ``({name: features}, cache)``.
+        ``fuse_relu``: on the CPU, each ReLU inside its convolution (the module
+        docstring); False runs it as a pass of its own. The cache is the same either way."""
         layers = list(layers)
         check_layer_names(layers)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"VGG16 expects (N, 3, H, W) input, got shape {tuple(x.shape)}")
         wanted = set(layers)
         last = max(LAYER_NAMES.index(n) for n in layers) if layers else -1
+        fuse_relu = fuse_relu and get_xp(x) is np
         feats, cache = {}, []
         h = x
+        fused = False  # whether the last convolution took its ReLU
         for name in LAYER_NAMES[:last + 1]:
             kind = name[:4]
             if kind == "conv":
                 w, b = self.weights[name]
+                # every conv is followed by its ReLU; the deepest layer asked for is in `wanted`
+                fused = fuse_relu and name not in wanted
                 h, c = conv2d_forward(h, w.astype(h.dtype, copy=False), b.astype(h.dtype, copy=False),
                                       stride=1, pad=1, keep_input=False,
-                                      wino=self._winograd(name, w, h.dtype))
+                                      wino=self._winograd(name, w, h.dtype), relu=fused)
             elif kind == "relu":
-                h, c = relu_forward(h)
+                h, c = (h, h) if fused else relu_forward(h)  # relu_forward's cache: its output
             elif self.pooling == "max":
                 h, c = maxpool2d_forward(h, 2, 2)
             else:
@@ -161,13 +175,16 @@ class VGG16:
                 feats[name] = h  # in the layers' memory order (channels-last on the CPU)
         return feats, cache
 
-    def backward(self, grads: dict, cache):
-        """Gradient w.r.t. the input of ``Σ_l <grads[l], feats[l]>``."""
+    def backward(self, grads: dict, cache, fuse_relu: bool = True):
+        """Gradient w.r.t. the input of ``Σ_l <grads[l], feats[l]>``. ``fuse_relu``: on the
+        CPU, each ReLU's backward inside its convolution's, unless a gradient is given at
+        the convolution's own output (the module docstring); the same bits either way."""
         ran = [name for name, _ in cache]
         for name in grads:
             if name not in ran:
                 raise ValueError(f"no forward cache for layer {name!r}: include it in forward(layers=…)")
         dy = None
+        relu_y = None  # the output of the ReLU whose backward the next convolution takes
         for name, c in reversed(cache):
             g = grads.get(name)
             if g is not None:
@@ -176,9 +193,13 @@ class VGG16:
                 continue  # nothing flows back from above this layer yet
             kind = name[:4]
             if kind == "conv":
-                dy, _, _ = conv2d_backward(dy, c)
+                dy, _, _ = conv2d_backward(dy, c, relu_y=relu_y)
+                relu_y = None
             elif kind == "relu":
-                dy = relu_backward(dy, c)
+                if fuse_relu and get_xp(dy) is np and "conv" + name[4:] not in grads:
+                    relu_y = c
+                else:
+                    dy = relu_backward(dy, c)
             elif self.pooling == "max":
                 dy = maxpool2d_backward(dy, c)
             else:

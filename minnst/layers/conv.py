@@ -39,6 +39,11 @@ method        forward                                      backward (dx; dw)
                                                            dx, dw by the shifted GEMM
 ============  ===========================================  ======================================
 
+A ReLU that follows the convolution can run inside it (``conv2d_forward(..., relu=True)``,
+``conv2d_backward(..., relu_y=y)``): the "shifted" and Winograd paths take max(·, 0) of each
+band of output, and the ReLU's backward as they read each band of dy (frozen layers),
+while the band is in cache, instead of a pass over memory of its own; the same bits.
+
 ``method="auto"`` (the default) picks by device, stride and shapes (``auto_method``): the
 GPU and strides above 1 take im2col; on the CPU a 3×3, padding-1 layer with at least
 ``WINOGRAD_MIN_CHANNELS`` channels on both sides takes Winograd F(2×2, 3×3), a kernel of
@@ -60,6 +65,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..parallel import band_rows, gemm, image_bands, matmul, pmap, row_bands
+from .activations import relu_backward, relu_forward
 from .base import Layer
 from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
@@ -236,6 +242,20 @@ def _shifted_gemm_forward(xflat, wtap, b, y, Wp):
                 gemm(xflat[q0 + off:q1 + off], wtap[u, v].T, band)  # (R, C) @ (C, F)
 
 
+def _shifted_gemm_relu(xflat, wtap, b, out, Wp):
+    """``_shifted_gemm_forward`` followed by max(·, 0), into compact output rows ``out``
+    (R, OW, F) (the layout of ``relu_forward``'s output): runs of whole output rows, about
+    SHIFTED_GEMM_ROWS positions each, are computed in one scratch in the padded row
+    layout, and each run's valid columns go through ``np.maximum`` into ``out`` while
+    they are in cache (the ReLU and the crop of the garbage columns in one pass)."""
+    R, OW, F = out.shape
+    k = max(1, SHIFTED_GEMM_ROWS // Wp)
+    scratch = np.empty((k * Wp, F), dtype=out.dtype)
+    for r0, r1 in row_bands(R, k):
+        _shifted_gemm_forward(xflat[r0 * Wp:], wtap, b, scratch[:(r1 - r0 - 1) * Wp + OW], Wp)
+        np.maximum(scratch[:(r1 - r0) * Wp].reshape(r1 - r0, Wp, F)[:, :OW], 0, out=out[r0:r1])
+
+
 def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
     """Adjoint of ``_shifted_gemm_forward`` for one band, accumulating in place:
 
@@ -258,18 +278,22 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
                     gemm(xflat[q0 + off:q1 + off].T, dband, dwtap[u, v])  # (C, R) @ (R, F)
 
 
-def _shifted_forward(x, w, b, pad, pad_mode, OH, OW):
+def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False):
     """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``); only
-    a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory."""
+    a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory;
+    ``relu``: max(·, 0) of it, compact (``_shifted_gemm_relu``)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Wp = W + 2 * pad
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
-    y = np.empty((N, OH, Wp, F), dtype=x.dtype)  # columns ≥ OW are scratch
+    y = np.empty((N, OH, OW if relu else Wp, F), dtype=x.dtype)  # no relu: columns ≥ OW are scratch
 
     def band(task):
         n, i0, i1 = task
         xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+        if relu:
+            _shifted_gemm_relu(xb.reshape(-1, C), wtap, b, y[n, i0:i1], Wp)
+            return
         yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
         _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
 
@@ -277,11 +301,12 @@ def _shifted_forward(x, w, b, pad, pad_mode, OH, OW):
     return y[:, :, :OW, :].transpose(0, 3, 1, 2)
 
 
-def _shifted_backward(dy, x, w, pad, pad_mode, dxpad):
+def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
     """Adds the padded input gradient into ``dxpad`` (N, Hp, Wp, C) unless it is None;
     returns dw, or None when x is None. Tasks (``pmap``): whole images when dx is wanted
     (the bands of one image overlap in dx), bands of rows when only dw is; each task
-    returns its own part of dw, and the parts are added in task order."""
+    returns its own part of dw, and the parts are added in task order. ``relu_y``: dy is
+    taken as dy · (relu_y > 0) (``relu_backward``) where it is copied into each band."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
@@ -298,7 +323,13 @@ def _shifted_backward(dy, x, w, pad, pad_mode, dxpad):
         for i0, i1 in bands:
             R = i1 - i0
             dyext = np.empty((R, Wp, F), dtype=dy.dtype)
-            dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
+            if relu_y is None:
+                dyext[:, :OW] = dy[n, :, i0:i1].transpose(1, 2, 0)
+            else:  # relu_backward's multiply by the boolean mask, same bits, in cache-sized runs
+                for r0, r1 in row_bands(R, max(1, SHIFTED_GEMM_ROWS // OW)):
+                    rows = (n, slice(None), slice(i0 + r0, i0 + r1))
+                    np.multiply(dy[rows].transpose(1, 2, 0), relu_y[rows].transpose(1, 2, 0) > 0,
+                                out=dyext[r0:r1, :OW])
             dyext[:, OW:] = 0  # the garbage positions must not contribute
             P = (R - 1) * Wp + OW
             dxflat = None if dxpad is None else dxpad[n, i0:i1 + KH - 1].reshape(-1, C)  # a view
@@ -485,6 +516,7 @@ def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
 # --------------------------------------------------------------------------- choosing a path
 
 WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
+RELU_FUSED_METHODS = ("shifted", "winograd", "winograd4")  # take a following ReLU in their bands
 
 
 def auto_method(x, w, stride, pad, fast: bool = False) -> str:
@@ -535,7 +567,7 @@ class ConvCache(NamedTuple):
 
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
-                   keep_input: bool = True, method: str = "auto", wino=None):
+                   keep_input: bool = True, method: str = "auto", wino=None, relu: bool = False):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
     Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory on the
@@ -549,6 +581,11 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     weights do not change (VGG16), which keeps each transform once made; used when the path
     is a Winograd one, which otherwise transforms w per call (and the input gradient's
     kernel only in a backward that needs it).
+    ``relu=True`` returns ``relu_forward(y)``'s output instead of y, the same bits in the
+    same memory order (compact channels-last): the paths of ``RELU_FUSED_METHODS`` take
+    max(·, 0) of each band of output as they finish it, in cache; the others run
+    ``relu_forward`` after. That output is also the ReLU's cache (``relu_forward``'s cache
+    is its output); the pair's backward is ``conv2d_backward(dy, cache, relu_y=output)``.
     """
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
@@ -567,46 +604,59 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
         if wino is None:
             wino = WinogradWeights(w)
         U = wino.forward(WINOGRAD_TILES[method])
-        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode)
+        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode, relu=relu)
     elif method in ("thin_input", "thin_output"):
         y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW)
     elif method == "shifted":
-        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW)
+        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW, relu)
     else:
         y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
+    if relu and method not in RELU_FUSED_METHODS:
+        y, _ = relu_forward(y)
     cache = ConvCache(method, x if keep_input else None, w, b is not None, stride, pad,
                       pad_mode, tuple(x.shape), wino if method in WINOGRAD_TILES else None)
     return y, cache
 
 
-def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True):
+def conv2d_backward(dy, cache: ConvCache, need_dx: bool = True, relu_y=None):
     """Returns ``(dx, dw, db)`` by the path ``cache.method`` names (the module docstring
     gives each path's rule); dw and db are None when the cache holds no input, dx is None
-    when ``need_dx`` is False (a network's first layer: its input is the data)."""
+    when ``need_dx`` is False (a network's first layer: its input is the data).
+
+    ``relu_y``: the output of a ReLU that followed this convolution (its cache, or
+    ``conv2d_forward(..., relu=True)``'s output); dy is then the gradient at that output,
+    and the backward is that of ``relu_backward(dy, relu_y)``. A frozen layer (no input in
+    the cache) on a path of ``RELU_FUSED_METHODS`` takes the ReLU's multiply band by band
+    as it first reads dy (the same bits); every other runs ``relu_backward`` first."""
+    if relu_y is not None and not (cache.method in RELU_FUSED_METHODS and cache.x is None
+                                   and need_dx and dy.shape == relu_y.shape):
+        dy, relu_y = relu_backward(dy, relu_y), None
     db = dy.sum(axis=(0, 2, 3)) if cache.x is not None and cache.has_bias else None
     if cache.method in WINOGRAD_TILES:
-        dx, dw = _winograd_backward(dy, cache, need_dx)
+        dx, dw = _winograd_backward(dy, cache, need_dx, relu_y)
     elif cache.method in ("thin_input", "thin_output"):
         dxpad, dw = _thin_backward(cache.method, dy, cache.x, cache.w, cache.pad, cache.pad_mode, need_dx)
         dx = None if dxpad is None else pad2d_backward(dxpad, cache.pad, cache.pad_mode, overwrite=True)
     else:
-        dx, dw = _gemm_backward(dy, cache, need_dx)
+        dx, dw = _gemm_backward(dy, cache, need_dx, relu_y)
     return dx, dw, db
 
 
-def _winograd_backward(dy, cache, need_dx):
+def _winograd_backward(dy, cache, need_dx, relu_y=None):
     """dx by ``winograd_input_grad`` (the rotated kernel: transformed here unless the
-    caller's ``wino`` holds it), dw by the shifted GEMM."""
+    caller's ``wino`` holds it), dw by the shifted GEMM; ``relu_y`` (frozen layers only)
+    as in ``conv2d_backward``."""
     dx = None
     if need_dx:
         U = cache.wino.input_grad(WINOGRAD_TILES[cache.method])
-        dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode)
+        dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode, relu_y)
     return dx, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
 
 
-def _gemm_backward(dy, cache, need_dx):
+def _gemm_backward(dy, cache, need_dx, relu_y=None):
     """dx and dw of the "shifted" and "im2col" paths: the padded input gradient is
-    accumulated channels-last, then folded by the padding's adjoint."""
+    accumulated channels-last, then folded by the padding's adjoint. ``relu_y`` (the
+    "shifted" path of a frozen layer only) as in ``conv2d_backward``."""
     if not need_dx:
         if cache.method == "shifted":
             return None, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
@@ -618,7 +668,7 @@ def _gemm_backward(dy, cache, need_dx):
     p = cache.pad
     dxpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dy.dtype)
     if cache.method == "shifted":
-        dw = _shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad)
+        dw = _shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad, relu_y)
     else:
         dw = _im2col_backward(dy, cache.x, cache.w, cache.stride, p, cache.pad_mode, dxpad)
     # (N, C, H, W) view of channels-last memory, like the forward's output

@@ -245,11 +245,15 @@ def _input_transform(xb, m, TH, TW, V):
     _BT[m]([Q[:, :, j:j + m * TW:m] for j in range(a)], [V5[:, k] for k in range(a)])
 
 
-def _output_transform(M, m, TH, TW, y, b):
+def _output_transform(M, m, TH, TW, y, b, relu=False):
     """y (m·TH, m·TW, F) = Aᵀ M A per tile, + b; M (α², TH·TW, F) (b is added to M in
     place: column 1 of Aᵀ is all ones, so b at position (1, 1) reaches every output).
     Both passes of Aᵀ write contiguous blocks, then one strided copy interleaves the
-    tiles' outputs into y (faster than writing y's runs of F floats in every pass)."""
+    tiles' outputs into y (faster than writing y's runs of F floats in every pass).
+
+    ``relu``: that copy is ``np.maximum(·, 0)`` instead (relu_forward's operation, in the
+    same pass), and y may be the cropped part of the band (h ≤ m·TH, w ≤ m·TW, F), the
+    tiles then interleaved in a scratch first."""
     a = m + 2
     F = M.shape[2]
     Mr = M.reshape(a, a, TH, TW, F)
@@ -259,8 +263,15 @@ def _output_transform(M, m, TH, TW, y, b):
     _AT[m](list(Mr), list(Z))                                     # along ξ: Z[r, ν]
     Y = np.empty((m, m, TH, TW, F), dtype=M.dtype)
     _AT[m]([Z[:, j] for j in range(a)], [Y[:, k] for k in range(m)])  # along ν: Y[r, k]
-    # y[m·t + r, m·s + k] = Y[r, k, t, s]
-    y.reshape(TH, m, TW, m, F)[...] = Y.transpose(2, 0, 3, 1, 4)
+    if not relu:
+        # y[m·t + r, m·s + k] = Y[r, k, t, s]
+        y.reshape(TH, m, TW, m, F)[...] = Y.transpose(2, 0, 3, 1, 4)
+        return
+    whole = y.shape[:2] == (m * TH, m * TW)
+    out = y if whole else np.empty((m * TH, m * TW, F), dtype=M.dtype)
+    np.maximum(Y.transpose(2, 0, 3, 1, 4), 0, out=out.reshape(TH, m, TW, m, F))
+    if not whole:
+        y[...] = out[:y.shape[0], :y.shape[1]]
 
 
 # Tiles per band: (up to this many input channels, tiles), per tile size m (see below).
@@ -284,12 +295,18 @@ def winograd_band_rows(TH, TW, C, tile: int = 2):
             return band_rows(tiles, TW, TH)
 
 
-def _padded_band(x, n, r0, r1, cols, pad_mode):
+def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None):
     """Rows [r0, r1) of image n padded by one (channels-last), ``cols`` columns wide: the
     rows and columns past the padded image (tiles over the edge of an image whose size is
-    not a multiple of the tile) are zeros — their outputs are cropped."""
+    not a multiple of the tile) are zeros — their outputs are cropped. ``mask`` (zero
+    padding only): the image rows are multiplied by ``mask > 0`` (x's shape)."""
     H, W = x.shape[2:]
     xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode)[0]
+    if mask is not None:
+        p0, p1 = max(r0, 1), min(r1, H + 1)  # the padded rows that are image rows p − 1
+        if p1 > p0:
+            # (rows, W, C) *= (rows, W, C) booleans: relu_backward's multiply, same bits
+            xb[p0 - r0:p1 - r0, 1:W + 1] *= mask[n, :, p0 - 1:p1 - 1].transpose(1, 2, 0) > 0
     if xb.shape[0] == r1 - r0 and xb.shape[1] == cols:
         return xb
     full = np.zeros((r1 - r0, cols, xb.shape[2]), dtype=x.dtype)
@@ -297,32 +314,40 @@ def _padded_band(x, n, r0, r1, cols, pad_mode):
     return full
 
 
-def winograd_conv3x3(x, U, b=None, pad_mode="zero"):
+def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
     ``winograd_weights(w, m)`` ((m+2)², C, F), whose size says the tile m. Returns
     (N, F, H, W), channels-last memory. One band of tile rows of one image per task
     (``pmap``). Sizes that are not a multiple of m: the last tiles stick out past the
-    edge; they read zeros there, and their outputs are cropped."""
+    edge; they read zeros there, and their outputs are cropped.
+
+    Two elementwise passes run inside the bands, on data still in cache, bit for bit
+    equal to the separate passes: ``relu`` returns max(y, 0) (``relu_forward``), and
+    ``mask`` (x's shape) convolves x · (mask > 0) instead of x (``relu_backward`` of a
+    ReLU whose output is ``mask``: the input gradient of a convolution a ReLU followed)."""
+    if mask is not None and pad_mode != "zero":
+        x, mask = x * (mask > 0), None  # reflected borders copy masked pixels: mask first
     N, C, H, W = x.shape
     F = U.shape[2]
     m = winograd_tile(U)
     a = m + 2
     TH, TW = -(-H // m), -(-W // m)
-    y = np.empty((N, m * TH, m * TW, F), dtype=x.dtype)
+    # relu: the layout of relu_forward's output, compact (cropped tiles written in bands)
+    y = np.empty((N, H, W, F) if relu else (N, m * TH, m * TW, F), dtype=x.dtype)
 
     def band(task):
         n, t0, t1 = task
-        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode)
+        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask)
         V = np.empty((a * a, (t1 - t0) * TW, C), dtype=x.dtype)
         _input_transform(xb, m, t1 - t0, TW, V)
         M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
-        _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b)
+        _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b, relu)
 
     pmap(band, image_bands(N, TH, winograd_band_rows(TH, TW, C, m)))
     return y[:, :H, :W, :].transpose(0, 3, 1, 2)
 
 
-def winograd_input_grad(dy, U, pad_mode="zero"):
+def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None):
     """dx (N, C, H, W) of a 3×3, stride-1, padding-1 convolution, from dy (N, F, H, W) and
     U = ``winograd_input_grad_weights(w, m)`` ((m+2)², F, C). Channels-last memory.
 
@@ -330,9 +355,15 @@ def winograd_input_grad(dy, U, pad_mode="zero"):
     dy with the rotated kernel. Reflection: the gradient of the *padded* input is wanted,
     so that its border can be folded back onto the pixels it copied (``pad2d_backward``);
     that is the full correlation of dy with the rotated kernel, i.e. the same "same"
-    convolution of dy zero-padded by one, of size (H + 2, W + 2)."""
+    convolution of dy zero-padded by one, of size (H + 2, W + 2).
+
+    ``relu_y``: the output of a ReLU that followed the convolution, dy being the gradient
+    at that output; the ReLU's backward, dy · (relu_y > 0), is then taken band by band as
+    the bands of dy are read (zero padding)."""
     if pad_mode == "zero":
-        return winograd_conv3x3(dy, U)
+        return winograd_conv3x3(dy, U, mask=relu_y)
+    if relu_y is not None:
+        dy = dy * (relu_y > 0)
     dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
     dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
     return pad2d_backward(dxpad, 1, pad_mode, overwrite=True)
