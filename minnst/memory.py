@@ -289,7 +289,8 @@ def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=
     """Peak bytes of stylising one h × w image with ``net`` (a ``TransformerNet`` or its
     ``TransformerConfig``): ``{"fixed", "device", "host", "total"}``.
 
-    fixed: the parameters. device: fixed plus the peak of the forward pass without caches
+    fixed: the parameters, and on the CPU the Winograd kernels kept with them
+    (``kept_kernel_numel``). device: fixed plus the peak of the forward pass without caches
     (``transformer_layer_shapes``: held + input + output + work of the worst layer, with
     ``min(workers, MIN_TASKS)`` task parts alive, each with its band buffers of up to
     ``THIN_BAND_BYTES``; ``workers`` default: the CPU pool's, on the GPU every part), plus,
@@ -305,7 +306,8 @@ def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=
     alive = min(workers or num_workers(), MIN_TASKS)  # task parts alive at once
     peak = max(l.held + _numel(l.x) + _numel(l.y) + l.work + alive / MIN_TASKS * l.task_work
                for l in layers) * itemsize + alive * THIN_BAND_BYTES  # + each task's band buffers
-    fixed = sum(int(v.size) for v in net.params.values()) * itemsize
+    fixed = (sum(int(v.size) for v in net.params.values())
+             + (kept_kernel_numel(net) if device == "cpu" else 0)) * itemsize
     dev = fixed + peak + (IM2COL_MAX_BYTES if device == "gpu" else 0) + _OVERHEAD
     host = _STYLIZE_IMAGE_ARRAYS * 3 * ph * pw * 4
     if source_hw is not None:
@@ -330,26 +332,37 @@ _TRAIN_PARAM_COPIES = 3
 _ADAM_COPIES = 3  # weights, m and v, kept over the run
 
 
-def winograd_kernel_numel(net) -> int:
-    """Values of Winograd-transformed kernels one training step of ``net`` holds beyond
-    what the ``_TRAIN_*`` factors count. Each 3×3 layer on a Winograd path
-    (``conv.auto_method`` for its ``method``) keeps its forward's (m+2)²·C·F transform in
-    its cache (``WinogradWeights``), and its backward adds the input gradient's there: two
-    per layer until the step ends. The factors were fitted with F(2×2, 3×3), 16·C·F each;
-    the transformer's "fast" path, F(4×4, 3×3), takes 36·C·F, and this counts the
-    difference (measured at width 1, batch 1 at 64²: +26 MB, the count's 26 MB)."""
-    total = 0
+def _winograd_layers(net):
+    """``(m, C, F)`` of every 3×3 Conv2d of ``net`` on a Winograd path F(m×m, 3×3)
+    (``conv.auto_method`` for its ``method``, on a CPU input of its weights' dtype)."""
     for _, layer in net.named_layers():
         if not isinstance(layer, Conv2d):
             continue
         w = layer.params["weight"]
         method = layer.method
-        if method in ("auto", "fast"):  # the path a CPU input of w's dtype takes
+        if method in ("auto", "fast"):
             method = auto_method(np.empty((1, w.shape[1], 1, 1), w.dtype), w, layer.stride, layer.padding,
                                  fast=method == "fast")
         if method in WINOGRAD_TILES:
-            total += 2 * ((WINOGRAD_TILES[method] + 2) ** 2 - 16) * w.shape[0] * w.shape[1]
-    return total
+            yield WINOGRAD_TILES[method], w.shape[1], w.shape[0]
+
+
+def winograd_kernel_numel(net) -> int:
+    """Values of Winograd-transformed kernels one training step of ``net`` holds beyond
+    what the ``_TRAIN_*`` factors count. Each 3×3 layer on a Winograd path keeps its
+    forward's (m+2)²·C·F transform in its cache (``WinogradWeights``), and its backward
+    adds the input gradient's there: two per layer until the step ends. The factors were
+    fitted with F(2×2, 3×3), 16·C·F each; the transformer's "fast" path, F(4×4, 3×3),
+    takes 36·C·F, and this counts the difference (measured at width 1, batch 1 at 64²:
+    +26 MB, the count's 26 MB)."""
+    return sum(2 * ((m + 2) ** 2 - 16) * C * F for m, C, F in _winograd_layers(net))
+
+
+def kept_kernel_numel(net) -> int:
+    """Values an eval-mode ``net`` keeps between calls beyond its parameters: per Winograd
+    layer its forward transform, (m+2)²·C·F, and the copy of the weights it was made of,
+    9·C·F (``Conv2d._kept_transform``)."""
+    return sum(((m + 2) ** 2 + 9) * C * F for m, C, F in _winograd_layers(net))
 
 
 def estimate_training_memory(net, batch: int, size: int, content_layer: str = "relu2_2",

@@ -306,3 +306,24 @@ def test_bad_shapes_are_rejected(rng):
         conv2d_forward(rng.standard_normal((1, 3, 5, 5)), rng.standard_normal((2, 4, 3, 3)))
     with pytest.raises(ValueError):
         conv2d_forward(rng.standard_normal((1, 3, 2, 2)), rng.standard_normal((2, 3, 5, 5)))
+
+
+def test_eval_mode_keeps_the_winograd_kernels_until_the_weights_change():
+    """A Conv2d in eval mode reuses its transformed kernels from call to call, gives the
+    bits of a fresh transform, and transforms again when its weights change in place; in
+    training mode it keeps nothing."""
+    rng = np.random.default_rng(0)
+    layer = Conv2d(64, 64, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, method="fast")
+    x = rng.standard_normal((1, 64, 12, 12)).astype(np.float32)
+    fresh = layer.forward(x)[0]  # training mode: transformed per call
+    assert getattr(layer, "_kept", None) is None
+    layer.eval()
+    first = layer.forward(x)[0]
+    kept = layer._kept[1]
+    assert np.array_equal(first, fresh) and layer.forward(x)[0] is not first
+    assert layer._kept[1] is kept  # reused
+    layer.params["weight"][0, 0, 1, 1] += 1.0  # an in-place update, as an optimiser makes
+    changed = layer.forward(x)[0]
+    assert layer._kept[1] is not kept
+    layer.train()
+    assert np.array_equal(changed, layer.forward(x)[0]) and layer._kept is None
