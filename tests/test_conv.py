@@ -316,7 +316,7 @@ def test_eval_mode_keeps_the_winograd_kernels_until_the_weights_change():
     layer = Conv2d(64, 64, 3, padding=1, pad_mode="reflect", bias=False, rng=rng, method="fast")
     x = rng.standard_normal((1, 64, 12, 12)).astype(np.float32)
     fresh = layer.forward(x)[0]  # training mode: transformed per call
-    assert getattr(layer, "_kept", None) is None
+    assert layer._kept is None
     layer.eval()
     first = layer.forward(x)[0]
     kept = layer._kept[1]

@@ -801,6 +801,7 @@ class Conv2d(Layer):
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.input_grad = input_grad
         self.method = method
+        self._kept = None  # eval mode: (weights copy, their WinogradWeights), see _kept_transform
 
     def forward(self, x):
         w = self.params["weight"]
@@ -816,7 +817,7 @@ class Conv2d(Layer):
         if self.training or get_xp(w) is not np or w.shape[2:] != (3, 3):
             self._kept = None
             return None
-        kept = getattr(self, "_kept", None)
+        kept = self._kept
         if kept is None or kept[0].dtype != w.dtype or not np.array_equal(kept[0], w):
             copy = w.copy()
             kept = self._kept = (copy, WinogradWeights(copy))
