@@ -172,14 +172,13 @@ class ResizeConvBlock(Sequential):
         names = list(self.layers)
         if names[:2] != ["resize", "conv"] or not folds_into_conv(*list(self.layers.values())[:2]):
             raise ValueError(f"ResizeConvBlock needs a x2 resize then a 3x3 reflect conv, got {names}")
-
-    def _after_conv(self) -> Sequential:
-        return Sequential(dict(list(self.layers.items())[2:]))
+        # the children after the convolution (the very layer objects), run as one Sequential
+        self._after = Sequential(dict(list(self.layers.items())[2:]))
 
     def forward(self, x, style=None):
         conv = self.layers["conv"]
         y, cache = upconv2d_forward(x, conv.params["weight"], conv.params.get("bias"))
-        y, rest = self._after_conv().forward(y, style)
+        y, rest = self._after.forward(y, style)
         return y, (cache, rest)
 
     def backward(self, dy, cache, add=None):
@@ -187,7 +186,7 @@ class ResizeConvBlock(Sequential):
             raise ValueError("ResizeConvBlock: the resized image is never made; add a gradient "
                              "after the convolution or at the block's input")
         fused, rest = cache
-        dy, grads = self._after_conv().backward(dy, rest, add)
+        dy, grads = self._after.backward(dy, rest, add)
         conv = self.layers["conv"]
         dx, dw, db = upconv2d_backward(dy, fused, need_dx=conv.input_grad)
         grads["conv.weight"] = dw
