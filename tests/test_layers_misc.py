@@ -206,12 +206,21 @@ def check_norm_grads(forward, backward, x, gamma, beta, dy):
     assert rel_error(dbeta, numgrad(lambda b: forward(x, gamma, b)[0], beta, dy)) < TOL
 
 
+def channels_last(a):
+    """The same values in channels-last memory (N, H, W, C), seen as NCHW: what the
+    convolutions return, and what the norms then run on as rows of W·C floats."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (1, 2, 3, 7)])
-def test_instance_norm(rng, shape):
+def test_instance_norm(rng, shape, layout):
     C = shape[1]
     x = rng.standard_normal(shape) * 2 + 1
     gamma, beta = rng.uniform(0.5, 1.5, C), rng.standard_normal(C)
     dy = rng.standard_normal(shape)
+    if layout == "channels_last":
+        x, dy = channels_last(x), channels_last(dy)
     y, _ = instance_norm_forward(x, gamma, beta)
     np.testing.assert_allclose(y, reference_norm(x, gamma, beta, 1e-5, (2, 3)), rtol=1e-12, atol=1e-12)
     check_norm_grads(instance_norm_forward, instance_norm_backward, x, gamma, beta, dy)
@@ -472,13 +481,16 @@ def test_state_dict_round_trip(rng):
         other.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("affine", ["none", "shared", "per_sample"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_instance_norm_infer_is_the_forward(rng, affine, relu):
+def test_instance_norm_infer_is_the_forward(rng, affine, relu, layout):
     """The inference norm (no cache, the ReLU in its last pass, cache-sized bands) equals
     the training forward followed by a ReLU, to float64 rounding; rows of 5 channels and a
-    band limit that cuts each image into several bands."""
+    band limit that cuts each image into several bands; either memory layout."""
     x = rng.standard_normal((2, 5, 13, 11)) * 3 + 1
+    if layout == "channels_last":
+        x = channels_last(x)
     shape = {"none": None, "shared": (5,), "per_sample": (2, 5)}[affine]
     gamma = None if shape is None else rng.standard_normal(shape)
     beta = None if shape is None else rng.standard_normal(shape)

@@ -210,14 +210,35 @@ def _per_image(N, tasks, parts):
     return np.stack(out)  # (N, C)
 
 
-def _colsum(a, b=None):
+def _colsum(a, b=None, C=None):
     """Σ over the rows and columns of a band (R, W, C) → (C,), or of ``a·b`` without the
     product in memory: einsum over the (R·W, C) view, one pass (3× faster than
-    ``np.square(a, out=…).sum(axis=(0, 1))`` for 32 channels at 512²)."""
+    ``np.square(a, out=…).sum(axis=(0, 1))`` for 32 channels at 512²). A wide band
+    (R, W·C) (``_wide``) is summed over its rows first, then the (W, C) row over W."""
+    if a.ndim == 2:
+        s = a.sum(axis=0) if b is None else np.einsum("rk,rk->k", a, b)
+        return s.reshape(-1, C).sum(axis=0)
     a2 = a.reshape(-1, a.shape[-1])
     if b is None:
         return np.einsum("lc->c", a2)
     return np.einsum("lc,lc->c", a2, b.reshape(-1, b.shape[-1]))
+
+
+def _wide(*views):
+    """Channels-last views (N, H, W, C) as rows (N, H, W·C), when W and C of every one
+    merge without a copy; else the views unchanged. Returns ``(views, W)``, W = None when
+    unchanged. The elementwise passes over a band then run along rows of W·C floats with
+    per-channel vectors tiled to (W·C,) (``_tiled``), where NumPy's broadcasting of a (C,)
+    vector runs one inner loop of C floats per pixel: 1.1–1.4× faster for 32–128 channels."""
+    N, H, W, C = views[0].shape
+    if all(v.strides[3] == v.itemsize and v.strides[2] == C * v.itemsize for v in views):
+        return [v.reshape(N, H, W * C) for v in views], W
+    return list(views), None
+
+
+def _tiled(a, W):
+    """Per-image channel vectors (N, C) as (N, W·C) rows for ``_wide`` bands (W not None)."""
+    return a if W is None else np.tile(a, (1, W))
 
 
 def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
@@ -229,27 +250,30 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
     gamma, beta, per_sample = instance_affine(gamma, beta, x)
     N, C, H, W = x.shape
     M = H * W
-    v = x.transpose(0, 2, 3, 1)
     xhat = np.empty((N, H, W, C), dtype=x.dtype)  # channels-last, like the convolutions' output
     y = np.empty((N, H, W, C), dtype=x.dtype)
+    (v, xh, yw), Wt = _wide(x.transpose(0, 2, 3, 1), xhat, y)
     tasks = image_bands(N, H)
-    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]]), tasks)) / M
+    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]], C=C), tasks)) / M
+    mu_t = _tiled(mu.astype(x.dtype), Wt)
 
     def centre(task):
         n, r0, r1 = task
-        hb = xhat[n, r0:r1]
-        np.subtract(v[n, r0:r1], mu[n], out=hb)
-        return _colsum(hb, hb)
+        hb = xh[n, r0:r1]
+        np.subtract(v[n, r0:r1], mu_t[n], out=hb)
+        return _colsum(hb, hb, C)
 
     var = _per_image(N, tasks, pmap(centre, tasks)) / M
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)  # (N, C)
-    g = None if gamma is None else np.broadcast_to(gamma, (N, C))  # row n: image n's γ
-    bt = None if beta is None else np.broadcast_to(beta, (N, C))
+    inv_t = _tiled(inv_std, Wt)
+    # row n: image n's γ, β
+    g = None if gamma is None else _tiled(np.broadcast_to(gamma, (N, C)), Wt)
+    bt = None if beta is None else _tiled(np.broadcast_to(beta, (N, C)), Wt)
 
     def scale(task):
         n, r0, r1 = task
-        hb, yb = xhat[n, r0:r1], y[n, r0:r1]
-        hb *= inv_std[n]
+        hb, yb = xh[n, r0:r1], yw[n, r0:r1]
+        hb *= inv_t[n]
         if g is None:
             yb[...] = hb
         else:
@@ -283,15 +307,16 @@ def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
         return get_xp(x).maximum(y, 0) if relu else y
     gamma, beta, _ = instance_affine(gamma, beta, x)
     N, C, H, W = x.shape
-    v = x.transpose(0, 2, 3, 1)
     y = np.empty((N, H, W, C), dtype=x.dtype)
+    (v, yw), Wt = _wide(x.transpose(0, 2, 3, 1), y)
     tasks = image_bands(N, H, max(1, INFER_BAND_BYTES // max(1, W * C * x.itemsize)))
-    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]]), tasks)) / (H * W)
+    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]], C=C), tasks)) / (H * W)
+    mu_t = _tiled(mu.astype(x.dtype), Wt)
 
     def centred(task):
         n, r0, r1 = task
-        t = np.subtract(v[n, r0:r1], mu[n], out=y[n, r0:r1])  # y's band as the temporary
-        return _colsum(t, t)
+        t = np.subtract(v[n, r0:r1], mu_t[n], out=yw[n, r0:r1])  # y's band as the temporary
+        return _colsum(t, t, C)
 
     var = _per_image(N, tasks, pmap(centred, tasks)) / (H * W)
     a = (1 / np.sqrt(var + eps)).astype(x.dtype)                     # (N, C)
@@ -300,10 +325,11 @@ def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
     b = -mu.astype(x.dtype) * a
     if beta is not None:
         b = b + beta
+    a, b = _tiled(np.broadcast_to(a, (N, C)), Wt), _tiled(np.broadcast_to(b, (N, C)), Wt)
 
     def scale(task):
         n, r0, r1 = task
-        yb = y[n, r0:r1]
+        yb = yw[n, r0:r1]
         np.multiply(v[n, r0:r1], a[n], out=yb)
         yb += b[n]
         if relu:
@@ -323,23 +349,24 @@ def instance_norm_backward_cpu(dy, cache):
     xhat, inv_std, gamma, has_beta, axes, per_sample = cache
     N, C, H, W = dy.shape
     M = H * W
-    d, h = dy.transpose(0, 2, 3, 1), xhat.transpose(0, 2, 3, 1)
     dx = np.empty((N, H, W, C), dtype=dy.dtype)
+    (d, h, dxw), Wt = _wide(dy.transpose(0, 2, 3, 1), xhat.transpose(0, 2, 3, 1), dx)
     tasks = image_bands(N, H)
 
     def sums(task):
         n, r0, r1 = task
         db = d[n, r0:r1]
-        return np.concatenate([_colsum(db), _colsum(db, h[n, r0:r1])])
+        return np.concatenate([_colsum(db, C=C), _colsum(db, h[n, r0:r1], C)])
 
     s = _per_image(N, tasks, pmap(sums, tasks))
     s1, s2 = s[:, :C], s[:, C:]
     k = inv_std.reshape(N, C) * (1 if gamma is None else gamma.astype(dy.dtype, copy=False))
     m1, m2 = s1 / M, s2 / M
+    k, m1, m2 = (_tiled(np.asarray(t, dtype=dy.dtype), Wt) for t in (k, m1, m2))
 
     def grad(task):
         n, r0, r1 = task
-        xb = dx[n, r0:r1]
+        xb = dxw[n, r0:r1]
         np.subtract(d[n, r0:r1], m1[n], out=xb)
         xb -= h[n, r0:r1] * m2[n]
         xb *= k[n]
