@@ -134,6 +134,57 @@ def test_many_bands_give_the_same_result(rng, monkeypatch, m):
     assert max_rel(winograd_conv3x3(x, U), y0) < 1e-14
 
 
+@pytest.mark.parametrize("m", TILES)
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("N,H,W", [(1, 9, 11), (3, 6, 6)])
+def test_split_by_output_channels_matches_naive(rng, monkeypatch, m, mode, relu, N, H, W):
+    """Deep layers on small images split their output channels among the tasks
+    (``channel_chunks``, ``_by_output_channels``): forward with bias and ReLU, the masked
+    input (a ReLU's backward), sizes not multiples of the tile and batches, against the
+    naive convolution; the input gradient against finite differences; the same bits on
+    one and two threads; and the split is what ran."""
+    monkeypatch.setattr(wg, "SPLIT_MIN_CHANNELS", 2)
+    C, F = 5, 7
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((F, C, 3, 3))
+    b = rng.standard_normal(F)
+    ran = []
+    monkeypatch.setattr(wg, "_by_output_channels",
+                        lambda *args, _f=wg._by_output_channels: ran.append(args[-1]) or _f(*args))
+    ys = []
+    for workers in (1, 2):
+        with parallel.workers(workers):
+            ys.append(np.ascontiguousarray(winograd_conv3x3(x, winograd_weights(w, m), b, mode, relu=relu)))
+    assert np.array_equal(ys[0], ys[1])
+    assert ran and all(len(chunks) >= 2 for chunks in ran)
+    ref = conv2d_naive(x, w, b, 1, 1, mode)
+    assert max_rel(ys[0], np.maximum(ref, 0) if relu else ref) < 1e-12
+    if mode == "zero":
+        mask = rng.standard_normal(x.shape)
+        got = winograd_conv3x3(x, winograd_weights(w, m), b, mode, mask=mask)
+        assert max_rel(got, conv2d_naive(x * (mask > 0), w, b, 1, 1, mode)) < 1e-12
+    dy = rng.standard_normal((N, F, H, W))
+    dx = winograd_input_grad(dy, winograd_input_grad_weights(w, m), mode)
+    num = eval_numerical_gradient_array(lambda z: conv2d_naive(z, w, b, 1, 1, mode), x, dy, h=1e-2)
+    assert rel_error(dx, num) < 1e-8
+
+
+def test_split_by_channels_only_where_bands_are_small_and_kernels_deep():
+    """VGG16 on a 256² photo, F(2×2): conv4 (32², 512 channels) and conv5 (16²) split,
+    conv3 (64², 256 channels: bands of 256 tiles) and the shallow layers do not; nor
+    does a layer whose whole transformed input would exceed SPLIT_MAX_V_BYTES."""
+    def chunks(N, H, C, F):
+        TH = TW = H // 2
+        tasks = parallel.image_bands(N, TH, wg.winograd_band_rows(TH, TW, C, 2))
+        return wg.channel_chunks(N, TH, TW, C, F, tasks, 4, 4)
+    assert len(chunks(1, 32, 512, 512)) == 4 and len(chunks(1, 32, 256, 512)) == 4
+    assert len(chunks(1, 16, 512, 512)) == 4
+    assert chunks(1, 64, 256, 256) == [] and chunks(1, 256, 64, 64) == []
+    assert chunks(1, 64, 512, 512) == []     # 512² photo: conv4 at 64² keeps its bands
+    assert chunks(64, 32, 512, 512) == []    # 64 × 16 MB of transformed input: too much
+
+
 # --------------------------------------------------------------------------- float32
 
 def _vgg_like(rng, C, F, H, dtype=np.float32):

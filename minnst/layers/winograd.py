@@ -335,6 +335,12 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
     # relu: the layout of relu_forward's output, compact (cropped tiles written in bands)
     y = np.empty((N, H, W, F) if relu else (N, m * TH, m * TW, F), dtype=x.dtype)
 
+    tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m))
+    chunks = channel_chunks(N, TH, TW, C, F, tasks, a, x.itemsize)
+    if chunks:
+        _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks)
+        return y[:, :H, :W, :].transpose(0, 3, 1, 2)
+
     def band(task):
         n, t0, t1 = task
         xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask)
@@ -343,8 +349,62 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
         M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
         _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b, relu)
 
-    pmap(band, image_bands(N, TH, winograd_band_rows(TH, TW, C, m)))
+    pmap(band, tasks)
     return y[:, :H, :W, :].transpose(0, 3, 1, 2)
+
+
+# Deep layers on small images (VGG16's conv4 at 32², conv5 at 16² for a 256² photo): the
+# tile-row bands hold few tiles (64 or 16: an image makes at least MIN_TASKS bands), so
+# each band's GEMMs (T, C) @ (C, F) stream the whole (α², C, F) kernel (16 MB at 512
+# channels) for a few rows: 43–90 GFLOP/s where 256 tiles reach 130. Such layers split
+# their output channels among the tasks instead: every tile of the batch at once against a
+# slice of the kernel, which is then read once.
+SPLIT_MAX_BAND_TILES = 128          # tile-row bands of fewer tiles than this are split by channels
+SPLIT_MIN_CHANNELS = 64             # ... into slices of at least this many output channels
+SPLIT_MAX_V_BYTES = 16 * 2**20      # ... when the batch's transformed input is at most this
+
+
+def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
+    """Slices [f0, f1) of the F output channels for ``_by_output_channels`` (TH × TW tiles
+    per image), or [] when the tile-row ``tasks`` are kept (their bands hold SPLIT_MAX_BAND_TILES tiles or more, or the
+    batch's α²·N·T·C transformed input would exceed SPLIT_MAX_V_BYTES, or F has fewer than
+    two slices of SPLIT_MIN_CHANNELS). As many slices as tasks; shapes only (the bits do not
+    depend on the worker count)."""
+    band_tiles = min(t1 - t0 for _, t0, t1 in tasks) * TW
+    if band_tiles >= SPLIT_MAX_BAND_TILES or a * a * N * TH * TW * C * itemsize > SPLIT_MAX_V_BYTES:
+        return []
+    k = min(len(tasks), F // SPLIT_MIN_CHANNELS)
+    if k < 2:
+        return []
+    edges = [F * i // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks):
+    """``winograd_conv3x3``'s work, split by output channels: the input transform of every
+    tile of the batch, in the tile-row ``tasks``, into one V (α², N·TH·TW, C); then per
+    slice [f0, f1) of ``chunks`` the α² GEMMs V @ U[:, :, f0:f1] and the output transform
+    into y[..., f0:f1] (every image). Each output is the same sum as in the tile-row path."""
+    N, C = x.shape[:2]
+    a = m + 2
+    T = TH * TW
+    V = np.empty((a * a, N * T, C), dtype=x.dtype)
+
+    def transform(task):
+        n, t0, t1 = task
+        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask)
+        _input_transform(xb, m, t1 - t0, TW, V[:, n * T + t0 * TW:n * T + t1 * TW])
+
+    pmap(transform, tasks)
+
+    def channels(chunk):
+        f0, f1 = chunk
+        M = np.matmul(V, U[:, :, f0:f1])  # α² GEMMs (N·T, C) @ (C, f1 − f0)
+        for n in range(N):
+            _output_transform(M[:, n * T:(n + 1) * T], m, TH, TW, y[n, ..., f0:f1],
+                              None if b is None else b[f0:f1], relu)
+
+    pmap(channels, chunks)
 
 
 def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None):
