@@ -145,6 +145,7 @@ def test_split_by_output_channels_matches_naive(rng, monkeypatch, m, mode, relu,
     naive convolution; the input gradient against finite differences; the same bits on
     one and two threads; and the split is what ran."""
     monkeypatch.setattr(wg, "SPLIT_MIN_CHANNELS", 2)
+    monkeypatch.setattr(wg, "SPLIT_MIN_KERNEL_BYTES", 0)
     C, F = 5, 7
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((F, C, 3, 3))
@@ -173,7 +174,8 @@ def test_split_by_output_channels_matches_naive(rng, monkeypatch, m, mode, relu,
 def test_split_by_channels_only_where_bands_are_small_and_kernels_deep():
     """VGG16 on a 256² photo, F(2×2): conv4 (32², 512 channels) and conv5 (16²) split,
     conv3 (64², 256 channels: bands of 256 tiles) and the shallow layers do not; nor
-    does a layer whose whole transformed input would exceed SPLIT_MAX_V_BYTES."""
+    does a layer whose whole transformed input would exceed SPLIT_MAX_V_BYTES, nor one
+    whose kernel stays in cache."""
     def chunks(N, H, C, F):
         TH = TW = H // 2
         tasks = parallel.image_bands(N, TH, wg.winograd_band_rows(TH, TW, C, 2))
@@ -183,6 +185,9 @@ def test_split_by_channels_only_where_bands_are_small_and_kernels_deep():
     assert chunks(1, 64, 256, 256) == [] and chunks(1, 256, 64, 64) == []
     assert chunks(1, 64, 512, 512) == []     # 512² photo: conv4 at 64² keeps its bands
     assert chunks(64, 32, 512, 512) == []    # 64 × 16 MB of transformed input: too much
+    TH = TW = 16                             # the transformer's residual convs at 256², F(4×4):
+    tasks = parallel.image_bands(1, TH, wg.winograd_band_rows(TH, TW, 128, 4))
+    assert wg.channel_chunks(1, TH, TW, 128, 128, tasks, 6, 4) == []  # a 2.4 MB kernel
 
 
 # --------------------------------------------------------------------------- float32

@@ -362,6 +362,8 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
 SPLIT_MAX_BAND_TILES = 128          # tile-row bands of fewer tiles than this are split by channels
 SPLIT_MIN_CHANNELS = 64             # ... into slices of at least this many output channels
 SPLIT_MAX_V_BYTES = 16 * 2**20      # ... when the batch's transformed input is at most this
+SPLIT_MIN_KERNEL_BYTES = 4 * 2**20  # ... and the transformed kernel at least this (past L2; the
+                                    # transformer's 128-channel F(4×4) kernels, 2.4 MB, gain nothing)
 
 
 def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
@@ -371,7 +373,8 @@ def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
     two slices of SPLIT_MIN_CHANNELS). As many slices as tasks; shapes only (the bits do not
     depend on the worker count)."""
     band_tiles = min(t1 - t0 for _, t0, t1 in tasks) * TW
-    if band_tiles >= SPLIT_MAX_BAND_TILES or a * a * N * TH * TW * C * itemsize > SPLIT_MAX_V_BYTES:
+    if (band_tiles >= SPLIT_MAX_BAND_TILES or a * a * N * TH * TW * C * itemsize > SPLIT_MAX_V_BYTES
+            or a * a * C * F * itemsize < SPLIT_MIN_KERNEL_BYTES):
         return []
     k = min(len(tasks), F // SPLIT_MIN_CHANNELS)
     if k < 2:
