@@ -342,8 +342,8 @@ def bench_vgg(sizes, repeat, torch=None):
     for s in sizes:
         x = np.random.default_rng(0).standard_normal((1, 3, s, s), dtype=np.float32)
 
-        def fwd():
-            return net.forward(x, ["relu5_1"])
+        def fwd():  # features only, as PyTorch's under no_grad
+            return net.forward(x, ["relu5_1"], backward=False)
 
         def fwd_bwd():
             feats, cache = net.forward(x, ["relu5_1"])

@@ -157,7 +157,8 @@ class PerceptualLoss:
     def features(self, x, layers=None) -> dict:
         """VGG16 features ``{layer: (N, C, h, w)}`` of images ``x`` ((H, W, 3) or
         (N, H, W, 3) in [0, 1]); the forward's cache is dropped at once."""
-        return self.net.forward(images.preprocess(x), self.layers if layers is None else layers)[0]
+        return self.net.forward(images.preprocess(x), self.layers if layers is None else layers,
+                                backward=False)[0]
 
     def content_targets(self, x, tile=None) -> dict:
         """``{layer: P_l}`` for the content layers, from images ``x``. With ``tile`` (and
@@ -309,7 +310,7 @@ class PerceptualLoss:
         """``{l: P_l at t's own positions}`` (N, C, h_own, w_own) for the ``layers`` that
         ``t`` owns: the features of its crop, cut to its own positions."""
         owned = [l for l in layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
         return {l: feats.pop(l)[(..., *t.local(l))] for l in owned}
 
     def tile_style_target(self, crop, t, shapes, target_hw=None) -> dict:
@@ -317,7 +318,7 @@ class PerceptualLoss:
         ``t`` owns: the tile's share of a style image's Gram target (``tiled_style_target``).
         ``shapes``: the whole style image's ``feature_shapes``; ``target_hw`` as there."""
         owned = [l for l in self.style_layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
         part = {}
         for l in owned:
             F = feats.pop(l)[(..., *t.local(l))]
@@ -331,7 +332,7 @@ class PerceptualLoss:
         """Pass 1 of one tile: ``{l: S_l^t = Σ_{p ∈ own} f_p f_pᵀ}`` (N, C_l, C_l) for the
         ``layers`` ``t`` owns, from the forward on its crop up to the deepest of them."""
         owned = [l for l in layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
         return {l: losses.gram_matrix(feats.pop(l)[(..., *t.local(l))], losses.GATYS) for l in owned}
 
     def tile_gradient(self, crop, t, content_own: dict, shapes: dict, style_D: dict):

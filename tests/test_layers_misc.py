@@ -177,6 +177,25 @@ def test_maxpool_cache_is_compact_and_nan_propagates(rng, k, s):
     assert cache.idx[0, 0, 0, 1] == (1 * k + 1)  # the NaN's own offset in its window, not the first
 
 
+@pytest.mark.parametrize("data", ["ties", "distinct", "nan"])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 2, 8, 8), (3, 1, 2, 3)])
+def test_lazy_maxpool_cache_gives_the_same_values_and_gradient(rng, data, shape):
+    """``lazy=True`` (VGG16's pools): the cache keeps the input instead of the indices,
+    and the backward finds them band by band: the same y and the same dx, bit for bit, as
+    the index cache, with ties, rows and columns no window covers, and a NaN window."""
+    x = rng.integers(0, 2, shape).astype(np.float32) if data == "ties" else distinct(rng, shape)
+    if data == "nan":
+        x[0, 0, 1, 0] = np.nan
+    x = channels_last(x)  # the convolutions' memory order, as in VGG16
+    y, cache = maxpool2d_forward(x, 2, 2)
+    y_lazy, lazy = maxpool2d_forward(x, 2, 2, lazy=True)
+    assert lazy.idx is None and lazy.x is x
+    np.testing.assert_array_equal(y_lazy, y)
+    dy = rng.standard_normal(y.shape).astype(x.dtype)
+    np.testing.assert_array_equal(maxpool2d_backward(dy, lazy), maxpool2d_backward(dy, cache))
+    assert maxpool2d_forward(x, 2, 1, lazy=True)[1].idx is not None  # 2×2/2 only
+
+
 def test_pool_rejects_window_larger_than_input():
     with pytest.raises(ValueError):
         maxpool2d_forward(np.zeros((1, 1, 2, 5)), 3, 3)

