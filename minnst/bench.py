@@ -421,7 +421,8 @@ def bench_fast(sizes, repeat, torch=None):
     from .transformer import TransformerConfig, TransformerNet
 
     rows = []
-    net = TransformerNet(TransformerConfig(width=1.0), seed=0)
+    # eval mode, as ``TransformerNet.stylize`` runs it (the convolutions keep their Winograd kernels)
+    net = TransformerNet(TransformerConfig(width=1.0), seed=0).eval()
     tinfer = None
     if torch:
         params = {id(v): torch.from_numpy(np.array(v)) for v in net.params.values()}
