@@ -231,12 +231,13 @@ def chunks(total: int, parts: int):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def image_bands(N: int, rows: int, max_rows: int | None = None):
+def image_bands(N: int, rows: int, max_rows: int | None = None, min_tasks: int | None = None):
     """Tasks ``(n, r0, r1)`` over a batch of N images of ``rows`` rows each: every image
     cut into bands of nearly equal height, at most ``max_rows`` rows each (a cache or
     memory bound of the caller), and enough bands that the batch makes at least
-    ``MIN_TASKS`` tasks. Depends on the shapes only (see the module docstring)."""
-    per_image = -(-MIN_TASKS // max(N, 1))
+    ``min_tasks`` tasks (default ``MIN_TASKS``). Depends on the shapes only (see the
+    module docstring)."""
+    per_image = -(-(MIN_TASKS if min_tasks is None else min_tasks) // max(N, 1))
     if max_rows:
         per_image = max(per_image, -(-rows // max_rows))
     return [(n, r0, r1) for n in range(N) for r0, r1 in chunks(rows, per_image)]

@@ -114,10 +114,13 @@ def test_band_helpers():
     assert parallel.chunks(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
 
 
-@pytest.mark.parametrize("N, rows, max_rows", [(1, 7, None), (4, 64, None), (2, 100, 9), (3, 2, None)])
-def test_image_bands_cover_every_row_once(N, rows, max_rows):
-    tasks = parallel.image_bands(N, rows, max_rows)
-    assert len(tasks) >= min(parallel.MIN_TASKS, N * rows)
+@pytest.mark.parametrize("min_tasks", [None, 2])
+@pytest.mark.parametrize("N, rows, max_rows", [(1, 7, None), (4, 64, None), (2, 100, 9), (3, 2, None), (1, 16, 8)])
+def test_image_bands_cover_every_row_once(N, rows, max_rows, min_tasks):
+    tasks = parallel.image_bands(N, rows, max_rows, min_tasks)
+    want = parallel.MIN_TASKS if min_tasks is None else min_tasks
+    per_image = max(-(-want // N), -(-rows // (max_rows or rows)))
+    assert len(tasks) == N * min(rows, per_image)  # as few bands as the bounds allow
     for n in range(N):
         bands = [(a, b) for m, a, b in tasks if m == n]
         assert bands[0][0] == 0 and bands[-1][1] == rows

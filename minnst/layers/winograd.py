@@ -276,7 +276,12 @@ def _output_transform(M, m, TH, TW, y, b, relu=False):
 
 # Tiles per band: (up to this many input channels, tiles), per tile size m (see below).
 WINOGRAD_BAND_TILES = {2: ((64, 512), (128, 256), (None, 1024)),
-                       4: ((128, 64), (None, 128))}
+                       4: ((64, 64), (None, 128))}
+# Tasks an image makes at least (``parallel.image_bands``; None: MIN_TASKS), per tile size
+# m: F(4×4)'s bands are many short passes each (its written-out transforms hold the GIL
+# between them), so on two workers two bands of 128 tiles beat four of 64: the
+# transformer's residual convs at 64², 4.8 → 3.7–4.1 ms (docs/performance.md).
+WINOGRAD_MIN_TASKS = {2: None, 4: 2}
 
 
 def winograd_band_rows(TH, TW, C, tile: int = 2):
@@ -289,7 +294,9 @@ def winograd_band_rows(TH, TW, C, tile: int = 2):
     ch, batch 4 at 128²: 38 / 31 / 33; 128 ch at 128²: 18.5 / 22 / 23; 256 ch at 128²: 80 /
     73 / 67.5; 512 ch at 64²: 82 / 72 / 68. F(4×4), one worker (bands of 64 / 128 / 256 /
     512 tiles): 64 ch at 256²: 43 / 50 / 62 / 78; 128 ch at 128²: 24 / 26 / 29 / 27; 256 ch
-    at 64²: 18.9 / 18.3 / 19.1 / 18.4; 512 ch at 32²: 20.5 / 19.7 / 20.2 / 20.0."""
+    at 64²: 18.9 / 18.3 / 19.1 / 18.4; 512 ch at 32²: 20.5 / 19.7 / 20.2 / 20.0. F(4×4)
+    from 65 channels takes 128 since two workers gain more than one loses (the
+    stylisation, two workers: 256² −9 %, 512² −5 %; one worker +4 %, +7 %)."""
     for up_to, tiles in WINOGRAD_BAND_TILES[tile]:
         if up_to is None or C <= up_to:
             return band_rows(tiles, TW, TH)
@@ -335,7 +342,7 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
     # relu: the layout of relu_forward's output, compact (cropped tiles written in bands)
     y = np.empty((N, H, W, F) if relu else (N, m * TH, m * TW, F), dtype=x.dtype)
 
-    tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m))
+    tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m), WINOGRAD_MIN_TASKS[m])
     chunks = channel_chunks(N, TH, TW, C, F, tasks, a, x.itemsize)
     if chunks:
         _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks)
