@@ -327,3 +327,26 @@ def test_eval_mode_keeps_the_winograd_kernels_until_the_weights_change():
     assert layer._kept[1] is not kept
     layer.train()
     assert np.array_equal(changed, layer.forward(x)[0]) and layer._kept is None
+
+
+@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
+def test_shifted_dx_in_runs_of_bands_matches_im2col(monkeypatch, N, mode):
+    """A shifted-GEMM backward that writes dx cuts each image into runs of bands, the even
+    runs first, then the odd ones (``conv._dx_groups``): with bands of one row (so that
+    neighbouring runs share dx rows and every run has several bands) dx and dw equal the
+    im2col path's, float64, frozen and trained."""
+    from minnst.layers import conv
+    monkeypatch.setattr(conv, "SHIFTED_BAND_BYTES", 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, 3, 17, 13))
+    w = rng.standard_normal((8, 3, 3, 3))
+    dy = rng.standard_normal((N, 8, 17, 13))
+    groups = conv._dx_groups(N, 17, 1, 3)
+    assert len(groups) == N * (4 if N == 1 else 2) and all(len(b) >= 2 for _, b, _ in groups)
+    for keep in (False, True):
+        got = conv.conv2d_backward(dy, conv.conv2d_forward(x, w, None, 1, 1, mode, method="shifted", keep_input=keep)[1])
+        want = conv.conv2d_backward(dy, conv.conv2d_forward(x, w, None, 1, 1, mode, method="im2col", keep_input=True)[1])
+        assert np.abs(got[0] - want[0]).max() < 1e-12 * np.abs(want[0]).max()
+        if keep:
+            assert np.abs(got[1] - want[1]).max() < 1e-12 * np.abs(want[1]).max()

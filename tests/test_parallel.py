@@ -229,6 +229,7 @@ CONV_CASES = [  # N, C, F, k, stride, pad, pad_mode, size, method, transformed b
     (1, 64, 64, 3, 1, 1, "reflect", 13, "winograd", False),  # the residual blocks, one image
     (3, 64, 64, 3, 1, 1, "zero", 10, "winograd", True),      # VGG
     (2, 5, 7, 3, 1, 1, "reflect", 11, "shifted", False),
+    (1, 3, 16, 3, 1, 1, "zero", 19, "shifted", False),       # VGG's conv1_1: dx in runs of bands
     (1, 3, 8, 9, 1, 4, "reflect", 17, "thin_input", False),  # the first layer
     (2, 8, 3, 9, 1, 4, "reflect", 15, "thin_output", False), # the last layer
     (2, 6, 5, 3, 2, 1, "reflect", 13, "im2col", False),      # stride 2

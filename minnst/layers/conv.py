@@ -64,7 +64,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ..parallel import band_rows, gemm, image_bands, matmul, pmap, row_bands
+from ..parallel import band_rows, chunks, gemm, image_bands, matmul, pmap, row_bands
 from .activations import relu_backward, relu_forward
 from .base import Layer
 from .im2col import col2im_add, im2col
@@ -303,10 +303,11 @@ def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False):
 
 def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
     """Adds the padded input gradient into ``dxpad`` (N, Hp, Wp, C) unless it is None;
-    returns dw, or None when x is None. Tasks (``pmap``): whole images when dx is wanted
-    (the bands of one image overlap in dx), bands of rows when only dw is; each task
-    returns its own part of dw, and the parts are added in task order. ``relu_y``: dy is
-    taken as dy · (relu_y > 0) (``relu_backward``) where it is copied into each band."""
+    returns dw, or None when x is None. Tasks (``pmap``): bands of rows when only dw is
+    wanted; when dx is, runs of bands (``_dx_groups``: the bands of one image overlap in
+    dx, so neighbouring runs never run at once); each task returns its own part of dw,
+    and the parts are added in task order. ``relu_y``: dy is taken as dy · (relu_y > 0)
+    (``relu_backward``) where it is copied into each band."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
@@ -315,7 +316,7 @@ def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
     if dxpad is None:
         tasks = [(n, [(i0, i1)]) for n, i0, i1 in image_bands(N, OH, rows)]
     else:
-        tasks = [(n, row_bands(OH, rows)) for n in range(N)]
+        tasks = _dx_groups(N, OH, rows, KH)
 
     def image(task):
         n, bands = task
@@ -339,13 +340,32 @@ def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
             _shifted_gemm_backward(dyext.reshape(-1, F)[:P], wtap, dxflat, xflat, dwtap, Wp)
         return dwtap
 
-    parts = pmap(image, tasks)
+    if dxpad is None:
+        parts = pmap(image, tasks)
+    else:  # the even runs, then the odd ones: no two runs that overlap in dx at once
+        parts = [None] * len(tasks)
+        for phase in (0, 1):
+            mine = [k for k in range(len(tasks)) if tasks[k][2] % 2 == phase]
+            for k, part in zip(mine, pmap(image, [tasks[k][:2] for k in mine])):
+                parts[k] = part
     if x is None:
         return None
     dwtap = parts[0]
     for part in parts[1:]:
         dwtap += part
     return np.ascontiguousarray(dwtap.transpose(3, 2, 0, 1))
+
+
+def _dx_groups(N, OH, rows, KH):
+    """Tasks ``(n, bands, k)`` of a shifted-GEMM backward that writes dx: each image's
+    output rows cut into as many runs as ``image_bands`` would give it (at most one per
+    KH − 1 rows), each run in bands of ``rows`` rows, k the run's number in its image. A
+    run's bands write dx rows [i0, i1 + KH − 1): run k overlaps runs k ± 1 only, so the
+    even runs can go at once, then the odd ones (a batch-1 backward on two workers; one
+    task per image before). Shapes only, so one and two workers give the same bits."""
+    per_image = max(1, min(len(image_bands(N, OH)) // max(N, 1), OH // max(1, KH - 1)))
+    return [(n, [(r0 + a, r0 + b) for a, b in row_bands(r1 - r0, rows)], k)
+            for n in range(N) for k, (r0, r1) in enumerate(chunks(OH, per_image))]
 
 
 def _shifted_weight_grad(dy, x, w, pad, pad_mode):
