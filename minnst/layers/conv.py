@@ -281,9 +281,14 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
 def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False):
     """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``); only
     a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory;
-    ``relu``: max(·, 0) of it, compact (``_shifted_gemm_relu``)."""
+    ``relu``: max(·, 0) of it, compact (``_shifted_gemm_relu``). A thin input (at most
+    THIN_CHANNELS, VGG16's conv1_1) goes through ``_lowered_forward`` instead: one GEMM
+    with K = KH·KW·C per cache-sized band beats KH·KW products with K = C (conv1_1 at
+    256²: 8.7 → 6.0 ms on one worker, 5.8 → 3.3 on two)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
+    if C <= THIN_CHANNELS:
+        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, relu=relu)
     Wp = W + 2 * pad
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
     y = np.empty((N, OH, OW if relu else Wp, F), dtype=x.dtype)  # no relu: columns ≥ OW are scratch
@@ -410,10 +415,12 @@ def _rot180(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None):
+def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, relu=False):
     """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one band of
     output rows (``THIN_BAND_BYTES`` of im2col matrix) per task (``pmap``). Returns
     (N, F, OH, OW), a view of channels-last memory.
+
+    ``relu``: max(y, 0) instead, taken in each band.
 
     ``other(n, i0, i1)``: an (R·OW, D) array per band of output rows; then the function
     also returns ``Σ colsᵀ @ other`` (K, D), the weight gradient of the thin layers (see
@@ -433,6 +440,8 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None):
             np.matmul(cols, wmat, out=yb)  # (R·OW, K) @ (K, F)
             if b is not None:
                 yb += b
+            if relu:  # relu_forward's operation, in the band
+                np.maximum(yb, 0, out=yb)
         return None if other is None else cols.T @ other(n, i0, i1)
 
     rows = band_rows(THIN_BAND_BYTES, OW * K * x.itemsize, OH)
