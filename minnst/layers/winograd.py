@@ -375,10 +375,11 @@ SPLIT_MIN_KERNEL_BYTES = 4 * 2**20  # ... and the transformed kernel at least th
 
 def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
     """Slices [f0, f1) of the F output channels for ``_by_output_channels`` (TH × TW tiles
-    per image), or [] when the tile-row ``tasks`` are kept (their bands hold SPLIT_MAX_BAND_TILES tiles or more, or the
-    batch's α²·N·T·C transformed input would exceed SPLIT_MAX_V_BYTES, or F has fewer than
-    two slices of SPLIT_MIN_CHANNELS). As many slices as tasks; shapes only (the bits do not
-    depend on the worker count)."""
+    per image), or [] when the tile-row ``tasks`` are kept: their bands hold
+    SPLIT_MAX_BAND_TILES tiles or more, the batch's α²·N·T·C transformed input would
+    exceed SPLIT_MAX_V_BYTES, the α²·C·F kernel is under SPLIT_MIN_KERNEL_BYTES, or F makes
+    fewer than two slices of SPLIT_MIN_CHANNELS. As many slices as tasks (at most F /
+    SPLIT_MIN_CHANNELS); shapes only (the bits do not depend on the worker count)."""
     band_tiles = min(t1 - t0 for _, t0, t1 in tasks) * TW
     if (band_tiles >= SPLIT_MAX_BAND_TILES or a * a * N * TH * TW * C * itemsize > SPLIT_MAX_V_BYTES
             or a * a * C * F * itemsize < SPLIT_MIN_KERNEL_BYTES):
