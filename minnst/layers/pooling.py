@@ -143,13 +143,22 @@ def maxpool2d_forward_cpu(x, kernel=2, stride=None, lazy: bool = False):
         R = r1 - r0
         xb = xt[n:n + 1, r0 * stride:(r1 - 1) * stride + k]
         if lazy:
-            a, b, c, d = (xb[_offset(ki, kj, 2, R, OW)] for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)))
-            np.maximum(np.maximum(a, b), np.maximum(c, d), out=y[n:n + 1, r0:r1])
+            _max2x2_values(xb, y[n:n + 1, r0:r1], R, OW)
             return
         _pool_band(xb, y[n:n + 1, r0:r1], idx[n:n + 1, r0:r1], R, OW, k, stride)
 
     pmap(rows, image_bands(N, OH))
     return y.transpose(0, 3, 1, 2), MaxPoolCache(idx, tuple(x.shape), k, stride, x if lazy else None)
+
+
+def _max2x2_values(xb, yb, R, OW):
+    """The tournament's values: yb = max(max(a, b), max(c, d)) over the 2×2/2 windows'
+    elements a, b (top row) and c, d; returns ``((a, b, c, d), top, bottom)``."""
+    a, b, c, d = (xb[_offset(ki, kj, 2, R, OW)] for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    top = np.maximum(a, b)
+    bottom = np.maximum(c, d)
+    np.maximum(top, bottom, out=yb)
+    return (a, b, c, d), top, bottom
 
 
 def _max2x2(xb, yb, ib, R, OW) -> bool:
@@ -158,10 +167,7 @@ def _max2x2(xb, yb, ib, R, OW) -> bool:
     row-major). Six passes over quarter-size arrays instead of the general loop's ~25.
     ``>`` cannot rank a NaN, so a band whose output holds one returns False: the general
     loop then redoes it with the NaN rule."""
-    a, b, c, d = (xb[_offset(ki, kj, 2, R, OW)] for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)))
-    top = np.maximum(a, b)
-    bottom = np.maximum(c, d)
-    np.maximum(top, bottom, out=yb)
+    (a, b, c, d), top, bottom = _max2x2_values(xb, yb, R, OW)
     if np.isnan(yb).any():
         return False
     ib[...] = np.greater(b, a).view(np.uint8)
