@@ -53,8 +53,9 @@ from .layers.activations import ReLU, ScaledTanh
 from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.base import forward_child
+from .layers.affine import ChannelAffine, materialize
 from .layers.normalization import (BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d,
-                                   check_conditional_norm, instance_norm_infer)
+                                   check_conditional_norm, instance_norm_affine, instance_norm_infer)
 from .layers.resampling import Upsample
 from .layers.upconv import folds_into_conv, upconv2d_backward, upconv2d_forward
 from .modelfile import ModelFileError, load_model, save_model, source_name
@@ -197,20 +198,35 @@ class ResizeConvBlock(Sequential):
 
 def _infer_norm(norm, x, style, relu: bool):
     """An instance norm (plain or conditional on ``style``) without a cache, with the
-    ReLU that follows it when ``relu`` (``normalization.instance_norm_infer``)."""
+    ReLU that follows it when ``relu``: on NumPy its ``affine.ChannelAffine``, left for
+    the next layer to apply (``normalization.instance_norm_affine``), else its output."""
     if isinstance(norm, ConditionalInstanceNorm2d):
         gamma, beta, mix = check_conditional_norm(x, norm.params["weight"], norm.params["bias"], style)
-        return instance_norm_infer(x, mix @ gamma, mix @ beta, norm.eps, relu)
-    return instance_norm_infer(x, norm.params.get("weight"), norm.params.get("bias"), norm.eps, relu)
+        gamma, beta = mix @ gamma, mix @ beta
+    else:
+        gamma, beta = norm.params.get("weight"), norm.params.get("bias")
+    if get_xp(x) is np:
+        return instance_norm_affine(x, gamma, beta, norm.eps, relu)
+    return instance_norm_infer(x, gamma, beta, norm.eps, relu)
 
 
 def _infer(layer: Layer, x, style=None, fold: bool = True):
-    """Forward without keeping caches (inference at any resolution in little memory); an
-    instance norm and the ReLU after it run as one (``_infer_norm``), and with ``fold`` an
-    up block's resize and convolution too (``upconv.upconv2d_forward``: the convolution
-    on the small image, 2.25× fewer products, no resized image; the same up to rounding)."""
+    """Forward without keeping caches (inference at any resolution in little memory).
+    An instance norm and the ReLU after it run as one map, which the convolution after
+    them applies as it reads its input rows (``affine``: the normalised image is never
+    made), or a residual sum in its own pass; with ``fold`` an up block's resize and
+    convolution run as one op too (``upconv.upconv2d_forward``: the convolution on the
+    small image, 2.25× fewer products, no resized image). The same as ``forward`` up to
+    rounding."""
+    return materialize(_infer_lazy(layer, x, style, fold))
+
+
+def _infer_lazy(layer: Layer, x, style, fold: bool):
+    """``_infer``'s output, or the ``ChannelAffine`` that gives it (x: either)."""
     if isinstance(layer, Residual):
-        return x + _infer(layer.layers["body"], x, style, fold)
+        x = materialize(x)
+        body = _infer_lazy(layer.layers["body"], x, style, fold)
+        return body.apply(add=x) if isinstance(body, ChannelAffine) else x + body
     if isinstance(layer, Sequential):
         children = list(layer.layers.values())
         i = 0
@@ -219,17 +235,20 @@ def _infer(layer: Layer, x, style=None, fold: bool = True):
             after = children[i + 1] if i + 1 < len(children) else None
             if isinstance(child, (InstanceNorm2d, ConditionalInstanceNorm2d)):
                 relu = isinstance(after, ReLU)
-                x = _infer_norm(child, x, style, relu)
+                x = _infer_norm(child, materialize(x), style, relu)
                 i += 2 if relu else 1
             elif fold and folds_into_conv(child, after):
                 w, b = after.params["weight"], after.params.get("bias")
-                x = upconv2d_forward(x, w, b, keep_input=False)[0]
+                affine = x if isinstance(x, ChannelAffine) else None
+                x = upconv2d_forward(affine.x if affine else x, w, b, keep_input=False, affine=affine)[0]
                 i += 2
             else:
-                x = _infer(child, x, style, fold)
+                x = _infer_lazy(child, x, style, fold)
                 i += 1
         return x
-    return forward_child(layer, x, style)[0]
+    if isinstance(layer, Conv2d):
+        return layer.infer(x)
+    return forward_child(layer, materialize(x), style)[0]
 
 
 class TransformerNet(Sequential):

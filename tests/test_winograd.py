@@ -152,7 +152,7 @@ def test_split_by_output_channels_matches_naive(rng, monkeypatch, m, mode, relu,
     b = rng.standard_normal(F)
     ran = []
     monkeypatch.setattr(wg, "_by_output_channels",
-                        lambda *args, _f=wg._by_output_channels: ran.append(args[-1]) or _f(*args))
+                        lambda *args, _f=wg._by_output_channels: ran.append(args[11]) or _f(*args))  # chunks
     ys = []
     for workers in (1, 2):
         with parallel.workers(workers):

@@ -66,6 +66,7 @@ import numpy as np
 from ..backend import get_xp
 from ..parallel import band_rows, chunks, gemm, image_bands, matmul, pmap, row_bands
 from .activations import relu_backward, relu_forward
+from .affine import ChannelAffine, images
 from .base import Layer
 from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
@@ -133,8 +134,9 @@ def _run(xp, fn, tasks):
     return pmap(fn, tasks) if xp is np else [fn(t) for t in tasks]
 
 
-def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
-    """im2col + GEMM in bands of output rows; returns (N, F, OH, OW) (channels-last memory)."""
+def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None):
+    """im2col + GEMM in bands of output rows; returns (N, F, OH, OW) (channels-last memory).
+    ``affine`` (CPU): the input is its output, mapped band by band (``padded_rows_cl``)."""
     xp = get_xp(x)
     N = x.shape[0]
     F, C, KH, KW = w.shape
@@ -145,7 +147,8 @@ def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW):
     def unit(task):
         n0, n1, bands = task
         for i0, i1 in bands:
-            xb = padded_rows_cl(x[n0:n1], *_input_rows(i0, i1, stride, KH), pad, pad_mode)
+            xb = padded_rows_cl(x[n0:n1], *_input_rows(i0, i1, stride, KH), pad, pad_mode,
+                                images(affine, n0, n1))
             cols = im2col(xb, KH, KW, stride, 0, i1 - i0, OW)
             yb = (cols.reshape(-1, K) @ wmat.T).reshape(n1 - n0, i1 - i0, OW, F)
             if b is not None:
@@ -278,7 +281,7 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
                     gemm(xflat[q0 + off:q1 + off].T, dband, dwtap[u, v])  # (C, R) @ (R, F)
 
 
-def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False):
+def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False, affine=None):
     """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``); only
     a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory;
     ``relu``: max(·, 0) of it, compact (``_shifted_gemm_relu``). A thin input (at most
@@ -288,14 +291,14 @@ def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     if C <= THIN_CHANNELS:
-        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, relu=relu)
+        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, relu=relu, affine=affine)
     Wp = W + 2 * pad
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
     y = np.empty((N, OH, OW if relu else Wp, F), dtype=x.dtype)  # no relu: columns ≥ OW are scratch
 
     def band(task):
         n, i0, i1 = task
-        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode, images(affine, n, n + 1))
         if relu:
             _shifted_gemm_relu(xb.reshape(-1, C), wtap, b, y[n, i0:i1], Wp)
             return
@@ -415,7 +418,8 @@ def _rot180(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, relu=False):
+def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, relu=False,
+                     affine=None):
     """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one band of
     output rows (``THIN_BAND_BYTES`` of im2col matrix) per task (``pmap``). Returns
     (N, F, OH, OW), a view of channels-last memory.
@@ -433,7 +437,7 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
 
     def band(task):
         n, i0, i1 = task
-        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode)
+        xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode, images(affine, n, n + 1))
         cols = im2col(xb, KH, KW, 1, 0, i1 - i0, OW).reshape(-1, K)       # (R·OW, K)
         if want_y:
             yb = y[n, i0:i1].reshape(-1, F)
@@ -455,7 +459,7 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
     return out, total
 
 
-def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
+def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
     """Stride-1 convolution for few output channels, by "output-side shifting":
 
         Z (KH·KW·F, P) = W_all (KH·KW·F, C) @ Xᵀ (C, P),  y[f, q] = b[f] + Σ_{u,v} Z[(u,v,f), q + u·Wp + v]
@@ -482,7 +486,8 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
         out[...] = 0 if b is None else b.reshape(F, 1)
         P = out.shape[1]
         for r0, r1 in thin_bands(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
-            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode).reshape(-1, C)  # (Pb, C)
+            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode,
+                                images(affine, n, n + 1)).reshape(-1, C)                     # (Pb, C)
             z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
             p0, Pb = r0 * Wp, z.shape[2]
             sT, sF, sP = z.strides
@@ -502,10 +507,10 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW):
     return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
 
 
-def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW):
+def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW, affine=None):
     if method == "thin_input":
-        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW)
-    return _scatter_forward(x, w, b, pad, pad_mode, OH, OW)
+        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, affine=affine)
+    return _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine)
 
 
 def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
@@ -596,7 +601,8 @@ class ConvCache(NamedTuple):
 
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
-                   keep_input: bool = True, method: str = "auto", wino=None, relu: bool = False):
+                   keep_input: bool = True, method: str = "auto", wino=None, relu: bool = False,
+                   affine=None):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
     Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory on the
@@ -615,7 +621,16 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     max(·, 0) of each band of output as they finish it, in cache; the others run
     ``relu_forward`` after. That output is also the ReLU's cache (``relu_forward``'s cache
     is its output); the pair's backward is ``conv2d_backward(dy, cache, relu_y=output)``.
+    ``affine``: an ``affine.ChannelAffine`` whose x is this x; the convolution's input is
+    then its output, which the NumPy paths map band by band as they copy their input rows
+    (never made whole); with ``keep_input`` (the cache needs it) or on the GPU it is made
+    first.
     """
+    if affine is not None:
+        if affine.x is not x:
+            raise ValueError("conv2d: the ChannelAffine must map this input")
+        if keep_input or get_xp(x) is not np:
+            x, affine = affine.apply(), None
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
     if Cw != C:
@@ -633,13 +648,13 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
         if wino is None:
             wino = WinogradWeights(w)
         U = wino.forward(WINOGRAD_TILES[method])
-        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode, relu=relu)
+        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode, relu=relu, affine=affine)
     elif method in ("thin_input", "thin_output"):
-        y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW)
+        y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW, affine)
     elif method == "shifted":
-        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW, relu)
+        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW, relu, affine)
     else:
-        y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW)
+        y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW, affine)
     if relu and method not in RELU_FUSED_METHODS:
         y, _ = relu_forward(y)
     cache = ConvCache(method, x if keep_input else None, w, b is not None, stride, pad,
@@ -836,6 +851,17 @@ class Conv2d(Layer):
         w = self.params["weight"]
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding, self.pad_mode,
                               method=self.method, wino=self._kept_transform(w))
+
+    def infer(self, x):
+        """``forward``'s output, without a cache. x: an array, or an
+        ``affine.ChannelAffine`` whose output is the input (applied as the input rows are
+        read, ``conv2d_forward``'s ``affine``)."""
+        affine = x if isinstance(x, ChannelAffine) else None
+        x = affine.x if affine is not None else x
+        w = self.params["weight"]
+        return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding, self.pad_mode,
+                              keep_input=False, method=self.method, wino=self._kept_transform(w),
+                              affine=affine)[0]
 
     def _kept_transform(self, w):
         """In eval mode, the Winograd kernels of the weights, kept from call to call

@@ -38,6 +38,7 @@ import numpy as np
 
 from minnst.backend import get_xp, is_gpu_array, to_host
 from minnst.kernels import launch
+from minnst.layers.affine import ChannelAffine
 from minnst.layers.base import Layer
 from minnst.parallel import image_bands, pmap
 
@@ -287,35 +288,41 @@ def instance_norm_forward_cpu(x, gamma, beta, eps=1e-5):
     return y.transpose(0, 3, 1, 2), cache
 
 
-# Inference bands: a band of rows of the channels-last view stays in cache between the
-# centred sum's temporary and its three passes of y (the norms are memory-bound, and the
-# two cores share about one core's memory bandwidth: docs/performance.md).
+# Inference bands: a band of rows of the channels-last view stays in cache between its read
+# and the centred sum's temporary (the norms are memory-bound, and the two cores share
+# about one core's memory bandwidth: docs/performance.md).
 INFER_BAND_BYTES = 1 << 20
 
 
 def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
     """Instance norm without a cache (inference), optionally followed by a ReLU:
-    ``max(γ·(x − μ)/σ + β, 0)``. On NumPy in bands of rows of the channels-last view
-    (``pmap`` tasks): Σx per band, then Σ(x − μ)² from a band-sized temporary, then
-    ``y = x·a + b`` with ``a = γ/σ``, ``b = β − μ·a`` and the ReLU in place, while the band
-    is in cache: three reads of x and one write of y, where the training forward followed
-    by a ReLU makes about ten passes. The statistics are the training forward's (two
-    passes, float sums over bands added per image in task order); y differs from
-    ``instance_norm_forward`` followed by a ReLU only by rounding. Other arrays: that."""
+    ``max(γ·(x − μ)/σ + β, 0)``. On NumPy: ``instance_norm_affine(...).apply()``, three
+    reads of x and one write of y, where the training forward followed by a ReLU makes
+    about ten passes; y differs from ``instance_norm_forward`` followed by a ReLU only by
+    rounding. Other arrays: that."""
     if is_gpu_array(x):
         y = instance_norm_forward(x, gamma, beta, eps)[0]
         return get_xp(x).maximum(y, 0) if relu else y
+    return instance_norm_affine(x, gamma, beta, eps, relu).apply()
+
+
+def instance_norm_affine(x, gamma, beta, eps=1e-5, relu: bool = False) -> ChannelAffine:
+    """The instance norm of NumPy x (and the ReLU after it, ``relu``) as the per-channel
+    map it is once the statistics are known, ``y = x·a + b`` with ``a = γ/σ``,
+    ``b = β − μ·a`` (``affine.ChannelAffine``; its consumer applies it). The statistics,
+    in bands of rows of the channels-last view (``pmap`` tasks) while a band is in cache:
+    Σx per band, then Σ(x − μ)² from a band-sized temporary; float sums over bands added
+    per image in task order, as in the training forward."""
     gamma, beta, _ = instance_affine(gamma, beta, x)
     N, C, H, W = x.shape
-    y = np.empty((N, H, W, C), dtype=x.dtype)
-    (v, yw), Wt = _wide(x.transpose(0, 2, 3, 1), y)
+    (v,), Wt = _wide(x.transpose(0, 2, 3, 1))
     tasks = image_bands(N, H, max(1, INFER_BAND_BYTES // max(1, W * C * x.itemsize)))
     mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]], C=C), tasks)) / (H * W)
     mu_t = _tiled(mu.astype(x.dtype), Wt)
 
     def centred(task):
         n, r0, r1 = task
-        t = np.subtract(v[n, r0:r1], mu_t[n], out=yw[n, r0:r1])  # y's band as the temporary
+        t = np.subtract(v[n, r0:r1], mu_t[n])  # a band-sized temporary
         return _colsum(t, t, C)
 
     var = _per_image(N, tasks, pmap(centred, tasks)) / (H * W)
@@ -325,18 +332,8 @@ def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
     b = -mu.astype(x.dtype) * a
     if beta is not None:
         b = b + beta
-    a, b = _tiled(np.broadcast_to(a, (N, C)), Wt), _tiled(np.broadcast_to(b, (N, C)), Wt)
-
-    def scale(task):
-        n, r0, r1 = task
-        yb = yw[n, r0:r1]
-        np.multiply(v[n, r0:r1], a[n], out=yb)
-        yb += b[n]
-        if relu:
-            np.maximum(yb, 0, out=yb)
-
-    pmap(scale, tasks)
-    return y.transpose(0, 3, 1, 2)
+    return ChannelAffine(x, np.ascontiguousarray(np.broadcast_to(a, (N, C))),
+                         np.ascontiguousarray(np.broadcast_to(b, (N, C))), relu)
 
 
 def instance_norm_backward_cpu(dy, cache):

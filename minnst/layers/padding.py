@@ -18,6 +18,7 @@ import numpy as np
 
 from ..backend import get_xp, is_gpu_array
 from ..kernels import launch
+from .affine import apply_rows
 
 PAD_MODES = ("zero", "reflect")
 
@@ -62,17 +63,22 @@ def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite: bo
     return pad2d_backward_cpu(dxp, pad, mode, axes, overwrite)
 
 
-def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero"):
+def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None):
     """Rows ``r0:r1`` (in padded coordinates) of ``x`` padded by ``pad``, channels-last.
 
     x: (N, C, H, W) (any memory order) -> (N, r1 − r0, W + 2·pad, C), a new array equal to
     ``pad2d(x, pad, mode).transpose(0, 2, 3, 1)[:, r0:r1]`` without ever building the whole
     padded image: the convolutions pad band by band so that no temporary grows with the
     image.
+
+    ``affine``: an ``affine.ChannelAffine`` of x's images (NumPy only); the rows are then
+    those of its output, ``affine.apply()``, mapped in the band (see ``affine``).
     """
     if is_gpu_array(x):
+        if affine is not None:
+            raise ValueError("padded_rows_cl: a ChannelAffine is applied on the CPU only")
         return padded_rows_cl_gpu(x, r0, r1, pad, mode)
-    return padded_rows_cl_cpu(x, r0, r1, pad, mode)
+    return padded_rows_cl_cpu(x, r0, r1, pad, mode, affine)
 
 
 # --------------------------------------------------------------------------- array code
@@ -136,9 +142,10 @@ def pad2d_backward_cpu(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite
     return g[_sl(nd, ah, slice(pad, pad + H))]
 
 
-def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero"):
+def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None):
     """``padded_rows_cl`` in array code: the band's image rows transposed into place, the
-    at most 2·pad edge rows, then the border columns."""
+    at most 2·pad edge rows, then the border columns. ``affine`` maps the image rows
+    before any border is made of them (zero borders stay zero)."""
     xp = get_xp(x)
     N, C, H, W = x.shape
     check_pad(min(H, W), pad, mode)
@@ -148,6 +155,8 @@ def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero"):
     b = max(min(pad + H - r0, r1 - r0), a)
     if b > a:
         out[:, a:b, pad:pad + W, :] = x[:, :, r0 + a - pad:r0 + b - pad, :].transpose(0, 2, 3, 1)
+        if affine is not None and mode == "zero":
+            apply_rows(out[:, a:b, pad:pad + W], affine.a, affine.b, affine.relu)
     for i in list(range(a)) + list(range(b, r1 - r0)):  # at most 2·pad rows, at the edges
         if mode == "zero":
             out[:, i] = 0
@@ -156,6 +165,8 @@ def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero"):
         if src > H - 1:
             src = 2 * (H - 1) - src
         out[:, i, pad:pad + W, :] = x[:, :, src, :].transpose(0, 2, 1)
+    if affine is not None and mode != "zero":  # every row is image pixels: map them all
+        apply_rows(out[:, :, pad:pad + W], affine.a, affine.b, affine.relu)
     if pad:
         if mode == "zero":
             out[:, :, :pad] = 0

@@ -51,6 +51,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..parallel import band_rows, gemm, image_bands, pmap, row_bands
+from .affine import apply_rows, images
 from .conv import CPU_DTYPES, Conv2d, conv2d_backward, conv2d_forward, conv2d_naive
 from .resampling import Upsample, upsample_nearest2d_backward, upsample_nearest2d_forward
 
@@ -127,9 +128,11 @@ def upconv_products(w):
     return products
 
 
-def replicate_rows_cl(x, r0: int, r1: int):
+def replicate_rows_cl(x, r0: int, r1: int, affine=None):
     """Rows ``r0:r1`` (in padded coordinates) of x (N, C, H, W) edge-replicated by 1,
-    channels-last: (N, r1 − r0, W + 2, C), xq[n, r, t, c] = x[n, c, clamp(r − 1), clamp(t − 1)]."""
+    channels-last: (N, r1 − r0, W + 2, C), xq[n, r, t, c] = x[n, c, clamp(r − 1), clamp(t − 1)].
+    ``affine``: an ``affine.ChannelAffine`` of x; the rows of its output (the border copies
+    pixels, so the map is applied to the band as a whole)."""
     N, C, H, W = x.shape
     xt = x.transpose(0, 2, 3, 1)  # (N, H, W, C) view
     out = np.empty((N, r1 - r0, W + 2, C), dtype=x.dtype)
@@ -139,10 +142,12 @@ def replicate_rows_cl(x, r0: int, r1: int):
         out[:, r - r0, 1:W + 1] = xt[:, min(max(r - 1, 0), H - 1)]
     out[:, :, 0] = out[:, :, 1]
     out[:, :, W + 1] = out[:, :, W]
+    if affine is not None:
+        apply_rows(out, affine.a, affine.b, affine.relu)
     return out
 
 
-def upconv2d_forward(x, w, b=None, keep_input: bool = True):
+def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None):
     """``conv2d(upsample_nearest2d(x, 2), w, b, stride 1, padding 1, reflect)`` in one op.
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,) or None -> ``(y, cache)``, y (N, F, 2H, 2W), on
@@ -150,7 +155,14 @@ def upconv2d_forward(x, w, b=None, keep_input: bool = True):
     and float64 take the fold (module docstring); anything else the two layers in turn.
     ``keep_input=False``: the cache keeps no input (inference; the backward then gives dx
     only), and the two layers' path keeps no resized image.
+    ``affine``: an ``affine.ChannelAffine`` whose x is this x; the input is its output,
+    mapped band by band in the fold (made first with ``keep_input`` or off the fold).
     """
+    if affine is not None:
+        if affine.x is not x:
+            raise ValueError("upconv2d: the ChannelAffine must map this input")
+        if keep_input or not folds(x):
+            x, affine = affine.apply(), None
     check_upconv(x, w)
     if not folds(x):
         up, up_cache = upsample_nearest2d_forward(x, 2)
@@ -166,7 +178,7 @@ def upconv2d_forward(x, w, b=None, keep_input: bool = True):
 
     def band(task):
         n, i0, i1 = task
-        xq = replicate_rows_cl(x[n:n + 1], i0, i1 + 2).reshape(-1, C)  # ((R + 2)·Wp, C)
+        xq = replicate_rows_cl(x[n:n + 1], i0, i1 + 2, images(affine, n, n + 1)).reshape(-1, C)  # ((R + 2)·Wp, C)
         R = i1 - i0
         P = (R - 1) * Wp + W  # Z's rows q = i·Wp + j; those with j ≥ W are never read
         Z = np.empty((R * Wp, 4 * F), dtype=x.dtype)

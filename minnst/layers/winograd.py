@@ -52,6 +52,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..parallel import band_rows, image_bands, pmap
+from .affine import images
 from .padding import pad2d, pad2d_backward, padded_rows_cl
 
 TILES = (2, 4)  # the output tile sizes m of the algorithms here
@@ -302,13 +303,14 @@ def winograd_band_rows(TH, TW, C, tile: int = 2):
             return band_rows(tiles, TW, TH)
 
 
-def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None):
+def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None, affine=None):
     """Rows [r0, r1) of image n padded by one (channels-last), ``cols`` columns wide: the
     rows and columns past the padded image (tiles over the edge of an image whose size is
     not a multiple of the tile) are zeros — their outputs are cropped. ``mask`` (zero
-    padding only): the image rows are multiplied by ``mask > 0`` (x's shape)."""
+    padding only): the image rows are multiplied by ``mask > 0`` (x's shape). ``affine``:
+    the rows of its output (``padded_rows_cl``)."""
     H, W = x.shape[2:]
-    xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode)[0]
+    xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode, images(affine, n, n + 1))[0]
     if mask is not None:
         p0, p1 = max(r0, 1), min(r1, H + 1)  # the padded rows that are image rows p − 1
         if p1 > p0:
@@ -321,7 +323,7 @@ def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None):
     return full
 
 
-def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
+def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affine=None):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
     ``winograd_weights(w, m)`` ((m+2)², C, F), whose size says the tile m. Returns
     (N, F, H, W), channels-last memory. One band of tile rows of one image per task
@@ -331,7 +333,9 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
     Two elementwise passes run inside the bands, on data still in cache, bit for bit
     equal to the separate passes: ``relu`` returns max(y, 0) (``relu_forward``), and
     ``mask`` (x's shape) convolves x · (mask > 0) instead of x (``relu_backward`` of a
-    ReLU whose output is ``mask``: the input gradient of a convolution a ReLU followed)."""
+    ReLU whose output is ``mask``: the input gradient of a convolution a ReLU followed).
+    ``affine``: an ``affine.ChannelAffine`` of x; the input is its output, mapped as the
+    bands are copied (``padded_rows_cl``)."""
     if mask is not None and pad_mode != "zero":
         x, mask = x * (mask > 0), None  # reflected borders copy masked pixels: mask first
     N, C, H, W = x.shape
@@ -345,12 +349,12 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None):
     tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m), WINOGRAD_MIN_TASKS[m])
     chunks = channel_chunks(N, TH, TW, C, F, tasks, a, x.itemsize)
     if chunks:
-        _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks)
+        _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine)
         return y[:, :H, :W, :].transpose(0, 3, 1, 2)
 
     def band(task):
         n, t0, t1 = task
-        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask)
+        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask, affine)
         V = np.empty((a * a, (t1 - t0) * TW, C), dtype=x.dtype)
         _input_transform(xb, m, t1 - t0, TW, V)
         M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
@@ -391,7 +395,7 @@ def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks):
+def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine=None):
     """``winograd_conv3x3``'s work, split by output channels: the input transform of every
     tile of the batch, in the tile-row ``tasks``, into one V (α², N·TH·TW, C); then per
     slice [f0, f1) of ``chunks`` the α² GEMMs V @ U[:, :, f0:f1] and the output transform
@@ -403,7 +407,7 @@ def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chun
 
     def transform(task):
         n, t0, t1 = task
-        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask)
+        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask, affine)
         _input_transform(xb, m, t1 - t0, TW, V[:, n * T + t0 * TW:n * T + t1 * TW])
 
     pmap(transform, tasks)
