@@ -54,6 +54,7 @@ from .layers.base import Layer, Residual, Sequential
 from .layers.conv import Conv2d, ConvTranspose2d
 from .layers.base import forward_child
 from .layers.affine import ChannelAffine, materialize
+from .layers.moments import BandMoments
 from .layers.normalization import (BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d,
                                    check_conditional_norm, instance_norm_affine, instance_norm_infer)
 from .layers.resampling import Upsample
@@ -196,29 +197,36 @@ class ResizeConvBlock(Sequential):
         return dx, grads
 
 
-def _infer_norm(norm, x, style, relu: bool):
+def _infer_norm(norm, x, style, relu: bool, moments=None):
     """An instance norm (plain or conditional on ``style``) without a cache, with the
     ReLU that follows it when ``relu``: on NumPy its ``affine.ChannelAffine``, left for
-    the next layer to apply (``normalization.instance_norm_affine``), else its output."""
+    the next layer to apply (``normalization.instance_norm_affine``; ``moments``: the
+    statistics of x, gathered by the layer that wrote it), else its output."""
     if isinstance(norm, ConditionalInstanceNorm2d):
         gamma, beta, mix = check_conditional_norm(x, norm.params["weight"], norm.params["bias"], style)
         gamma, beta = mix @ gamma, mix @ beta
     else:
         gamma, beta = norm.params.get("weight"), norm.params.get("bias")
     if get_xp(x) is np:
-        return instance_norm_affine(x, gamma, beta, norm.eps, relu)
+        return instance_norm_affine(x, gamma, beta, norm.eps, relu, moments)
     return instance_norm_infer(x, gamma, beta, norm.eps, relu)
 
 
 def _infer(layer: Layer, x, style=None, fold: bool = True):
     """Forward without keeping caches (inference at any resolution in little memory).
-    An instance norm and the ReLU after it run as one map, which the convolution after
-    them applies as it reads its input rows (``affine``: the normalised image is never
-    made), or a residual sum in its own pass; with ``fold`` an up block's resize and
-    convolution run as one op too (``upconv.upconv2d_forward``: the convolution on the
+    An instance norm reads no input of its own: the convolution before it gathers its
+    statistics from each band of output as it writes it (``moments.BandMoments``), and
+    the norm and the ReLU after it, one per-channel map, are applied by the convolution
+    after them as it reads its input rows (``affine.ChannelAffine``: the normalised image
+    is never made), or by a residual sum in its pass. With ``fold`` an up block's resize
+    and convolution run as one op too (``upconv.upconv2d_forward``: the convolution on the
     small image, 2.25× fewer products, no resized image). The same as ``forward`` up to
     rounding."""
     return materialize(_infer_lazy(layer, x, style, fold))
+
+
+def _is_norm(layer) -> bool:
+    return isinstance(layer, (InstanceNorm2d, ConditionalInstanceNorm2d))
 
 
 def _infer_lazy(layer: Layer, x, style, fold: bool):
@@ -229,25 +237,36 @@ def _infer_lazy(layer: Layer, x, style, fold: bool):
         return body.apply(add=x) if isinstance(body, ChannelAffine) else x + body
     if isinstance(layer, Sequential):
         children = list(layer.layers.values())
+        moments = None  # of x, when the convolution that made it gathered them
         i = 0
         while i < len(children):
             child = children[i]
-            after = children[i + 1] if i + 1 < len(children) else None
-            if isinstance(child, (InstanceNorm2d, ConditionalInstanceNorm2d)):
-                relu = isinstance(after, ReLU)
-                x = _infer_norm(child, materialize(x), style, relu)
+            after = children[i + 1:i + 3]
+            if _is_norm(child):
+                relu = bool(after) and isinstance(after[0], ReLU)
+                x = _infer_norm(child, materialize(x), style, relu, moments)
                 i += 2 if relu else 1
-            elif fold and folds_into_conv(child, after):
-                w, b = after.params["weight"], after.params.get("bias")
+                moments = None
+                continue
+            gather = None
+            if fold and after and folds_into_conv(child, after[0]):
+                conv = after[0]
+                if len(after) > 1 and _is_norm(after[1]):
+                    gather = BandMoments()
                 affine = x if isinstance(x, ChannelAffine) else None
-                x = upconv2d_forward(affine.x if affine else x, w, b, keep_input=False, affine=affine)[0]
+                x = upconv2d_forward(affine.x if affine else x, conv.params["weight"], conv.params.get("bias"),
+                                     keep_input=False, affine=affine, moments=gather)[0]
                 i += 2
+            elif isinstance(child, Conv2d):
+                if after and _is_norm(after[0]):
+                    gather = BandMoments()
+                x = child.infer(x, gather)
+                i += 1
             else:
                 x = _infer_lazy(child, x, style, fold)
                 i += 1
+            moments = gather
         return x
-    if isinstance(layer, Conv2d):
-        return layer.infer(x)
     return forward_child(layer, materialize(x), style)[0]
 
 

@@ -134,9 +134,10 @@ def _run(xp, fn, tasks):
     return pmap(fn, tasks) if xp is np else [fn(t) for t in tasks]
 
 
-def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None):
+def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None, moments=None):
     """im2col + GEMM in bands of output rows; returns (N, F, OH, OW) (channels-last memory).
-    ``affine`` (CPU): the input is its output, mapped band by band (``padded_rows_cl``)."""
+    ``affine`` (CPU): the input is its output, mapped band by band (``padded_rows_cl``);
+    ``moments`` (CPU): given each band of output as it is written."""
     xp = get_xp(x)
     N = x.shape[0]
     F, C, KH, KW = w.shape
@@ -154,6 +155,8 @@ def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None):
             if b is not None:
                 yb += b
             y[n0:n1, i0:i1] = yb
+            for n in range(n0, n1) if moments is not None else ():
+                moments.add(n, i0, y[n, i0:i1])
 
     # K + KW·C: the band's padded input rows count too
     _run(xp, unit, im2col_tasks(xp, N, OH, OW, K + KW * C, x.itemsize))
@@ -281,7 +284,7 @@ def _shifted_gemm_backward(dyext, wtap, dxflat, xflat, dwtap, Wp):
                     gemm(xflat[q0 + off:q1 + off].T, dband, dwtap[u, v])  # (C, R) @ (R, F)
 
 
-def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False, affine=None):
+def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False, affine=None, moments=None):
     """Shifted-GEMM convolution, one band of rows of one image per task (``pmap``); only
     a band's padded input is a temporary. Returns (N, F, OH, OW), channels-last memory;
     ``relu``: max(·, 0) of it, compact (``_shifted_gemm_relu``). A thin input (at most
@@ -291,7 +294,8 @@ def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False, affine=None):
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     if C <= THIN_CHANNELS:
-        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, relu=relu, affine=affine)
+        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, relu=relu, affine=affine,
+                                moments=moments)
     Wp = W + 2 * pad
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (KH, KW, F, C)
     y = np.empty((N, OH, OW if relu else Wp, F), dtype=x.dtype)  # no relu: columns ≥ OW are scratch
@@ -301,9 +305,11 @@ def _shifted_forward(x, w, b, pad, pad_mode, OH, OW, relu=False, affine=None):
         xb = padded_rows_cl(x[n:n + 1], i0, i1 + KH - 1, pad, pad_mode, images(affine, n, n + 1))
         if relu:
             _shifted_gemm_relu(xb.reshape(-1, C), wtap, b, y[n, i0:i1], Wp)
-            return
-        yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
-        _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
+        else:
+            yb = y[n, i0:i1].reshape(-1, F)[:(i1 - i0 - 1) * Wp + OW]
+            _shifted_gemm_forward(xb.reshape(-1, C), wtap, b, yb, Wp)
+        if moments is not None:
+            moments.add(n, i0, y[n, i0:i1, :OW])
 
     pmap(band, image_bands(N, OH, shifted_band_rows(OH, Wp, C, F, x.itemsize)))
     return y[:, :, :OW, :].transpose(0, 3, 1, 2)
@@ -419,7 +425,7 @@ def _rot180(w):
 
 
 def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, relu=False,
-                     affine=None):
+                     affine=None, moments=None):
     """Stride-1 convolution by im2col + one GEMM (K = KH·KW·C), one image and one band of
     output rows (``THIN_BAND_BYTES`` of im2col matrix) per task (``pmap``). Returns
     (N, F, OH, OW), a view of channels-last memory.
@@ -446,6 +452,8 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
                 yb += b
             if relu:  # relu_forward's operation, in the band
                 np.maximum(yb, 0, out=yb)
+            if moments is not None:
+                moments.add(n, i0, y[n, i0:i1])
         return None if other is None else cols.T @ other(n, i0, i1)
 
     rows = band_rows(THIN_BAND_BYTES, OW * K * x.itemsize, OH)
@@ -507,9 +515,9 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
     return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
 
 
-def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW, affine=None):
+def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW, affine=None, moments=None):
     if method == "thin_input":
-        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, affine=affine)
+        return _lowered_forward(x, w, b, pad, pad_mode, OH, OW, affine=affine, moments=moments)
     return _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine)
 
 
@@ -602,7 +610,7 @@ class ConvCache(NamedTuple):
 
 def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = "zero",
                    keep_input: bool = True, method: str = "auto", wino=None, relu: bool = False,
-                   affine=None):
+                   affine=None, moments=None):
     """Convolution forward. x (N, C, H, W), w (F, C, KH, KW), b (F,) or None.
 
     Returns ``(y, cache)`` with y (N, F, OH, OW) (a view of channels-last memory on the
@@ -624,7 +632,9 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     ``affine``: an ``affine.ChannelAffine`` whose x is this x; the convolution's input is
     then its output, which the NumPy paths map band by band as they copy their input rows
     (never made whole); with ``keep_input`` (the cache needs it) or on the GPU it is made
-    first.
+    first. ``moments``: a ``moments.BandMoments`` of the output, which the NumPy paths but
+    "thin_output" give each band of output as they write it (an instance norm after the
+    convolution then reads no input of its own for its statistics).
     """
     if affine is not None:
         if affine.x is not x:
@@ -648,13 +658,15 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
         if wino is None:
             wino = WinogradWeights(w)
         U = wino.forward(WINOGRAD_TILES[method])
-        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode, relu=relu, affine=affine)
+        y = winograd_conv3x3(x, U.astype(x.dtype, copy=False), bias, pad_mode, relu=relu, affine=affine,
+                             moments=moments)
     elif method in ("thin_input", "thin_output"):
-        y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW, affine)
+        y = _thin_forward(method, x, w, bias, pad, pad_mode, OH, OW, affine, moments)
     elif method == "shifted":
-        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW, relu, affine)
+        y = _shifted_forward(x, w, bias, pad, pad_mode, OH, OW, relu, affine, moments)
     else:
-        y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW, affine)
+        y = _im2col_forward(x, w, bias, stride, pad, pad_mode, OH, OW, affine,
+                            moments if get_xp(x) is np else None)
     if relu and method not in RELU_FUSED_METHODS:
         y, _ = relu_forward(y)
     cache = ConvCache(method, x if keep_input else None, w, b is not None, stride, pad,
@@ -852,16 +864,16 @@ class Conv2d(Layer):
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding, self.pad_mode,
                               method=self.method, wino=self._kept_transform(w))
 
-    def infer(self, x):
+    def infer(self, x, moments=None):
         """``forward``'s output, without a cache. x: an array, or an
         ``affine.ChannelAffine`` whose output is the input (applied as the input rows are
-        read, ``conv2d_forward``'s ``affine``)."""
+        read, ``conv2d_forward``'s ``affine``); ``moments``: ``conv2d_forward``'s."""
         affine = x if isinstance(x, ChannelAffine) else None
         x = affine.x if affine is not None else x
         w = self.params["weight"]
         return conv2d_forward(x, w, self.params.get("bias"), self.stride, self.padding, self.pad_mode,
                               keep_input=False, method=self.method, wino=self._kept_transform(w),
-                              affine=affine)[0]
+                              affine=affine, moments=moments)[0]
 
     def _kept_transform(self, w):
         """In eval mode, the Winograd kernels of the weights, kept from call to call

@@ -306,34 +306,39 @@ def instance_norm_infer(x, gamma, beta, eps=1e-5, relu: bool = False):
     return instance_norm_affine(x, gamma, beta, eps, relu).apply()
 
 
-def instance_norm_affine(x, gamma, beta, eps=1e-5, relu: bool = False) -> ChannelAffine:
+def instance_norm_affine(x, gamma, beta, eps=1e-5, relu: bool = False, moments=None) -> ChannelAffine:
     """The instance norm of NumPy x (and the ReLU after it, ``relu``) as the per-channel
     map it is once the statistics are known, ``y = x·a + b`` with ``a = γ/σ``,
-    ``b = β − μ·a`` (``affine.ChannelAffine``; its consumer applies it). The statistics,
+    ``b = β − μ·a`` (``affine.ChannelAffine``; its consumer applies it). The statistics:
+    from ``moments`` (a ``moments.BandMoments`` that the layer which wrote x filled), else
     in bands of rows of the channels-last view (``pmap`` tasks) while a band is in cache:
     Σx per band, then Σ(x − μ)² from a band-sized temporary; float sums over bands added
     per image in task order, as in the training forward."""
     gamma, beta, _ = instance_affine(gamma, beta, x)
     N, C, H, W = x.shape
-    (v,), Wt = _wide(x.transpose(0, 2, 3, 1))
-    tasks = image_bands(N, H, max(1, INFER_BAND_BYTES // max(1, W * C * x.itemsize)))
-    mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]], C=C), tasks)) / (H * W)
-    mu_t = _tiled(mu.astype(x.dtype), Wt)
+    gathered = None if moments is None else moments.moments(x.shape)
+    if gathered is not None:
+        mu, var = gathered
+    else:
+        (v,), Wt = _wide(x.transpose(0, 2, 3, 1))
+        tasks = image_bands(N, H, max(1, INFER_BAND_BYTES // max(1, W * C * x.itemsize)))
+        mu = _per_image(N, tasks, pmap(lambda t: _colsum(v[t[0], t[1]:t[2]], C=C), tasks)) / (H * W)
+        mu_t = _tiled(mu.astype(x.dtype), Wt)
 
-    def centred(task):
-        n, r0, r1 = task
-        t = np.subtract(v[n, r0:r1], mu_t[n])  # a band-sized temporary
-        return _colsum(t, t, C)
+        def centred(task):
+            n, r0, r1 = task
+            t = np.subtract(v[n, r0:r1], mu_t[n])  # a band-sized temporary
+            return _colsum(t, t, C)
 
-    var = _per_image(N, tasks, pmap(centred, tasks)) / (H * W)
+        var = _per_image(N, tasks, pmap(centred, tasks)) / (H * W)
     a = (1 / np.sqrt(var + eps)).astype(x.dtype)                     # (N, C)
     if gamma is not None:
         a = a * gamma                                                # (C,) or (N, C) rows
     b = -mu.astype(x.dtype) * a
     if beta is not None:
         b = b + beta
-    return ChannelAffine(x, np.ascontiguousarray(np.broadcast_to(a, (N, C))),
-                         np.ascontiguousarray(np.broadcast_to(b, (N, C))), relu)
+    return ChannelAffine(x, np.ascontiguousarray(np.broadcast_to(a, (N, C)), dtype=x.dtype),
+                         np.ascontiguousarray(np.broadcast_to(b, (N, C)), dtype=x.dtype), relu)
 
 
 def instance_norm_backward_cpu(dy, cache):

@@ -147,7 +147,7 @@ def replicate_rows_cl(x, r0: int, r1: int, affine=None):
     return out
 
 
-def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None):
+def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None, moments=None):
     """``conv2d(upsample_nearest2d(x, 2), w, b, stride 1, padding 1, reflect)`` in one op.
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,) or None -> ``(y, cache)``, y (N, F, 2H, 2W), on
@@ -157,6 +157,8 @@ def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None):
     only), and the two layers' path keeps no resized image.
     ``affine``: an ``affine.ChannelAffine`` whose x is this x; the input is its output,
     mapped band by band in the fold (made first with ``keep_input`` or off the fold).
+    ``moments``: a ``moments.BandMoments`` of the output, given each band as the fold
+    writes it.
     """
     if affine is not None:
         if affine.x is not x:
@@ -191,6 +193,8 @@ def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None):
             gemm(xq[off:off + P], B, Z[:P, k0 * F:k1 * F])  # (P, C) @ (C, k·F), accumulated
         # Z (R, Wp, a, b, F) -> y[n, i0:i1] (R, a, W, b, F)
         y[n, i0:i1] = Z.reshape(R, Wp, 2, 2, F)[:, :W].transpose(0, 2, 1, 3, 4)
+        if moments is not None:
+            moments.add(n, i0, y[n, i0:i1].reshape(2 * R, 2 * W, F))
 
     pmap(band, image_bands(N, H, upconv_band_rows(H, Wp, F, x.itemsize)))
     cache = UpConvCache(x if keep_input else None, w, b is not None)

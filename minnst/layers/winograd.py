@@ -323,7 +323,8 @@ def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None, affine=None):
     return full
 
 
-def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affine=None):
+def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affine=None,
+                     moments=None):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
     ``winograd_weights(w, m)`` ((m+2)², C, F), whose size says the tile m. Returns
     (N, F, H, W), channels-last memory. One band of tile rows of one image per task
@@ -335,7 +336,8 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affin
     ``mask`` (x's shape) convolves x · (mask > 0) instead of x (``relu_backward`` of a
     ReLU whose output is ``mask``: the input gradient of a convolution a ReLU followed).
     ``affine``: an ``affine.ChannelAffine`` of x; the input is its output, mapped as the
-    bands are copied (``padded_rows_cl``)."""
+    bands are copied (``padded_rows_cl``). ``moments``: a ``moments.BandMoments`` of the
+    output, given each block as it is written."""
     if mask is not None and pad_mode != "zero":
         x, mask = x * (mask > 0), None  # reflected borders copy masked pixels: mask first
     N, C, H, W = x.shape
@@ -349,7 +351,8 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affin
     tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m), WINOGRAD_MIN_TASKS[m])
     chunks = channel_chunks(N, TH, TW, C, F, tasks, a, x.itemsize)
     if chunks:
-        _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine)
+        _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine,
+                            moments)
         return y[:, :H, :W, :].transpose(0, 3, 1, 2)
 
     def band(task):
@@ -359,6 +362,8 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affin
         _input_transform(xb, m, t1 - t0, TW, V)
         M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
         _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b, relu)
+        if moments is not None:
+            moments.add(n, t0, y[n, m * t0:min(m * t1, H), :W])
 
     pmap(band, tasks)
     return y[:, :H, :W, :].transpose(0, 3, 1, 2)
@@ -395,12 +400,13 @@ def channel_chunks(N, TH, TW, C, F, tasks, a, itemsize) -> list:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine=None):
+def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chunks, affine=None,
+                        moments=None):
     """``winograd_conv3x3``'s work, split by output channels: the input transform of every
     tile of the batch, in the tile-row ``tasks``, into one V (α², N·TH·TW, C); then per
     slice [f0, f1) of ``chunks`` the α² GEMMs V @ U[:, :, f0:f1] and the output transform
     into y[..., f0:f1] (every image). Each output is the same sum as in the tile-row path."""
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     a = m + 2
     T = TH * TW
     V = np.empty((a * a, N * T, C), dtype=x.dtype)
@@ -418,6 +424,8 @@ def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chun
         for n in range(N):
             _output_transform(M[:, n * T:(n + 1) * T], m, TH, TW, y[n, ..., f0:f1],
                               None if b is None else b[f0:f1], relu)
+            if moments is not None:
+                moments.add(n, f0, y[n, :H, :W, f0:f1], c0=f0)
 
     pmap(channels, chunks)
 
