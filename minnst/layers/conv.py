@@ -155,8 +155,9 @@ def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None, moments
             if b is not None:
                 yb += b
             y[n0:n1, i0:i1] = yb
-            for n in range(n0, n1) if moments is not None else ():
-                moments.add(n, i0, y[n, i0:i1])
+            if moments is not None:
+                for n in range(n0, n1):
+                    moments.add(n, i0, y[n, i0:i1])
 
     # K + KW·C: the band's padded input rows count too
     _run(xp, unit, im2col_tasks(xp, N, OH, OW, K + KW * C, x.itemsize))
