@@ -55,7 +55,8 @@ One family; each path states its own bound with it (``conv.im2col_bands``,
 * ``matmul_bands(batch, M, K, N)``: the tasks of ``matmul``.
 
 ``gemm`` is the matrix product the tasks call where they accumulate in place: SciPy's BLAS
-wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` does not.
+wrappers keep the GIL during the product, a ctypes call into ``cblas_?gemm`` (of NumPy's own
+BLAS, whichever other OpenBLAS copies are loaded) does not.
 """
 from __future__ import annotations
 
@@ -257,6 +258,23 @@ def batch_slices(shape):
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
+def _numpy_first(lib) -> tuple:
+    """Sort key of the BLAS libraries for ``_cblas``: NumPy's own (the one ``np.matmul``
+    runs on), then SciPy's, then any other, by path. Other packages bring their own
+    OpenBLAS (OpenCV's opencv_python_headless.libs holds a 0.3.15), and the order in which
+    threadpoolctl lists the loaded libraries changes from process to process: taking the
+    first one with a ``cblas_?gemm`` made the products' bits depend on the run."""
+    import scipy
+
+    path = os.path.realpath(lib.filepath)
+
+    def inside(module) -> bool:
+        home = os.path.dirname(os.path.realpath(module.__file__))
+        return path.startswith(home + os.sep) or path.startswith(home + ".libs" + os.sep)
+
+    return (0 if inside(np) else 1 if inside(scipy) else 2, path)
+
+
 def _cblas(dtype):
     """``(function, int type)`` of the loaded BLAS's ``cblas_?gemm`` through ctypes, or
     None. SciPy's ``scipy.linalg.blas`` wrappers hold the GIL during the product (two
@@ -270,7 +288,7 @@ def _cblas(dtype):
         real = ctypes.c_float if letter == "s" else ctypes.c_double
         names = [(f"cblas_{letter}gemm", ctypes.c_int), (f"scipy_cblas_{letter}gemm", ctypes.c_int),
                  (f"scipy_cblas_{letter}gemm64_", ctypes.c_int64), (f"cblas_{letter}gemm64_", ctypes.c_int64)]
-        for lib in _blas_libraries():
+        for lib in sorted(_blas_libraries(), key=_numpy_first):
             try:
                 dll = ctypes.CDLL(lib.filepath)
             except OSError:

@@ -182,6 +182,30 @@ def test_matmul_gives_the_bits_of_numpy(rng, dtype, a_shape, b_shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_runs_on_numpys_blas_whatever_order_the_libraries_are_listed_in(monkeypatch, dtype):
+    """Other packages bring their own OpenBLAS (OpenCV: a 0.3.15) and threadpoolctl lists
+    the loaded libraries in an order that changes from process to process; ``gemm`` takes
+    NumPy's own in every order (a client that took OpenCV's in a third of its runs gave a
+    Dask cluster's tiles other bits than its own serial run)."""
+    import ctypes
+
+    libs = parallel._blas_libraries()
+    mine = [lib for lib in libs if parallel._numpy_first(lib)[0] == 0]
+    if not mine:
+        pytest.skip("NumPy's BLAS is not among the libraries threadpoolctl sees")
+    letter = "s" if dtype == np.float32 else "d"
+    dll = ctypes.CDLL(mine[0].filepath)
+    names = (f"cblas_{letter}gemm", f"scipy_cblas_{letter}gemm", f"scipy_cblas_{letter}gemm64_",
+             f"cblas_{letter}gemm64_")
+    want = {ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names if hasattr(dll, n)}
+    for order in (libs, libs[::-1]):
+        monkeypatch.setitem(parallel._state, "blas", list(order))
+        monkeypatch.setitem(parallel._state, ("cblas", np.dtype(dtype).char), None)
+        del parallel._state[("cblas", np.dtype(dtype).char)]
+        assert ctypes.cast(parallel._cblas(dtype), ctypes.c_void_p).value in want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_of_transposed_views(rng, dtype):
     """The transposed convolution's weight gradient, xᵀ (C, M) @ cols (M, KH·KW·F)."""
     for C, M, K in ((130, 5000, 576), (128, 16384, 288), (256, 4096, 1152)):
