@@ -34,14 +34,6 @@ class ChannelAffine(NamedTuple):
     b: object
     relu: bool
 
-    @property
-    def shape(self):
-        return self.x.shape
-
-    @property
-    def dtype(self):
-        return self.x.dtype
-
     def images(self, n0: int, n1: int) -> "ChannelAffine":
         """The map of images n0 … n1 − 1."""
         return ChannelAffine(self.x[n0:n1], self.a[n0:n1], self.b[n0:n1], self.relu)
