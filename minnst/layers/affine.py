@@ -78,6 +78,17 @@ def apply_rows(v, a, b, relu: bool):
         np.maximum(v, 0, out=v)
 
 
+def taken_by(op: str, x, affine, in_bands: bool):
+    """``(x, affine)`` as an op that may take ``affine`` (a ``ChannelAffine`` of x, or
+    None) sees them: unchanged when ``in_bands`` (the op maps its input band by band),
+    else ``(affine.apply(), None)``. A map of another array is a ValueError."""
+    if affine is None:
+        return x, None
+    if affine.x is not x:
+        raise ValueError(f"{op}: the ChannelAffine must map this input")
+    return (x, affine) if in_bands else (affine.apply(), None)
+
+
 def images(affine, n0: int, n1: int):
     """``affine.images(n0, n1)``, or None for None (the paths' argument when there is no map)."""
     return None if affine is None else affine.images(n0, n1)

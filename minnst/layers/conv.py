@@ -66,7 +66,7 @@ import numpy as np
 from ..backend import get_xp
 from ..parallel import band_rows, chunks, gemm, image_bands, matmul, pmap, row_bands
 from .activations import relu_backward, relu_forward
-from .affine import ChannelAffine, images
+from .affine import ChannelAffine, images, taken_by
 from .base import Layer
 from .im2col import col2im_add, im2col
 from .padding import pad2d, pad2d_backward, padded_rows_cl
@@ -637,11 +637,7 @@ def conv2d_forward(x, w, b=None, stride: int = 1, pad: int = 0, pad_mode: str = 
     "thin_output" give each band of output as they write it (an instance norm after the
     convolution then reads no input of its own for its statistics).
     """
-    if affine is not None:
-        if affine.x is not x:
-            raise ValueError("conv2d: the ChannelAffine must map this input")
-        if keep_input or get_xp(x) is not np:
-            x, affine = affine.apply(), None
+    x, affine = taken_by("conv2d", x, affine, not keep_input and get_xp(x) is np)
     N, C, H, W = x.shape
     F, Cw, KH, KW = w.shape
     if Cw != C:

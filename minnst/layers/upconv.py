@@ -51,7 +51,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..parallel import band_rows, gemm, image_bands, pmap, row_bands
-from .affine import apply_rows, images
+from .affine import apply_rows, images, taken_by
 from .conv import CPU_DTYPES, Conv2d, conv2d_backward, conv2d_forward, conv2d_naive
 from .resampling import Upsample, upsample_nearest2d_backward, upsample_nearest2d_forward
 
@@ -160,11 +160,7 @@ def upconv2d_forward(x, w, b=None, keep_input: bool = True, affine=None, moments
     ``moments``: a ``moments.BandMoments`` of the output, given each band as the fold
     writes it.
     """
-    if affine is not None:
-        if affine.x is not x:
-            raise ValueError("upconv2d: the ChannelAffine must map this input")
-        if keep_input or not folds(x):
-            x, affine = affine.apply(), None
+    x, affine = taken_by("upconv2d", x, affine, not keep_input and folds(x))
     check_upconv(x, w)
     if not folds(x):
         up, up_cache = upsample_nearest2d_forward(x, 2)
