@@ -237,13 +237,30 @@ def _input_transform(xb, m, TH, TW, V):
     """V[α·a + b] (TH·TW, C) = (Bᵀ d B)[a, b] for the α×α tiles d of the padded band xb
     (m·TH + 2, m·TW + 2, C), channels-last; tile (t, s) starts at row m·t, column m·s.
     Bᵀ first combines rows (one pass per term over every tile row at once), then the same
-    on the columns of those (α, TH, m·TW + 2, C) sums."""
+    on the columns of those (α, TH, ·, C) sums.
+
+    F(2×2) first deals the columns out by parity (xs[:, r, i] = xb[:, 2i + r]): column j
+    of every tile of a row, 2s + j, is then the run xs[:, j % 2, j // 2 + s], so the
+    column passes read runs of TW·C contiguous floats instead of runs of C strided by 2C.
+    The transform of a band (deal included), medians of alternated runs: 512 tiles of 64
+    channels 360 µs instead of 460, 256 tiles of 128 channels −26 %, of 256 channels
+    −17 %, 128 tiles of 512 channels −14 %. F(4×4) keeps the strided runs: dealt, it
+    gained at some band shapes and lost at others, and the stylisation nothing (paired
+    1.00–1.02)."""
     a = m + 2
-    C = xb.shape[2]
-    Q = np.empty((a, TH, m * TW + 2, C), dtype=xb.dtype)
-    _BT[m]([xb[i:i + m * TH:m] for i in range(a)], list(Q))       # (TH, m·TW + 2, C) views
+    R, cols, C = xb.shape
+    if m == 2:
+        src = np.empty((R, 2, TW + 1, C), dtype=xb.dtype)
+        src.transpose(0, 2, 1, 3)[...] = xb.reshape(R, TW + 1, 2, C)
+        Q = np.empty((a, TH, 2, TW + 1, C), dtype=xb.dtype)
+        columns = [Q[:, :, j % 2, j // 2:j // 2 + TW] for j in range(a)]
+    else:
+        src = xb
+        Q = np.empty((a, TH, cols, C), dtype=xb.dtype)
+        columns = [Q[:, :, j:j + m * TW:m] for j in range(a)]
+    _BT[m]([src[i:i + m * TH:m] for i in range(a)], list(Q))
     V5 = V.reshape(a, a, TH, TW, C)
-    _BT[m]([Q[:, :, j:j + m * TW:m] for j in range(a)], [V5[:, k] for k in range(a)])
+    _BT[m](columns, [V5[:, k] for k in range(a)])
 
 
 def _output_transform(M, m, TH, TW, y, b, relu=False):
