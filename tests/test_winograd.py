@@ -57,10 +57,11 @@ def test_written_out_transforms_are_the_matrices(rng, m):
     U = G g Gᵀ equal the textbook matrices."""
     BT, Gm, AT = MATRICES[m]
     a = m + 2
-    for fn, M in ((wg._BT[m], BT), (wg._AT[m], AT), (wg._G[m], Gm)):
+    bt = (lambda v, o: wg._bt2(v[0:2], v[2:4], o)) if m == 2 else wg._bt4  # F(2×2): pairs
+    for fn, M in ((bt, BT), (wg._AT[m], AT), (wg._G[m], Gm)):
         v = rng.standard_normal((M.shape[1], 5, 3))
         out = np.empty((M.shape[0], 5, 3))
-        fn(list(v), list(out))
+        fn(v, out)
         assert np.abs(out - np.einsum("ij,jkl->ikl", M, v)).max() < 1e-14
     w = rng.standard_normal((5, 4, 3, 3))
     U = winograd_weights(w, m)
