@@ -203,6 +203,21 @@ def test_pool_rejects_window_larger_than_input():
         avgpool2d_forward(np.zeros((1, 1, 5, 2)), 3, 1)
 
 
+@pytest.mark.parametrize("pad,r0,r1", [(1, 0, 5), (2, 3, 11), (1, 4, 9)])
+def test_padded_rows_with_a_mask_are_the_masked_input_padded(rng, pad, r0, r1):
+    """``padded_rows_cl(..., mask=m)``: the band of pad2d(x · (m > 0)), bit for bit (the
+    input gradient of a convolution a ReLU followed); reflection would copy unmasked
+    pixels into the border, so it is refused."""
+    x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+    m = np.maximum(rng.standard_normal(x.shape), 0).astype(np.float32)
+    want = padding.pad2d(x * (m > 0), pad, "zero").transpose(0, 2, 3, 1)[:, r0:r1]
+    got = padding.padded_rows_cl(x, r0, r1, pad, "zero", mask=m)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # −0.0 where a negative x is masked
+    with pytest.raises(ValueError, match="zero padding"):
+        padding.padded_rows_cl(x, r0, r1, pad, "reflect", mask=m)
+
+
 # -------------------------------------------------------------------------- normalisation
 
 def reference_norm(x, gamma, beta, eps, axes):

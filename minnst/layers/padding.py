@@ -63,7 +63,7 @@ def pad2d_backward(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite: bo
     return pad2d_backward_cpu(dxp, pad, mode, axes, overwrite)
 
 
-def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None):
+def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None, mask=None):
     """Rows ``r0:r1`` (in padded coordinates) of ``x`` padded by ``pad``, channels-last.
 
     x: (N, C, H, W) (any memory order) -> (N, r1 − r0, W + 2·pad, C), a new array equal to
@@ -73,12 +73,15 @@ def padded_rows_cl(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=Non
 
     ``affine``: an ``affine.ChannelAffine`` of x's images (NumPy only); the rows are then
     those of its output, ``affine.apply()``, mapped in the band (see ``affine``).
+    ``mask`` (x's shape, NumPy, zero padding only): the rows are those of x · (mask > 0),
+    ``relu_backward``'s multiply (the same bits), for the input gradient of a convolution
+    that a ReLU followed.
     """
     if is_gpu_array(x):
-        if affine is not None:
-            raise ValueError("padded_rows_cl: a ChannelAffine is applied on the CPU only")
+        if affine is not None or mask is not None:
+            raise ValueError("padded_rows_cl: a ChannelAffine or a mask is applied on the CPU only")
         return padded_rows_cl_gpu(x, r0, r1, pad, mode)
-    return padded_rows_cl_cpu(x, r0, r1, pad, mode, affine)
+    return padded_rows_cl_cpu(x, r0, r1, pad, mode, affine, mask)
 
 
 # --------------------------------------------------------------------------- array code
@@ -142,19 +145,27 @@ def pad2d_backward_cpu(dxp, pad: int, mode: str = "zero", axes=(2, 3), overwrite
     return g[_sl(nd, ah, slice(pad, pad + H))]
 
 
-def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None):
+def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero", affine=None, mask=None):
     """``padded_rows_cl`` in array code: the band's image rows transposed into place, the
     at most 2·pad edge rows, then the border columns. ``affine`` maps the image rows
-    before any border is made of them (zero borders stay zero)."""
+    before any border is made of them (zero borders stay zero); ``mask`` multiplies them."""
     xp = get_xp(x)
     N, C, H, W = x.shape
     check_pad(min(H, W), pad, mode)
+    if mask is not None and mode != "zero":
+        raise ValueError("padded_rows_cl: a mask needs zero padding (reflected borders would "
+                         "copy unmasked pixels)")
     Wp = W + 2 * pad
     out = xp.empty((N, r1 - r0, Wp, C), dtype=x.dtype)
     a = min(max(pad - r0, 0), r1 - r0)          # band rows [a, b) are real image rows
     b = max(min(pad + H - r0, r1 - r0), a)
     if b > a:
-        out[:, a:b, pad:pad + W, :] = x[:, :, r0 + a - pad:r0 + b - pad, :].transpose(0, 2, 3, 1)
+        rows = slice(r0 + a - pad, r0 + b - pad)
+        if mask is None:
+            out[:, a:b, pad:pad + W, :] = x[:, :, rows, :].transpose(0, 2, 3, 1)
+        else:  # (rows, W, C) · (rows, W, C) booleans: relu_backward's multiply
+            np.multiply(x[:, :, rows, :].transpose(0, 2, 3, 1), mask[:, :, rows, :].transpose(0, 2, 3, 1) > 0,
+                        out=out[:, a:b, pad:pad + W, :])
         if affine is not None and mode == "zero":
             apply_rows(out[:, a:b, pad:pad + W], affine.a, affine.b, affine.relu)
     for i in list(range(a)) + list(range(b, r1 - r0)):  # at most 2·pad rows, at the edges

@@ -334,13 +334,9 @@ def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None, affine=None):
     not a multiple of the tile) are zeros — their outputs are cropped. ``mask`` (zero
     padding only): the image rows are multiplied by ``mask > 0`` (x's shape). ``affine``:
     the rows of its output (``padded_rows_cl``)."""
-    H, W = x.shape[2:]
-    xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode, images(affine, n, n + 1))[0]
-    if mask is not None:
-        p0, p1 = max(r0, 1), min(r1, H + 1)  # the padded rows that are image rows p − 1
-        if p1 > p0:
-            # (rows, W, C) *= (rows, W, C) booleans: relu_backward's multiply, same bits
-            xb[p0 - r0:p1 - r0, 1:W + 1] *= mask[n, :, p0 - 1:p1 - 1].transpose(1, 2, 0) > 0
+    H = x.shape[2]
+    xb = padded_rows_cl(x[n:n + 1], r0, min(r1, H + 2), 1, pad_mode, images(affine, n, n + 1),
+                        None if mask is None else mask[n:n + 1])[0]
     if xb.shape[0] == r1 - r0 and xb.shape[1] == cols:
         return xb
     full = np.zeros((r1 - r0, cols, xb.shape[2]), dtype=x.dtype)
