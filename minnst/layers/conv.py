@@ -468,7 +468,7 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
     return out, total
 
 
-def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None, mask=None):
+def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
     """Stride-1 convolution for few output channels, by "output-side shifting":
 
         Z (KH·KW·F, P) = W_all (KH·KW·F, C) @ Xᵀ (C, P),  y[f, q] = b[f] + Σ_{u,v} Z[(u,v,f), q + u·Wp + v]
@@ -481,9 +481,7 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None, mask=None):
 
     A task (``pmap``) owns output rows [o0, o1) of one image and multiplies the input
     rows they read, [o0, o1 + KH − 1): the KH − 1 rows of halo are multiplied twice when
-    an image is cut into several tasks (only when the batch is smaller than MIN_TASKS).
-    ``mask`` (x's shape, zero padding): the convolution of x · (mask > 0), taken as the
-    bands are copied (``padded_rows_cl``)."""
+    an image is cut into several tasks (only when the batch is smaller than MIN_TASKS)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     Wp = OW + KW - 1
@@ -497,8 +495,8 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None, mask=None):
         out[...] = 0 if b is None else b.reshape(F, 1)
         P = out.shape[1]
         for r0, r1 in thin_bands(o1 - o0 + KH - 1, Wp * T * F * x.itemsize):
-            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode, images(affine, n, n + 1),
-                                None if mask is None else mask[n:n + 1]).reshape(-1, C)      # (Pb, C)
+            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode,
+                                images(affine, n, n + 1)).reshape(-1, C)                     # (Pb, C)
             z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
             p0, Pb = r0 * Wp, z.shape[2]
             sT, sF, sP = z.strides
@@ -721,15 +719,6 @@ def _gemm_backward(dy, cache, need_dx, relu_y=None):
     xp = get_xp(dy)
     N, C, H, W = cache.x_shape
     p = cache.pad
-    if cache.method == "shifted" and C <= THIN_CHANNELS:
-        # a thin input's gradient is a convolution with a thin output: output-side
-        # shifting beats KH·KW products of N = C columns (VGG16's conv1_1 at 256², two
-        # workers: 8.1 → 4.5 ms, one: 11.2 → 8.2)
-        KH, KW = cache.w.shape[2:]
-        dxpad = _scatter_forward(dy, _rot180(cache.w), None, KH - 1, "zero", H + 2 * p, W + 2 * p,
-                                 mask=relu_y)
-        dw = _shifted_weight_grad(dy, cache.x, cache.w, p, cache.pad_mode)  # relu_y: frozen only
-        return pad2d_backward(dxpad, p, cache.pad_mode, overwrite=True), dw
     dxpad = xp.zeros((N, H + 2 * p, W + 2 * p, C), dtype=dy.dtype)
     if cache.method == "shifted":
         dw = _shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad, relu_y)
