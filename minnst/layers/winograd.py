@@ -238,35 +238,33 @@ def winograd_transform(w) -> WinogradWeights:
 # --------------------------------------------------------------------------- tiles
 
 def _input_transform(xb, m, TH, TW, V):
-    """V[α·a + b] (TH·TW, C) = (Bᵀ d B)[a, b] for the α×α tiles d of the padded band xb
-    (m·TH + 2, m·TW + 2, C), channels-last; tile (t, s) starts at row m·t, column m·s.
-    Bᵀ first combines rows (one pass per term over every tile row at once), then the same
-    on the columns of those (α, TH, ·, C) sums.
+    """V[α·a + b] (TH·TW, C) = (Bᵀ d B)[a, b] for the α×α tiles d of the band xb that
+    ``_band_input`` gives (m·TH + 2 padded rows of m·TW + 2 columns, channels-last); tile
+    (t, s) starts at row m·t, column m·s. Bᵀ first combines rows (one pass per term over
+    every tile row at once), then the same on the columns of those (α, TH, ·, C) sums.
 
-    F(2×2) first deals the columns out by parity (xs[:, r, i] = xb[:, 2i + r]): column j
-    of every tile of a row, 2s + j, is then the run xs[:, j % 2, j // 2 + s], so the
-    column passes read runs of TW·C contiguous floats instead of runs of C strided by 2C.
-    The transform of a band (deal included), medians of alternated runs: 512 tiles of 64
-    channels 360 µs instead of 460, 256 tiles of 128 channels −26 %, of 256 channels
-    −17 %, 128 tiles of 512 channels −14 %. F(4×4) keeps the strided runs: dealt, it
-    gained at some band shapes and lost at others, and the stylisation nothing (paired
-    1.00–1.02). The four rows (columns) of a tile are two stacked pairs, so that ``_bt2``
-    makes d0 − d2 and d1 − d3 in one call (6 NumPy calls instead of 8, each a GIL hand-off
-    on two workers: VGG16 forward paired 0.98 at 256², 90 context switches per conv1_2
-    instead of 147)."""
+    F(2×2)'s band has its columns dealt out by parity (xb[:, r, i] is padded column
+    2i + r): column j of every tile of a row, 2s + j, is then the run xb[:, j % 2, j // 2
+    + s], so the column passes read runs of TW·C contiguous floats instead of runs of C
+    strided by 2C. The transform of a band (deal included), medians of alternated runs:
+    512 tiles of 64 channels 360 µs instead of 460, 256 tiles of 128 channels −26 %, of
+    256 channels −17 %, 128 tiles of 512 channels −14 %. F(4×4) keeps the strided runs:
+    dealt, it gained at some band shapes and lost at others, and the stylisation nothing
+    (paired 1.00–1.02). The four rows (columns) of a tile are two stacked pairs, so that
+    ``_bt2`` makes d0 − d2 and d1 − d3 in one call (6 NumPy calls instead of 8, each a GIL
+    hand-off on two workers: VGG16 forward paired 0.98 at 256², 90 context switches per
+    conv1_2 instead of 147)."""
     a = m + 2
-    R, cols, C = xb.shape
+    C = xb.shape[-1]
     if m == 4:
-        Q = np.empty((a, TH, cols, C), dtype=xb.dtype)
+        Q = np.empty((a, TH, xb.shape[1], C), dtype=xb.dtype)
         _bt4([xb[i:i + 4 * TH:4] for i in range(a)], Q)
         _bt4([Q[:, :, j:j + 4 * TW:4] for j in range(a)], V.reshape(a, a, TH, TW, C).swapaxes(0, 1))
         return
-    xs = np.empty((R, 2, TW + 1, C), dtype=xb.dtype)
-    xs.transpose(0, 2, 1, 3)[...] = xb.reshape(R, TW + 1, 2, C)
     Q = np.empty((a, TH, 2, TW + 1, C), dtype=xb.dtype)
 
     def rows(i):  # rows (i, i + 1) of every tile, stacked: (2, TH, 2, TW + 1, C)
-        return xs[i:i + 2 * TH].reshape(TH, 2, 2, TW + 1, C).swapaxes(0, 1)
+        return xb[i:i + 2 * TH].reshape(TH, 2, 2, TW + 1, C).swapaxes(0, 1)
 
     def columns(j):  # columns (j, j + 1) of every tile, stacked: (2, α, TH, TW, C)
         return Q[:, :, :, j:j + TW].transpose(2, 0, 1, 3, 4)
@@ -348,6 +346,39 @@ def _padded_band(x, n, r0, r1, cols, pad_mode, mask=None, affine=None):
     return full
 
 
+def _band_input(x, n, t0, t1, m, TW, pad_mode, mask=None, affine=None):
+    """The input band of tile rows [t0, t1) of image n for ``_input_transform``: padded
+    rows [m·t0, m·t1 + 2) of m·TW + 2 columns (``_padded_band``), for F(2×2) with its
+    columns dealt out by parity, (rows, 2, TW + 1, C). Zero padding without a ``mask`` or
+    an ``affine`` deals straight from x, two strided copies in place of the padded copy
+    and the deal (a band of 512 tiles of 64 channels: 27 µs instead of 49; VGG16 forward
+    on two workers, paired 0.97–1.00 at 256², 0.98 at 1024²; the masked multiplies, dealt
+    straight, lost: forward + backward 1.008)."""
+    r0, r1 = m * t0, m * t1 + 2
+    if m == 4 or pad_mode != "zero" or mask is not None or affine is not None:
+        xb = _padded_band(x, n, r0, r1, m * TW + 2, pad_mode, mask, affine)
+        if m == 4:
+            return xb
+        xs = np.empty((r1 - r0, 2, TW + 1, xb.shape[2]), dtype=xb.dtype)
+        xs.transpose(0, 2, 1, 3)[...] = xb.reshape(r1 - r0, TW + 1, 2, xb.shape[2])
+        return xs
+    C, H, W = x.shape[1:]
+    R = r1 - r0
+    xs = np.empty((R, 2, TW + 1, C), dtype=x.dtype)
+    a = min(max(1 - r0, 0), R)              # band rows [a, b) are image rows r0 + i − 1
+    b = max(min(H + 1 - r0, R), a)
+    xs[:a] = 0
+    xs[b:] = 0
+    rows = (n, slice(None), slice(r0 + a - 1, r0 + b - 1))
+    # padded column 2i + 1 is image column 2i, padded column 2i (i ≥ 1) image column 2i − 1
+    even, odd = (W + 1) // 2, W // 2
+    for parity, cols, i0, count in ((1, slice(0, None, 2), 0, even), (0, slice(1, None, 2), 1, odd)):
+        xs[a:b, parity, i0:i0 + count] = x[rows][..., cols].transpose(1, 2, 0)
+        xs[a:b, parity, :i0] = 0
+        xs[a:b, parity, i0 + count:] = 0
+    return xs
+
+
 def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affine=None,
                      moments=None):
     """3×3 convolution, stride 1, padding 1 (zero or reflection). x (N, C, H, W), U from
@@ -382,9 +413,8 @@ def winograd_conv3x3(x, U, b=None, pad_mode="zero", relu=False, mask=None, affin
 
     def band(task):
         n, t0, t1 = task
-        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask, affine)
         V = np.empty((a * a, (t1 - t0) * TW, C), dtype=x.dtype)
-        _input_transform(xb, m, t1 - t0, TW, V)
+        _input_transform(_band_input(x, n, t0, t1, m, TW, pad_mode, mask, affine), m, t1 - t0, TW, V)
         M = np.matmul(V, U)  # α² GEMMs (T, C) @ (C, F)
         _output_transform(M, m, t1 - t0, TW, y[n, m * t0:m * t1], b, relu)
         if moments is not None:
@@ -438,8 +468,8 @@ def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chun
 
     def transform(task):
         n, t0, t1 = task
-        xb = _padded_band(x, n, m * t0, m * t1 + 2, m * TW + 2, pad_mode, mask, affine)
-        _input_transform(xb, m, t1 - t0, TW, V[:, n * T + t0 * TW:n * T + t1 * TW])
+        _input_transform(_band_input(x, n, t0, t1, m, TW, pad_mode, mask, affine), m, t1 - t0, TW,
+                         V[:, n * T + t0 * TW:n * T + t1 * TW])
 
     pmap(transform, tasks)
 
