@@ -51,8 +51,7 @@ class ChannelAffine(NamedTuple):
         def band(task):
             n, r0, r1 = task
             yb = y[n:n + 1, r0:r1]
-            yb[...] = xt[n:n + 1, r0:r1]
-            apply_rows(yb, self.a[n:n + 1], self.b[n:n + 1], self.relu)
+            apply_rows(yb, self.a[n:n + 1], self.b[n:n + 1], self.relu, src=xt[n:n + 1, r0:r1])
             if at is not None:
                 yb += at[n:n + 1, r0:r1]
 
@@ -60,19 +59,21 @@ class ChannelAffine(NamedTuple):
         return y.transpose(0, 3, 1, 2)
 
 
-def apply_rows(v, a, b, relu: bool):
+def apply_rows(v, a, b, relu: bool, src=None):
     """In place on a channels-last block v (n, R, W, C): v = max(v·a + b, 0) (or v·a + b),
-    a, b (n, C). The passes run along rows of W·C floats with a, b tiled to that length
-    when v's last two axes merge (NumPy's broadcasting of a (C,) vector runs one inner
-    loop of C floats per pixel)."""
+    a, b (n, C); with ``src`` (v's shape), v = max(src·a + b, 0), the product written
+    straight into v (one pass fewer than copying src first). The passes run along rows of
+    W·C floats with a, b tiled to that length when the last two axes merge (NumPy's
+    broadcasting of a (C,) vector runs one inner loop of C floats per pixel)."""
     n, R, W, C = v.shape
-    if v.strides[3] == v.itemsize and v.strides[2] == C * v.itemsize:
-        v = v.reshape(n, R, W * C)  # a view: the merge was checked
+    src = v if src is None else src
+    if all(u.strides[3] == u.itemsize and u.strides[2] == C * u.itemsize for u in (v, src)):
+        v, src = v.reshape(n, R, W * C), src.reshape(n, R, W * C)  # views: the merge was checked
         a, b = np.tile(a, (1, W)), np.tile(b, (1, W))
     a, b = a.reshape(n, 1, -1), b.reshape(n, 1, -1)
     if v.ndim == 4:
         a, b = a[:, :, None], b[:, :, None]
-    v *= a
+    np.multiply(src, a, out=v)
     v += b
     if relu:
         np.maximum(v, 0, out=v)

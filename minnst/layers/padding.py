@@ -161,13 +161,15 @@ def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero", affine
     b = max(min(pad + H - r0, r1 - r0), a)
     if b > a:
         rows = slice(r0 + a - pad, r0 + b - pad)
-        if mask is None:
-            out[:, a:b, pad:pad + W, :] = x[:, :, rows, :].transpose(0, 2, 3, 1)
-        else:  # (rows, W, C) · (rows, W, C) booleans: relu_backward's multiply
-            np.multiply(x[:, :, rows, :].transpose(0, 2, 3, 1), mask[:, :, rows, :].transpose(0, 2, 3, 1) > 0,
-                        out=out[:, a:b, pad:pad + W, :])
-        if affine is not None and mode == "zero":
-            apply_rows(out[:, a:b, pad:pad + W], affine.a, affine.b, affine.relu)
+        src, dst = x[:, :, rows, :].transpose(0, 2, 3, 1), out[:, a:b, pad:pad + W, :]
+        if mask is not None:  # (rows, W, C) · (rows, W, C) booleans: relu_backward's multiply
+            np.multiply(src, mask[:, :, rows, :].transpose(0, 2, 3, 1) > 0, out=dst)
+            if affine is not None:
+                apply_rows(dst, affine.a, affine.b, affine.relu)
+        elif affine is not None:  # mapped as it is copied
+            apply_rows(dst, affine.a, affine.b, affine.relu, src=src)
+        else:
+            dst[...] = src
     for i in list(range(a)) + list(range(b, r1 - r0)):  # at most 2·pad rows, at the edges
         if mode == "zero":
             out[:, i] = 0
@@ -176,8 +178,10 @@ def padded_rows_cl_cpu(x, r0: int, r1: int, pad: int, mode: str = "zero", affine
         if src > H - 1:
             src = 2 * (H - 1) - src
         out[:, i, pad:pad + W, :] = x[:, :, src, :].transpose(0, 2, 1)
-    if affine is not None and mode != "zero":  # every row is image pixels: map them all
-        apply_rows(out[:, :, pad:pad + W], affine.a, affine.b, affine.relu)
+    if affine is not None and mode != "zero":  # the edge rows are image pixels too: map them
+        for lo, hi in ((0, a), (b, r1 - r0)):
+            if hi > lo:
+                apply_rows(out[:, lo:hi, pad:pad + W], affine.a, affine.b, affine.relu)
     if pad:
         if mode == "zero":
             out[:, :, :pad] = 0
