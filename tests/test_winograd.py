@@ -135,6 +135,23 @@ def test_many_bands_give_the_same_result(rng, monkeypatch, m):
     assert max_rel(winograd_conv3x3(x, U), y0) < 1e-14
 
 
+@pytest.mark.parametrize("H,W", [(9, 12), (8, 7), (1, 1), (5, 2)])
+def test_band_dealt_straight_from_the_input_is_the_padded_band_dealt(rng, H, W):
+    """F(2×2)'s band of a zero-padded input, dealt by column parity straight from x,
+    holds the padded band's columns: xs[:, p, i] = padded column 2i + p, zeros past the
+    image (odd sizes: tiles over the edge), every band of the image, batch of two."""
+    x = rng.standard_normal((2, 3, H, W))
+    TH, TW = -(-H // 2), -(-W // 2)
+    for n in range(2):
+        for t0, t1 in [(0, TH), (0, 1), (TH - 1, TH), (1, TH)]:
+            if t1 <= t0:
+                continue
+            xs = wg._band_input(x, n, t0, t1, 2, TW, "zero")
+            xb = wg._padded_band(x, n, 2 * t0, 2 * t1 + 2, 2 * TW + 2, "zero")
+            assert xs.shape == (2 * (t1 - t0) + 2, 2, TW + 1, 3)
+            assert np.array_equal(xs[:, 0], xb[:, 0::2]) and np.array_equal(xs[:, 1], xb[:, 1::2])
+
+
 @pytest.mark.parametrize("m", TILES)
 @pytest.mark.parametrize("mode", ["zero", "reflect"])
 @pytest.mark.parametrize("relu", [False, True])
