@@ -151,10 +151,13 @@ def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None, moments
             xb = padded_rows_cl(x[n0:n1], *_input_rows(i0, i1, stride, KH), pad, pad_mode,
                                 images(affine, n0, n1))
             cols = im2col(xb, KH, KW, stride, 0, i1 - i0, OW)
-            yb = (cols.reshape(-1, K) @ wmat.T).reshape(n1 - n0, i1 - i0, OW, F)
+            yb = y[n0:n1, i0:i1]
+            if xp is np and n1 - n0 == 1:  # one image's rows: contiguous, the product lands in y
+                np.matmul(cols.reshape(-1, K), wmat.T, out=yb.reshape(-1, F))
+            else:
+                yb[...] = (cols.reshape(-1, K) @ wmat.T).reshape(yb.shape)
             if b is not None:
                 yb += b
-            y[n0:n1, i0:i1] = yb
             if moments is not None:
                 for n in range(n0, n1):
                     moments.add(n, i0, y[n, i0:i1])
