@@ -200,8 +200,7 @@ def test_gemm_runs_on_numpys_blas_whatever_order_the_libraries_are_listed_in(mon
     want = {ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names if hasattr(dll, n)}
     for order in (libs, libs[::-1]):
         monkeypatch.setitem(parallel._state, "blas", list(order))
-        monkeypatch.setitem(parallel._state, ("cblas", np.dtype(dtype).char), None)
-        del parallel._state[("cblas", np.dtype(dtype).char)]
+        monkeypatch.delitem(parallel._state, ("cblas", np.dtype(dtype).char), raising=False)
         assert ctypes.cast(parallel._cblas(dtype), ctypes.c_void_p).value in want
 
 

@@ -137,13 +137,16 @@ def replicate_rows_cl(x, r0: int, r1: int, affine=None):
     xt = x.transpose(0, 2, 3, 1)  # (N, H, W, C) view
     out = np.empty((N, r1 - r0, W + 2, C), dtype=x.dtype)
     a, b = max(r0, 1), max(min(r1, H + 1), max(r0, 1))  # padded rows [a, b) are image rows a − 1 …
-    out[:, a - r0:b - r0, 1:W + 1] = xt[:, a - 1:b - 1]
+    if affine is None:
+        out[:, a - r0:b - r0, 1:W + 1] = xt[:, a - 1:b - 1]
+    else:  # mapped as it is copied
+        apply_rows(out[:, a - r0:b - r0, 1:W + 1], affine.a, affine.b, affine.relu, src=xt[:, a - 1:b - 1])
     for r in list(range(r0, a)) + list(range(b, r1)):  # at most one row at each edge
         out[:, r - r0, 1:W + 1] = xt[:, min(max(r - 1, 0), H - 1)]
-    out[:, :, 0] = out[:, :, 1]
+        if affine is not None:
+            apply_rows(out[:, r - r0:r - r0 + 1, 1:W + 1], affine.a, affine.b, affine.relu)
+    out[:, :, 0] = out[:, :, 1]  # the border columns copy mapped pixels
     out[:, :, W + 1] = out[:, :, W]
-    if affine is not None:
-        apply_rows(out, affine.a, affine.b, affine.relu)
     return out
 
 
