@@ -112,6 +112,50 @@ def test_banding_does_not_change_results(rng, monkeypatch, case):
     _same_after(rng, case, lambda: monkeypatch.setattr(convmod, "THIN_BAND_BYTES", 1))
 
 
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_fields_of_several_columns_give_the_numbers_of_single_columns(rng, monkeypatch, case):
+    """The thin-input product computes T = wide_columns(KW) outputs a row (9×9: 4, 5×5: 2;
+    the widths of CASES leave 0 to 3 scratch columns in the last group): the same numbers
+    as one output a row (T = 1) up to rounding, forward and the input gradient of the thin-output
+    lowering (dy's fields, when no weight gradient shares them)."""
+    x, w, b = _data(rng, case)
+    p, mode, _ = case[6:]
+
+    def run():
+        y, cache = conv2d_forward(x, w, b, 1, p, mode, method="thin_input")
+        y2, cache2 = conv2d_forward(x, w, b, 1, p, mode, method="thin_output")
+        dy = np.random.default_rng(1).standard_normal(y.shape)
+        return y, conv2d_backward(dy, cache2._replace(x=None))[0]
+
+    wide = run()
+    monkeypatch.setattr(convmod, "THIN_WIDE_MAX", 1)
+    single = run()
+    for a, b_ in zip(wide, single):
+        assert rel_error(a, b_) < 1e-10  # float64 rounding (the products group K differently)
+
+
+def test_wide_weights_hold_the_kernel_shifted_by_each_column(rng):
+    """W_T[(u, v, c), (t, f)] = w[f, c, u, v − t] inside the kernel, zero elsewhere: a field
+    of KW + T − 1 columns times W_T is T neighbouring outputs."""
+    F, C, K, T = 2, 3, 5, 2
+    w = rng.standard_normal((F, C, K, K))
+    wt = convmod.wide_weights(w, T).reshape(K, K + T - 1, C, T, F)
+    for t in range(T):
+        for v in range(K + T - 1):
+            want = w[:, :, :, v - t].transpose(2, 1, 0) if 0 <= v - t < K else 0
+            assert np.array_equal(wt[:, v, :, t, :], np.broadcast_to(want, (K, C, F)))
+    assert [convmod.wide_columns(k) for k in (1, 3, 5, 7, 9, 11)] == [1, 1, 2, 3, 4, 4]
+
+
+def test_im2col_refuses_fields_past_the_input():
+    from minnst.layers.im2col import im2col_cpu
+
+    xpad = np.zeros((1, 12, 12, 3))
+    assert im2col_cpu(xpad, 9, 12, 1, 0, 4, 1, col_stride=4).shape == (1, 4, 1, 9, 12, 3)
+    with pytest.raises(ValueError, match="columns"):
+        im2col_cpu(xpad, 9, 12, 1, 0, 4, 2, col_stride=4)  # the second field ends at column 16
+
+
 @pytest.mark.parametrize("case", CASES[:2], ids=_ids)
 def test_float32_runs_and_keeps_dtype(rng, case):
     x, w, b = _data(rng, case)

@@ -44,17 +44,22 @@ def col2im_add(dxpad, cols, stride, i0):
 
 # --------------------------------------------------------------------------- NumPy
 
-def im2col_cpu(xpad, KH, KW, stride, i0, i1, OW, out=None):
+def im2col_cpu(xpad, KH, KW, stride, i0, i1, OW, out=None, col_stride=None):
     """``im2col`` as one copy from a strided view of ``xpad``: the view's element
-    [n, r, j, u, v, c] sits at xpad[n, (i0 + r)·s + u, j·s + v, c]."""
+    [n, r, j, u, v, c] sits at xpad[n, (i0 + r)·s + u, j·t + v, c], t = ``col_stride``
+    (default s; the thin convolutions' fields of T output columns take s = 1, t = T)."""
     N, C = xpad.shape[0], xpad.shape[3]
     rows = i1 - i0
+    t = stride if col_stride is None else col_stride
+    if (OW - 1) * t + KW > xpad.shape[2]:
+        raise ValueError(f"im2col_cpu: {OW} fields of width {KW} at a step of {t} need "
+                         f"{(OW - 1) * t + KW} columns, the input has {xpad.shape[2]}")
     if out is None:
         out = np.empty((N, rows, OW, KH, KW, C), dtype=xpad.dtype)
     sn, sh, sw, sc = xpad.strides
     view = np.lib.stride_tricks.as_strided(
         xpad[:, i0 * stride:], (N, rows, OW, KH, KW, C),
-        (sn, sh * stride, sw * stride, sh, sw, sc), writeable=False)
+        (sn, sh * stride, sw * t, sh, sw, sc), writeable=False)
     out[...] = view
     return out
 
