@@ -116,8 +116,9 @@ def test_banding_does_not_change_results(rng, monkeypatch, case):
 def test_fields_of_several_columns_give_the_numbers_of_single_columns(rng, monkeypatch, case):
     """The thin-input product computes T = wide_columns(KW) outputs a row (9×9: 4, 5×5: 2;
     the widths of CASES leave 0 to 3 scratch columns in the last group): the same numbers
-    as one output a row (T = 1) up to rounding, forward and the input gradient of the thin-output
-    lowering (dy's fields, when no weight gradient shares them)."""
+    as one output a row (T = 1) up to rounding: the forward, the weight gradients folded
+    from the wide products (``fold_wide``), and the thin-output lowering's input gradient
+    (dy's fields) with and without the weight gradient that shares them."""
     x, w, b = _data(rng, case)
     p, mode, _ = case[6:]
 
@@ -125,7 +126,8 @@ def test_fields_of_several_columns_give_the_numbers_of_single_columns(rng, monke
         y, cache = conv2d_forward(x, w, b, 1, p, mode, method="thin_input")
         y2, cache2 = conv2d_forward(x, w, b, 1, p, mode, method="thin_output")
         dy = np.random.default_rng(1).standard_normal(y.shape)
-        return y, conv2d_backward(dy, cache2._replace(x=None))[0]
+        return (y, *conv2d_backward(dy, cache)[:2], *conv2d_backward(dy, cache2)[:2],
+                conv2d_backward(dy, cache2._replace(x=None))[0])
 
     wide = run()
     monkeypatch.setattr(convmod, "THIN_WIDE_MAX", 1)

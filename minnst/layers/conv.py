@@ -464,11 +464,15 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
     ``relu``: max(y, 0) instead, taken in each band.
 
     ``other(n, i0, i1)``: an (R·OW, D) array per band of output rows; then the function
-    also returns ``Σ colsᵀ @ other`` (K, D) with T = 1, the weight gradient of the thin
-    layers (see ``_thin_backward``), as ``(y, that)``; ``want_y=False`` skips y (None)."""
+    also returns ``Σ colsᵀ @ other`` (KH·KW·C, D), the weight gradient of the thin layers
+    (see ``_thin_backward``), as ``(y, that)``; ``want_y=False`` skips y (None). With the
+    wide fields that is ``Σ cols_Tᵀ @ other_T`` (other's T neighbouring rows side by side,
+    (R·A, T·D); K_T × T·D per band) folded by ``fold_wide``: the thin layers' weight
+    gradients, batch 4 at 256², on two workers: 9×9 3 → 32 (dw alone) 31.8 → 24.8 ms, 32 → 3
+    (dx and dw) 63 → 49 ms; their RMS error against float64 3.8e-7 → 3.7e-7."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    T = 1 if other is not None else wide_columns(KW)
+    T = wide_columns(KW)
     A = -(-OW // T)                      # groups of T output columns; the last one may reach past OW
     KWT = KW + T - 1
     K = KH * KWT * C
@@ -491,7 +495,13 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
                 np.maximum(yb, 0, out=yb)
             if moments is not None:
                 moments.add(n, i0, y[n, i0:i1, :OW])
-        return None if other is None else cols.T @ other(n, i0, i1)
+        if other is None:
+            return None
+        o = other(n, i0, i1)
+        R, D = i1 - i0, o.shape[1]
+        if A * T > OW:  # the scratch outputs' rows of other are zeros
+            o = np.concatenate([o.reshape(R, OW, D), np.zeros((R, A * T - OW, D), dtype=o.dtype)], axis=1)
+        return cols.T @ o.reshape(R * A, T * D)  # (K_T, R·A) @ (R·A, T·D)
 
     rows = band_rows(THIN_BAND_BYTES, A * K * x.itemsize, OH)
     parts = pmap(band, image_bands(N, OH, rows))
@@ -501,7 +511,21 @@ def _lowered_forward(x, w, b, pad, pad_mode, OH, OW, want_y=True, other=None, re
     total = parts[0]
     for part in parts[1:]:
         total += part
-    return out, total
+    return out, fold_wide(total, KH, KW, C, T)
+
+
+def fold_wide(total, KH, KW, C, T):
+    """(KH·(KW + T − 1)·C, T·D) -> (KH·KW·C, D): ``Σ_t total[(u, v + t, c), (t, d)]``, the
+    products of T-column fields and T neighbouring rows of other (``_lowered_forward``)
+    gathered back onto the kernel's taps (t in order)."""
+    if T == 1:
+        return total
+    D = total.shape[1] // T
+    t5 = total.reshape(KH, KW + T - 1, C, T, D)
+    out = t5[:, 0:KW, :, 0].copy()
+    for t in range(1, T):
+        out += t5[:, t:t + KW, :, t]
+    return out.reshape(KH * KW * C, D)
 
 
 def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
