@@ -120,6 +120,12 @@ def test_padding_modes_match_naive(rng, m, mode, H, W):
     dx = winograd_input_grad(dy, winograd_input_grad_weights(w, m), mode)
     num = eval_numerical_gradient_array(lambda z: conv2d_naive(z, w, b, 1, 1, mode), x, dy, h=1e-2)
     assert rel_error(dx, num) < 1e-8
+    # given the forward kernel, reflection folds the border from dy's edges (_reflect_fold)
+    dxw = winograd_input_grad(dy, winograd_input_grad_weights(w, m), mode, w=w)
+    assert rel_error(dxw, num) < 1e-8
+    relu_y = np.maximum(rng.standard_normal(y.shape), 0)
+    dxr = winograd_input_grad(dy, winograd_input_grad_weights(w, m), mode, relu_y, w=w)
+    assert rel_error(dxr, winograd_input_grad(dy * (relu_y > 0), winograd_input_grad_weights(w, m), mode, w=w)) < 1e-12
 
 
 @pytest.mark.parametrize("m", TILES)

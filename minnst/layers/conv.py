@@ -767,7 +767,8 @@ def _winograd_backward(dy, cache, need_dx, relu_y=None):
     dx = None
     if need_dx:
         U = cache.wino.input_grad(WINOGRAD_TILES[cache.method])
-        dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode, relu_y)
+        dx = winograd_input_grad(dy, U.astype(dy.dtype, copy=False), cache.pad_mode, relu_y,
+                                 w=cache.w.astype(dy.dtype, copy=False))
     return dx, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
 
 

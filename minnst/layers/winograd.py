@@ -485,15 +485,18 @@ def _by_output_channels(x, U, b, pad_mode, relu, mask, m, TH, TW, y, tasks, chun
     pmap(channels, chunks)
 
 
-def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None):
+def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None, w=None):
     """dx (N, C, H, W) of a 3×3, stride-1, padding-1 convolution, from dy (N, F, H, W) and
     U = ``winograd_input_grad_weights(w, m)`` ((m+2)², F, C). Channels-last memory.
 
     Zero padding: the input gradient of a "same" convolution is the "same" convolution of
     dy with the rotated kernel. Reflection: the gradient of the *padded* input is wanted,
     so that its border can be folded back onto the pixels it copied (``pad2d_backward``);
-    that is the full correlation of dy with the rotated kernel, i.e. the same "same"
-    convolution of dy zero-padded by one, of size (H + 2, W + 2).
+    that is the full correlation of dy with the rotated kernel. Its interior is the "same"
+    convolution above; given the forward kernel ``w`` (F, C, 3, 3), its one-pixel border
+    comes from dy's edge rows and columns (``_reflect_fold``) and is folded straight in.
+    Without ``w``: the same "same" convolution of dy zero-padded by one, of size
+    (H + 2, W + 2), then the fold.
 
     ``relu_y``: the output of a ReLU that followed the convolution, dy being the gradient
     at that output; the ReLU's backward, dy · (relu_y > 0), is then taken band by band as
@@ -502,6 +505,44 @@ def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None):
         return winograd_conv3x3(dy, U, mask=relu_y)
     if relu_y is not None:
         dy = dy * (relu_y > 0)
+    if w is not None and min(dy.shape[2:]) >= 2:
+        dx = winograd_conv3x3(dy, U)  # the interior of the padded input's gradient
+        _reflect_fold(dx.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1), w)
+        return dx
     dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
     dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
     return pad2d_backward(dxpad, 1, pad_mode, overwrite=True)
+
+
+def _reflect_fold(dx, dy, w):
+    """Add the one-pixel border of the padded input's gradient onto dx, in place, as the
+    reflection padding's adjoint folds it (``pad2d_backward``: columns, then rows).
+    dx (N, H, W, C): the interior, dxp[1:H+1, 1:W+1]; dy (N, H, W, F); w (F, C, 3, 3).
+
+    The border of dxp[p, q] = Σ_{u,v} dy[p − u, q − v] · w[:, :, u, v] (dy zero outside
+    the image) reads dy's edge rows and columns only: row p = 0 takes u = 0 and dy's row
+    0, row H + 1 takes u = 2 and row H − 1; column 0 (rows 1 … H) takes v = 0 and dy's
+    column 0, column W + 1 takes v = 2 and column W − 1. Twelve (N·W, F) @ (F, C) products
+    instead of a Winograd pass over dy padded by one (13 % more tiles at 64², and its
+    copies): the transformer's residual convs at 64², batch 4, dx 18.8–19.4 → 16.7 ms
+    (zero padding's: 14.2–14.9)."""
+    N, H, W, C = dx.shape
+    top = np.zeros((N, W + 2, C), dtype=dx.dtype)     # dxp[0, :], padded columns
+    bottom = np.zeros((N, W + 2, C), dtype=dx.dtype)  # dxp[H + 1, :]
+    left = np.zeros((N, H, C), dtype=dx.dtype)        # dxp[1:H+1, 0]
+    right = np.zeros((N, H, C), dtype=dx.dtype)       # dxp[1:H+1, W + 1]
+    for t in range(3):
+        top[:, t:t + W] += dy[:, 0] @ w[:, :, 0, t]          # q = j + v
+        bottom[:, t:t + W] += dy[:, H - 1] @ w[:, :, 2, t]
+        # p − 1 = r − 1 + u for dy row r: rows max(0, 1 − u) … of dy reach image rows ≥ 0
+        r0, r1 = max(0, 1 - t), min(H, H + 1 - t)
+        left[:, r0 - 1 + t:r1 - 1 + t] += dy[:, r0:r1, 0] @ w[:, :, t, 0]
+        right[:, r0 - 1 + t:r1 - 1 + t] += dy[:, r0:r1, W - 1] @ w[:, :, t, 2]
+    # columns (every padded row), then rows, as pad2d_backward
+    dx[:, :, 1] += left
+    dx[:, :, W - 2] += right
+    for strip in (top, bottom):
+        strip[:, 2] += strip[:, 0]
+        strip[:, W - 1] += strip[:, W + 1]
+    dx[:, 1] += top[:, 1:W + 1]
+    dx[:, H - 2] += bottom[:, 1:W + 1]
