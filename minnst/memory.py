@@ -15,9 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .layers.base import Residual, Sequential
-from .layers.conv import (IM2COL_MAX_BYTES, SCATTER_BAND_BYTES, THIN_BAND_BYTES, WINOGRAD_TILES, Conv2d,
-                          ConvTranspose2d,
-                          auto_method)
+from .layers.conv import (IM2COL_MAX_BYTES, SCATTER_BAND_BYTES, THIN_BAND_BYTES, WINOGRAD_TILES,
+                          Conv2d, ConvTranspose2d, auto_method)
 from .layers.normalization import BatchNorm2d, ConditionalInstanceNorm2d, InstanceNorm2d
 from .layers.resampling import Upsample
 from .layers.upconv import folds_into_conv
@@ -294,8 +293,8 @@ def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=
     (``kept_kernel_numel``). device: fixed plus the peak of the forward pass without caches
     (``transformer_layer_shapes``: held + input + output + work of the worst layer, with
     ``min(workers, MIN_TASKS)`` task parts alive, each with its band buffers of up to
-    ``THIN_BAND_BYTES`` or ``SCATTER_BAND_BYTES``; ``workers`` default: the CPU pool's, on the GPU every part), plus,
-    on the GPU, one band of im2col columns. host: the image
+    ``THIN_BAND_BYTES`` or ``SCATTER_BAND_BYTES``; ``workers`` default: the CPU pool's, on
+    the GPU every part), plus, on the GPU, one band of im2col columns. host: the image
     arrays around the network, and decoding the source file at ``source_hw`` (its size
     before resizing) when given.
     """
@@ -305,8 +304,9 @@ def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=
     if device == "gpu":
         workers = MIN_TASKS
     alive = min(workers or num_workers(), MIN_TASKS)  # task parts alive at once
+    bands = alive * max(THIN_BAND_BYTES, SCATTER_BAND_BYTES)  # each task's band buffers
     peak = max(l.held + _numel(l.x) + _numel(l.y) + l.work + alive / MIN_TASKS * l.task_work
-               for l in layers) * itemsize + alive * max(THIN_BAND_BYTES, SCATTER_BAND_BYTES)  # + band buffers
+               for l in layers) * itemsize + bands
     fixed = (sum(int(v.size) for v in net.params.values())
              + (kept_kernel_numel(net) if device == "cpu" else 0)) * itemsize
     dev = fixed + peak + (IM2COL_MAX_BYTES if device == "gpu" else 0) + _OVERHEAD

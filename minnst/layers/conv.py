@@ -30,9 +30,9 @@ method        forward                                      backward (dx; dw)
 "winograd4"   Winograd F(4×4, 3×3): 4× fewer multiplies    the same, with F(4×4, 3×3)
               than direct (F(2×2): 2.25×), float32 error
               3–6× F(2×2)'s (explicit only, see below)
-"thin_input"  im2col + one GEMM with K = KH·KW·C (CPU,     dx by output-side shifting (the
-              stride 1: for few input channels)            rotated kernel's thin side is its
-                                                           output); dw from the im2col matrix
+"thin_input"  im2col of fields of T output columns + one  dx by output-side shifting (the
+              GEMM, K = KH·(KW+T−1)·C, N = T·F (CPU,       rotated kernel's thin side is its
+              stride 1: for few input channels)            output); dw from the im2col matrix
 "thin_output" output-side shifting: one GEMM with          dx by im2col of dy (the rotated
               N = KH·KW·F, then KH·KW shifted adds (CPU,   kernel's thin side is its input),
               stride 1: for few output channels)           dw from that same matrix; without

@@ -531,13 +531,13 @@ def _reflect_fold(dx, dy, w):
     bottom = np.zeros((N, W + 2, C), dtype=dx.dtype)  # dxp[H + 1, :]
     left = np.zeros((N, H, C), dtype=dx.dtype)        # dxp[1:H+1, 0]
     right = np.zeros((N, H, C), dtype=dx.dtype)       # dxp[1:H+1, W + 1]
-    for t in range(3):
-        top[:, t:t + W] += dy[:, 0] @ w[:, :, 0, t]          # q = j + v
-        bottom[:, t:t + W] += dy[:, H - 1] @ w[:, :, 2, t]
-        # p − 1 = r − 1 + u for dy row r: rows max(0, 1 − u) … of dy reach image rows ≥ 0
-        r0, r1 = max(0, 1 - t), min(H, H + 1 - t)
-        left[:, r0 - 1 + t:r1 - 1 + t] += dy[:, r0:r1, 0] @ w[:, :, t, 0]
-        right[:, r0 - 1 + t:r1 - 1 + t] += dy[:, r0:r1, W - 1] @ w[:, :, t, 2]
+    for k in range(3):  # the kernel's row u = k (top, bottom) or column v = k (left, right)
+        top[:, k:k + W] += dy[:, 0] @ w[:, :, 0, k]             # q = j + v
+        bottom[:, k:k + W] += dy[:, H - 1] @ w[:, :, 2, k]
+        # image row p − 1 = r − 1 + u for dy row r: rows max(0, 1 − u) … H − u of dy land inside
+        r0, r1 = max(0, 1 - k), min(H, H + 1 - k)
+        left[:, r0 - 1 + k:r1 - 1 + k] += dy[:, r0:r1, 0] @ w[:, :, k, 0]
+        right[:, r0 - 1 + k:r1 - 1 + k] += dy[:, r0:r1, W - 1] @ w[:, :, k, 2]
     # columns (every padded row), then rows, as pad2d_backward
     dx[:, :, 1] += left
     dx[:, :, W - 2] += right
