@@ -53,7 +53,7 @@ import numpy as np
 
 from ..parallel import band_rows, image_bands, pmap
 from .affine import images
-from .padding import pad2d, pad2d_backward, padded_rows_cl
+from .padding import padded_rows_cl
 
 TILES = (2, 4)  # the output tile sizes m of the algorithms here
 
@@ -493,25 +493,21 @@ def winograd_input_grad(dy, U, pad_mode="zero", relu_y=None, w=None):
     dy with the rotated kernel. Reflection: the gradient of the *padded* input is wanted,
     so that its border can be folded back onto the pixels it copied (``pad2d_backward``);
     that is the full correlation of dy with the rotated kernel. Its interior is the "same"
-    convolution above; given the forward kernel ``w`` (F, C, 3, 3), its one-pixel border
-    comes from dy's edge rows and columns (``_reflect_fold``) and is folded straight in.
-    Without ``w``: the same "same" convolution of dy zero-padded by one, of size
-    (H + 2, W + 2), then the fold.
+    convolution above; its one-pixel border comes from dy's edge rows and columns and the
+    forward kernel ``w`` (F, C, 3, 3), which reflection needs (``_reflect_fold``).
 
     ``relu_y``: the output of a ReLU that followed the convolution, dy being the gradient
     at that output; the ReLU's backward, dy · (relu_y > 0), is then taken band by band as
     the bands of dy are read (zero padding)."""
     if pad_mode == "zero":
         return winograd_conv3x3(dy, U, mask=relu_y)
+    if w is None:
+        raise ValueError("winograd_input_grad: reflection padding needs the forward kernel w")
     if relu_y is not None:
         dy = dy * (relu_y > 0)
-    if w is not None and min(dy.shape[2:]) >= 2:
-        dx = winograd_conv3x3(dy, U)  # the interior of the padded input's gradient
-        _reflect_fold(dx.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1), w)
-        return dx
-    dy1 = pad2d(dy.transpose(0, 2, 3, 1), 1, "zero", axes=(1, 2)).transpose(0, 3, 1, 2)
-    dxpad = winograd_conv3x3(dy1, U)  # (N, C, H + 2, W + 2), channels-last memory
-    return pad2d_backward(dxpad, 1, pad_mode, overwrite=True)
+    dx = winograd_conv3x3(dy, U)  # the interior of the padded input's gradient
+    _reflect_fold(dx.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1), w)
+    return dx
 
 
 def _reflect_fold(dx, dy, w):
