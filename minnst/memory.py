@@ -333,30 +333,47 @@ _TRAIN_PARAM_COPIES = 3
 _ADAM_COPIES = 3  # weights, m and v, kept over the run
 
 
-def _winograd_layers(net):
-    """``(m, C, F)`` of every 3×3 Conv2d of ``net`` on a Winograd path F(m×m, 3×3)
-    (``conv.auto_method`` for its ``method``, on a CPU input of its weights' dtype)."""
+# The _TRAIN_* factors were fitted when every 3×3, padding-1 layer with this many channels
+# on both sides took F(2×2, 3×3); ``winograd_kernel_numel`` counts the difference from that.
+_FIT_WINOGRAD_MIN_CHANNELS = 64
+
+
+def _conv_paths(net):
+    """``(m, C, F, fitted)`` of every 3×3, padding-1 Conv2d of ``net``: m the tile of its
+    Winograd path F(m×m, 3×3), 0 on another path (``conv.auto_method`` for its ``method``,
+    on a CPU input of its weights' dtype); ``fitted``: the factors' fit had it on F(2×2)."""
     for _, layer in net.named_layers():
         if not isinstance(layer, Conv2d):
             continue
         w = layer.params["weight"]
+        F, C, KH, KW = w.shape
+        if (KH, KW) != (3, 3) or layer.padding != 1:
+            continue
         method = layer.method
         if method in ("auto", "fast"):
-            method = auto_method(np.empty((1, w.shape[1], 1, 1), w.dtype), w, layer.stride, layer.padding,
+            method = auto_method(np.empty((1, C, 1, 1), w.dtype), w, layer.stride, layer.padding,
                                  fast=method == "fast")
-        if method in WINOGRAD_TILES:
-            yield WINOGRAD_TILES[method], w.shape[1], w.shape[0]
+        fitted = layer.stride == 1 and min(C, F) >= _FIT_WINOGRAD_MIN_CHANNELS
+        yield WINOGRAD_TILES.get(method, 0), C, F, fitted
+
+
+def _winograd_layers(net):
+    """``(m, C, F)`` of every 3×3 Conv2d of ``net`` on a Winograd path F(m×m, 3×3)."""
+    return [(m, C, F) for m, C, F, _ in _conv_paths(net) if m]
 
 
 def winograd_kernel_numel(net) -> int:
     """Values of Winograd-transformed kernels one training step of ``net`` holds beyond
-    what the ``_TRAIN_*`` factors count. Each 3×3 layer on a Winograd path keeps its
-    forward's (m+2)²·C·F transform in its cache (``WinogradWeights``), and its backward
-    adds the input gradient's there: two per layer until the step ends. The factors were
-    fitted with F(2×2, 3×3), 16·C·F each; the transformer's "fast" path, F(4×4, 3×3),
-    takes 36·C·F, and this counts the difference (measured at width 1, batch 1 at 64²:
-    +26 MB, the count's 26 MB)."""
-    return sum(2 * ((m + 2) ** 2 - 16) * C * F for m, C, F in _winograd_layers(net))
+    what the ``_TRAIN_*`` factors count (negative: fewer). Each 3×3 layer on a Winograd
+    path keeps its forward's (m+2)²·C·F transform in its cache (``WinogradWeights``), and
+    its backward adds the input gradient's there: two per layer until the step ends. The
+    factors were fitted with F(2×2, 3×3), 16·C·F each, on every layer of 64 channels and
+    more; this counts the difference: the "fast" path's F(4×4, 3×3) takes 36·C·F (measured
+    at width 1, batch 1 at 64²: +26 MB, the count's 26 MB), a 64 → 64 layer now on the
+    shifted GEMM none (width 0.5, batch 1 at 64²: the peak 7.5 MB lower, the count −5 MB
+    against F(2×2), −11 against F(4×4))."""
+    return sum(2 * ((m + 2) ** 2 if m else 0) * C * F - (2 * 16 * C * F if fitted else 0)
+               for m, C, F, fitted in _conv_paths(net))
 
 
 def kept_kernel_numel(net) -> int:

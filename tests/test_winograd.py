@@ -314,10 +314,12 @@ def test_dispatcher_runs_winograd_and_agrees(rng, keep_input, mode, H, W, transf
             assert (a is None and b_ is None) or max_rel(a, b_) < 1e-12
 
 
-def test_auto_takes_winograd_from_64_channels_on_both_sides(rng):
+def test_auto_takes_winograd_from_64_channels_on_both_sides_and_96_on_one(rng):
     x = rng.standard_normal((1, 64, 6, 6))
-    w = rng.standard_normal((64, 64, 3, 3))
+    w = rng.standard_normal((128, 64, 3, 3))
     assert conv2d_forward(x, w, None, 1, 1)[1].method == "winograd"
+    assert conv2d_forward(x, w[:96], None, 1, 1)[1].method == "winograd"
+    assert conv2d_forward(x, w[:64], None, 1, 1)[1].method == "shifted"  # 64 → 64
     assert auto_method(x, w[:32], 1, 1) == "shifted"
     assert auto_method(x[:, :32], w[:, :32], 1, 1) == "shifted"
 

@@ -46,14 +46,16 @@ while the band is in cache, instead of a pass over memory of its own; the same b
 
 ``method="auto"`` (the default) picks by device, stride and shapes (``auto_method``): the
 GPU and strides above 1 take im2col; on the CPU a 3×3, padding-1 layer with at least
-``WINOGRAD_MIN_CHANNELS`` channels on both sides takes Winograd F(2×2, 3×3), a kernel of
+``WINOGRAD_MIN_CHANNELS`` channels on both sides (and ``WINOGRAD_MIN_WIDE`` on one: 64 → 64
+runs faster on the shifted GEMM) takes Winograd F(2×2, 3×3), a kernel of
 5×5 or more with at most ``THIN_CHANNELS`` channels on one side its thin lowering, and
 every other stride-1 layer the shifted GEMM. "winograd4" is about 20 % faster than
 "winograd" on VGG16's layers of 64×64 pixels and more (9–29 %), but its float32 error
 is 3–6× F(2×2)'s (RMS; 6–14× at the worst element) on VGG16's real activations and
 gradients, beyond the 3× we accept, so "auto" does not take it: a caller that trades that
 accuracy for speed asks for it — ``method="fast"`` is "auto" with F(4×4, 3×3) wherever
-"auto" takes F(2×2, 3×3), for networks whose outputs need no more than ~1e-5 relative
+"auto" takes F(2×2, 3×3) and both sides have ``WINOGRAD4_MIN_CHANNELS`` (128: with fewer
+it is slower than F(2×2)), for networks whose outputs need no more than ~1e-5 relative
 accuracy (the transformer, whose pixels are rounded to 1/255; VGG16 stays on "auto").
 docs/layers.md derives each path and names its tests.
 """
@@ -624,6 +626,16 @@ def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
 # --------------------------------------------------------------------------- choosing a path
 
 WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
+# ... and 64 → 64 layers run faster on the shifted GEMM (two workers; forward / input gradient
+# of a frozen layer with its ReLU): VGG16's conv1_2 at 256² 21.3 / 25.2 ms by F(2×2) against
+# 19.6 / 21.2; the transformer's residual convolutions at width 0.5 (reflection, batch 4 at
+# 64²: forward / dx + dw) 8.4 / 16.0 by F(4×4), 6.0 / 13.2 by F(2×2), 5.3 / 11.6 shifted.
+# From 96 channels (or 64 on one side and 128 on the other) F(2×2) is ahead or level.
+WINOGRAD_MIN_WIDE = 96
+# F(4×4) ("fast") only where both sides have this many: with 64 output channels it lost to
+# F(2×2) and the shifted GEMM (128 → 64 at 128², batch 4: 39.0 / 91.7 against 35.4 / 83.6
+# and 35.6 / 80.3 ms), at 96 → 96 it was level with F(2×2).
+WINOGRAD4_MIN_CHANNELS = 128
 RELU_FUSED_METHODS = ("shifted", "winograd", "winograd4")  # take a following ReLU in their bands
 
 
@@ -631,15 +643,18 @@ def auto_method(x, w, stride, pad, fast: bool = False) -> str:
     """The path ``method="auto"`` takes for input x and weights w (see the module
     docstring). On the CPU, measured against im2col (one thread, batch 4 at 256² unless
     noted), the shifted GEMM is as fast or faster from 3 to 128 channels and 3×3 to 9×9
-    kernels, forward and backward; Winograd beats it from 64 channels on; the thin
+    kernels, forward and backward; Winograd beats it from 64 channels on both sides and
+    96 on one (``WINOGRAD_MIN_WIDE``: 64 → 64 stays on the shifted GEMM); the thin
     lowerings beat it for 9×9 layers with 3 channels (docs/performance.md). Winograd
     F(4×4) ("winograd4") is faster still on large images but not accurate enough in
-    float32 to be the default (docs/layers.md); ``fast`` takes it instead of F(2×2)."""
+    float32 to be the default (docs/layers.md); ``fast`` takes it instead of F(2×2) where
+    both sides have ``WINOGRAD4_MIN_CHANNELS``."""
     F, C, KH, KW = w.shape
     if get_xp(x) is not np or stride != 1 or x.dtype not in CPU_DTYPES:
         return "im2col"
-    if (KH, KW) == (3, 3) and pad == 1 and min(C, F) >= WINOGRAD_MIN_CHANNELS:
-        return "winograd4" if fast else "winograd"
+    if (KH, KW) == (3, 3) and pad == 1 and min(C, F) >= WINOGRAD_MIN_CHANNELS \
+            and max(C, F) >= WINOGRAD_MIN_WIDE:
+        return "winograd4" if fast and min(C, F) >= WINOGRAD4_MIN_CHANNELS else "winograd"
     return thin_method(C, F, KH, KW) or "shifted"
 
 
