@@ -127,3 +127,24 @@ def test_channels_last_features_give_the_same_values(rng, norm):
     assert v0 == pytest.approx(v1, rel=1e-12) and rel_error(g0, g1) < 1e-12
     assert g1.strides[1] == g1.itemsize  # the gradient keeps the channels-last memory
     assert rel_error(losses.gram_matrix(F, norm), losses.gram_matrix(F_cl, norm)) < 1e-12
+
+
+def test_large_gram_products_cut_into_bands_give_the_sum_and_any_worker_count_the_same_bits(rng):
+    """An image whose product reaches GRAM_SPLIT_MIN_MACS is summed in bands of positions on
+    the pool: the value of the whole sum (float64, against einsum), and in float32 the same
+    bits on one worker as on two; a batch of small ones, one product per image."""
+    from minnst import parallel
+
+    C, H, W = 64, 160, 208  # M·C² = 2²⁷ · 1.04: cut into bands
+    assert H * W * C * C >= losses.GRAM_SPLIT_MIN_MACS > H * W * C * C // 2
+    for F in (rng.standard_normal((1, C, H, W)), rng.standard_normal((3, 8, 5, 7))):
+        for Fx in (F, np.ascontiguousarray(F.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+            G = losses.gram_matrix(Fx)
+            ref = np.einsum("nchw,ndhw->ncd", F, F)
+            assert np.abs(G - ref).max() < 1e-12 * np.abs(ref).max()
+        f32 = F.astype(np.float32)
+        with parallel.workers(1):
+            one = losses.gram_matrix(f32)
+        with parallel.workers(2):
+            two = losses.gram_matrix(f32)
+        assert one.dtype == np.float32 and np.array_equal(one, two)
