@@ -253,6 +253,17 @@ def batch_slices(shape):
     return [(slice(n, n + 1), slice(None), slice(r0, r1)) for n, r0, r1 in image_bands(shape[0], shape[2])]
 
 
+def add_into(a, b):
+    """``a += b`` in place, returns a: a NumPy a of 4 dimensions in the bands of
+    ``batch_slices`` on the pool's workers (a gradient summed from two sources: 32 to 64 MB
+    in a training step, on one thread before), any other array by its own ``+=``."""
+    if isinstance(a, np.ndarray) and a.ndim == 4 and b.shape == a.shape:
+        pmap(lambda s: np.add(a[s], b[s], out=a[s]), batch_slices(a.shape))
+    else:
+        a += b
+    return a
+
+
 # --------------------------------------------------------------------------- a GEMM that lets go of the GIL
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112

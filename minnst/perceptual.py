@@ -47,7 +47,7 @@ import numpy as np
 
 from . import images, losses, tiling
 from .backend import get_xp
-from .parallel import matmul
+from .parallel import add_into, matmul
 from .vgg import LAYER_NAMES, check_layer_names, layer_channels, layer_shapes
 
 
@@ -237,8 +237,8 @@ class PerceptualLoss:
         feats, cache = self.net.forward(images.preprocess(x), self.layers)
         grads = {}
 
-        def add(layer, g):
-            grads[layer] = g if layer not in grads else grads[layer] + g
+        def add(layer, g):  # every g is a fresh array: the sum goes into the first, in place
+            grads[layer] = g if layer not in grads else add_into(grads[layer], g)
 
         # Layer by layer, dropping each layer's features once its gradient exists: the peak
         # then holds one layer's features and gradient at a time on top of the cache.
@@ -247,17 +247,17 @@ class PerceptualLoss:
         for l in self.layers:
             F = feats.pop(l)
             if l in content_targets:
-                v, g = losses.content_loss(F, content_targets[l], self.normalization)
+                # the loss weight goes into the gradient's own pass (or the (C, C) matrix)
+                v, g = losses.content_loss(F, content_targets[l], self.normalization, weight=self.alpha)
                 content_raw += v
                 if self.alpha:
-                    g *= self.alpha  # g is a fresh array: scale it in place, no second copy
                     add(l, g)
             if l in style_targets:
-                v, g = losses.style_loss(F, style_targets[l], self.normalization)
+                v, g = losses.style_loss(F, style_targets[l], self.normalization,
+                                         weight=self.beta * style_w[l])
                 style_layers[l] = v
                 style_raw += style_w[l] * v
                 if self.beta and style_w[l]:
-                    g *= self.beta * style_w[l]
                     add(l, g)
             del F
         del feats

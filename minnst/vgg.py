@@ -28,9 +28,10 @@ import numpy as np
 from .backend import get_xp
 from .layers.activations import relu_backward, relu_forward
 from .layers.conv import conv2d_backward, conv2d_forward
-from .layers.winograd import winograd_transform
 from .layers.pooling import (avgpool2d_backward, avgpool2d_forward, maxpool2d_backward,
                              maxpool2d_forward)
+from .layers.winograd import winograd_transform
+from .parallel import add_into
 
 BLOCKS = (2, 2, 3, 3, 3)  # convolutions per block
 CHANNELS = (64, 128, 256, 512, 512)
@@ -187,11 +188,17 @@ class VGG16:
             if name not in ran:
                 raise ValueError(f"no forward cache for layer {name!r}: include it in forward(layers=…)")
         dy = None
+        owned = False  # whether dy is an array this backward made (and may add into in place)
         relu_y = None  # the output of the ReLU whose backward the next convolution takes
         for name, c in reversed(cache):
             g = grads.get(name)
             if g is not None:
-                dy = g if dy is None else dy + g
+                if dy is None:
+                    dy, owned = g, False
+                elif owned and dy.shape == g.shape and dy.dtype == np.result_type(dy, g):
+                    dy = add_into(dy, g)
+                else:
+                    dy, owned = dy + g, True
             if dy is None:
                 continue  # nothing flows back from above this layer yet
             kind = name[:4]
@@ -201,12 +208,13 @@ class VGG16:
             elif kind == "relu":
                 if fuse_relu and get_xp(dy) is np and "conv" + name[4:] not in grads:
                     relu_y = c
-                else:
-                    dy = relu_backward(dy, c)
+                    continue  # dy itself is unchanged
+                dy = relu_backward(dy, c)
             elif self.pooling == "max":
                 dy = maxpool2d_backward(dy, c)
             else:
                 dy = avgpool2d_backward(dy, c)
+            owned = True
         if dy is None:
             raise ValueError("backward needs a gradient for at least one layer")
         return dy

@@ -148,3 +148,28 @@ def test_large_gram_products_cut_into_bands_give_the_sum_and_any_worker_count_th
         with parallel.workers(2):
             two = losses.gram_matrix(f32)
         assert one.dtype == np.float32 and np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("norm", losses.NORMALIZATIONS)
+def test_a_loss_weight_scales_the_gradient_not_the_value(rng, norm):
+    """``weight`` (the caller's α or β·w_l, taken into the gradient's own pass): the value
+    unchanged, the gradient weight times the unweighted one; the content target broadcast
+    over a batch; float32 the same bits on one worker as on two."""
+    from minnst import parallel
+
+    F = rng.standard_normal((3, 4, 9, 6))
+    P, A = rng.standard_normal((1, 4, 9, 6)), rng.standard_normal((1, 4, 4))
+    for fn, target in ((losses.content_loss, P), (losses.style_loss, A)):
+        v1, g1 = fn(F, target, norm)
+        v3, g3 = fn(F, target, norm, weight=2.5)
+        assert v3 == pytest.approx(v1, rel=1e-12)
+        assert rel_error(g3, 2.5 * g1) < 1e-12
+    v, g = losses.content_loss(F, P, norm)
+    assert v == pytest.approx(losses.content_value(float(((F - P) ** 2).sum()), F.shape, norm), rel=1e-12)
+    assert rel_error(g, (F - P) * losses.content_grad_factor(F.shape, norm)) < 1e-12
+    f32, p32 = F.astype(np.float32), P.astype(np.float32)
+    with parallel.workers(1):
+        one = losses.content_loss(f32, p32, norm, weight=3.0)
+    with parallel.workers(2):
+        two = losses.content_loss(f32, p32, norm, weight=3.0)
+    assert one[0] == two[0] and np.array_equal(one[1], two[1]) and one[1].dtype == np.float32

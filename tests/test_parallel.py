@@ -338,3 +338,15 @@ def test_pmap_works_in_a_forked_child():
 def _child(q):
     with parallel.workers(2):
         q.put(parallel.pmap(lambda t: 2 * t, range(4)))
+
+
+def test_add_into_adds_in_place_in_any_memory_order():
+    rng = np.random.default_rng(3)
+    for shape, cl in (((3, 4, 10, 6), False), ((2, 5, 7, 9), True), ((5, 6), False)):
+        a = rng.standard_normal(shape)
+        if cl:
+            a = np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        b = rng.standard_normal(shape)
+        expected = a + b
+        out = parallel.add_into(a, b)
+        assert out is a and np.array_equal(a, expected)
