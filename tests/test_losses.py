@@ -135,7 +135,7 @@ def test_large_gram_products_cut_into_bands_give_the_sum_and_any_worker_count_th
     bits on one worker as on two; a batch of small ones, one product per image."""
     from minnst import parallel
 
-    C, H, W = 64, 160, 208  # M·C² = 2²⁷ · 1.04: cut into bands
+    C, H, W = 64, 160, 208  # M·C² = 2²⁷ · 1.016: cut into bands
     assert H * W * C * C >= losses.GRAM_SPLIT_MIN_MACS > H * W * C * C // 2
     for F in (rng.standard_normal((1, C, H, W)), rng.standard_normal((3, 8, 5, 7))):
         for Fx in (F, np.ascontiguousarray(F.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):

@@ -167,7 +167,7 @@ def _max2x2(xb, yb, ib, R, OW) -> bool:
     row-major). The index is arithmetic on the three 0/1 comparisons, ib = lo + g·(2 + hi
     − lo) with lo = [b > a], hi = [d > c], g = [bottom > top]: uint8 passes, where a
     masked ``np.copyto`` of uint8 has no vector loop (a band of 16 × 128 windows of 64
-    channels: 1 030 → 500 µs). ``>`` cannot rank a NaN, so a band whose output holds one
+    channels: 1 030 → 390 µs). ``>`` cannot rank a NaN, so a band whose output holds one
     returns False: the general loop then redoes it with the NaN rule."""
     (a, b, c, d), top, bottom = _max2x2_values(xb, yb, R, OW)
     if np.isnan(yb).any():
