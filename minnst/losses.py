@@ -111,11 +111,16 @@ def content_loss(F, P, normalization: str = GATYS, weight: float = 1.0):
     ``(value, weight · dvalue/dF)`` (the caller's loss weight taken into the gradient's
     own pass instead of a pass of its own)."""
     if is_gpu_array(F):
-        value, g = content_loss_gpu(F, P, normalization)
-        if weight != 1.0:
-            g *= weight
-        return value, g
+        return _weighted(content_loss_gpu(F, P, normalization), weight)
     return content_loss_cpu(F, P, normalization, weight)
+
+
+def _weighted(loss, weight: float):
+    """``(value, weight · gradient)`` from a kernel's ``(value, gradient)``, in place."""
+    value, g = loss
+    if weight != 1.0:
+        g *= weight
+    return value, g
 
 
 def content_loss_cpu(F, P, normalization: str = GATYS, weight: float = 1.0):
@@ -215,10 +220,7 @@ def style_loss(F, A, normalization: str = GATYS, weight: float = 1.0):
     Returns ``(E, weight · dE/dF)``; see the module docstring for both normalisations.
     """
     if is_gpu_array(F):
-        value, g = style_loss_gpu(F, A, normalization)
-        if weight != 1.0:
-            g *= weight
-        return value, g
+        return _weighted(style_loss_gpu(F, A, normalization), weight)
     return style_loss_cpu(F, A, normalization, weight)
 
 
