@@ -264,6 +264,15 @@ def add_into(a, b):
     return a
 
 
+def zeros(shape, dtype):
+    """``np.zeros``, filled in the bands of ``batch_slices`` on the pool's workers (the
+    shifted GEMM's padded input gradient: 68 MB at VGG16's conv1_2, batch 4, 8 ms on one
+    thread)."""
+    a = np.empty(shape, dtype=dtype)
+    pmap(lambda s: a[s].fill(0), batch_slices(shape))
+    return a
+
+
 # --------------------------------------------------------------------------- a GEMM that lets go of the GIL
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112

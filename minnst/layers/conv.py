@@ -66,7 +66,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ..parallel import band_rows, batch_slices, chunks, gemm, image_bands, matmul, pmap, row_bands
+from ..parallel import band_rows, chunks, gemm, image_bands, matmul, pmap, row_bands, zeros
 from .activations import relu_backward, relu_forward
 from .affine import ChannelAffine, images, taken_by
 from .base import Layer
@@ -787,16 +787,6 @@ def _winograd_backward(dy, cache, need_dx, relu_y=None):
     return dx, _shifted_weight_grad(dy, cache.x, cache.w, cache.pad, cache.pad_mode)
 
 
-def _zeros(xp, shape, dtype):
-    """``xp.zeros``; on the CPU filled by the pool's workers (VGG16's conv1_2 at batch 4
-    zeroes 68 MB of padded input gradient, 8 ms on one thread)."""
-    if xp is not np:
-        return xp.zeros(shape, dtype=dtype)
-    a = np.empty(shape, dtype=dtype)
-    pmap(lambda s: a[s].fill(0), batch_slices(shape))
-    return a
-
-
 def _gemm_backward(dy, cache, need_dx, relu_y=None):
     """dx and dw of the "shifted" and "im2col" paths: the padded input gradient is
     accumulated channels-last, then folded by the padding's adjoint. ``relu_y`` (the
@@ -810,7 +800,8 @@ def _gemm_backward(dy, cache, need_dx, relu_y=None):
     xp = get_xp(dy)
     N, C, H, W = cache.x_shape
     p = cache.pad
-    dxpad = _zeros(xp, (N, H + 2 * p, W + 2 * p, C), dy.dtype)
+    shape = (N, H + 2 * p, W + 2 * p, C)
+    dxpad = zeros(shape, dy.dtype) if xp is np else xp.zeros(shape, dtype=dy.dtype)
     if cache.method == "shifted":
         dw = _shifted_backward(dy, cache.x, cache.w, p, cache.pad_mode, dxpad, relu_y)
     else:
