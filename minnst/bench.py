@@ -26,6 +26,7 @@ import tracemalloc
 
 import numpy as np
 
+from . import cpu
 from .backend import keep_freed_memory
 from .cli import ArgumentParser, UsageError, run, whole
 from .files import check_writable, write_text_atomic
@@ -36,17 +37,6 @@ PROG = "python -m minnst.bench"
 
 
 # --------------------------------------------------------------------------- machine
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def blas_info() -> dict:
     try:
@@ -62,7 +52,8 @@ def blas_info() -> dict:
 
 
 def machine_info() -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__,
+    info = {"cpu": cpu.cpu_info()["model"], "cpu_flags": cpu.flag_summary(),
+            "blas_kernels": cpu.blas_kernels(), "cores": os.cpu_count(), "numpy": np.__version__,
             "python": platform.python_version(),
             "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
     info.update(blas_info())
@@ -624,6 +615,10 @@ def build_parser():
 def print_table(info, mm, rows):
     print(f"# {info['date']}  {info['cpu']}  ({info['cores']} cores), {info['blas']}, "
           f"{info['threads']} BLAS threads, numpy {info['numpy']}")
+    print(f"# CPU flags: {info['cpu_flags']}; BLAS kernels: {info['blas_kernels']}")
+    note = cpu.blas_width_note(kernels=info["blas_kernels"])
+    if note:
+        print(f"# note: {note}")
     print(f"# NumPy float32 matmul (4096²): {mm:.1f} GFLOP/s")
     torch_cols = any("torch_seconds" in r for r in rows)
     print("# GFLOP/s and 'of matmul': the direct convolutions' FLOPs per second, and that as a fraction "

@@ -9,6 +9,7 @@ import pytest
 
 from minnst import parallel
 from minnst.gradcheck import eval_numerical_gradient_array, rel_error
+from minnst.layers import conv
 from minnst.layers import winograd as wg
 from minnst.layers.conv import (WINOGRAD_TILES, Conv2d, auto_method, conv2d_backward,
                                 conv2d_forward, conv2d_naive)
@@ -314,14 +315,27 @@ def test_dispatcher_runs_winograd_and_agrees(rng, keep_input, mode, H, W, transf
             assert (a is None and b_ is None) or max_rel(a, b_) < 1e-12
 
 
-def test_auto_takes_winograd_from_64_channels_on_both_sides_and_96_on_one(rng):
+@pytest.mark.parametrize("min_wide", [96, 64])
+def test_auto_takes_winograd_from_64_channels_on_both_sides_and_min_wide_on_one(rng, monkeypatch, min_wide):
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_WIDE", min_wide)
     x = rng.standard_normal((1, 64, 6, 6))
     w = rng.standard_normal((128, 64, 3, 3))
     assert conv2d_forward(x, w, None, 1, 1)[1].method == "winograd"
     assert conv2d_forward(x, w[:96], None, 1, 1)[1].method == "winograd"
-    assert conv2d_forward(x, w[:64], None, 1, 1)[1].method == "shifted"  # 64 → 64
+    assert conv2d_forward(x, w[:64], None, 1, 1)[1].method == ("winograd" if min_wide == 64 else "shifted")
     assert auto_method(x, w[:32], 1, 1) == "shifted"
     assert auto_method(x[:, :32], w[:, :32], 1, 1) == "shifted"
+
+
+def test_winograd_min_wide_by_cpu():
+    """64 → 64 goes to Winograd on AMD Zen 5 (family 1Ah) only; other CPUs keep 96."""
+    def info(vendor, family):
+        return {"vendor": vendor, "family": family, "model": "", "flags": frozenset()}
+
+    assert conv.winograd_min_wide(info("AuthenticAMD", 0x1A)) == 64
+    assert conv.winograd_min_wide(info("AuthenticAMD", 0x19)) == 96
+    assert conv.winograd_min_wide(info("GenuineIntel", 6)) == 96
+    assert conv.winograd_min_wide(info("", -1)) == 96
 
 
 @pytest.mark.parametrize("method", list(WINOGRAD_TILES))

@@ -46,8 +46,9 @@ while the band is in cache, instead of a pass over memory of its own; the same b
 
 ``method="auto"`` (the default) picks by device, stride and shapes (``auto_method``): the
 GPU and strides above 1 take im2col; on the CPU a 3×3, padding-1 layer with at least
-``WINOGRAD_MIN_CHANNELS`` channels on both sides (and ``WINOGRAD_MIN_WIDE`` on one: 64 → 64
-runs faster on the shifted GEMM) takes Winograd F(2×2, 3×3), a kernel of
+``WINOGRAD_MIN_CHANNELS`` channels on both sides (and ``WINOGRAD_MIN_WIDE`` on one: whether
+64 → 64 runs faster on the shifted GEMM depends on the CPU, ``winograd_min_wide``) takes
+Winograd F(2×2, 3×3), a kernel of
 5×5 or more with at most ``THIN_CHANNELS`` channels on one side its thin lowering, and
 every other stride-1 layer the shifted GEMM. "winograd4" is about 20 % faster than
 "winograd" on VGG16's layers of 64×64 pixels and more (9–29 %), but its float32 error
@@ -66,6 +67,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp
+from ..cpu import is_zen5
 from ..parallel import band_rows, chunks, gemm, image_bands, matmul, pmap, row_bands, zeros
 from .activations import relu_backward, relu_forward
 from .affine import ChannelAffine, images, taken_by
@@ -626,12 +628,29 @@ def _thin_backward(method, dy, x, w, pad, pad_mode, need_dx):
 # --------------------------------------------------------------------------- choosing a path
 
 WINOGRAD_MIN_CHANNELS = 64  # below this the 16 GEMMs are too thin to pay for the transforms
-# ... and 64 → 64 layers run faster on the shifted GEMM (two workers; forward / input gradient
-# of a frozen layer with its ReLU): VGG16's conv1_2 at 256² 21.3 / 25.2 ms by F(2×2) against
-# 19.6 / 21.2; the transformer's residual convolutions at width 0.5 (reflection, batch 4 at
-# 64²: forward / dx + dw) 8.4 / 16.0 by F(4×4), 6.0 / 13.2 by F(2×2), 5.3 / 11.6 shifted.
-# From 96 channels (or 64 on one side and 128 on the other) F(2×2) is ahead or level.
-WINOGRAD_MIN_WIDE = 96
+
+
+def winograd_min_wide(info: dict | None = None) -> int:
+    """The channels one side of a layer needs (both having ``WINOGRAD_MIN_CHANNELS``) for
+    "auto" to take Winograd rather than the shifted GEMM, on the CPU ``info`` describes
+    (``cpu.cpu_info()``). 64 → 64 is the layer where the two paths are close, and which
+    wins depends on the CPU (two workers, OpenBLAS's Haswell kernels on both; forward /
+    input gradient of a frozen layer with its ReLU, ms):
+
+    - Intel Xeon (AVX-512, 2 MB L2 per core): the shifted GEMM. VGG16's conv1_2 at 256²
+      21.3 / 25.2 by F(2×2) against 19.6 / 21.2; the transformer's residual convolutions
+      at width 0.5 (reflection, batch 4 at 64², forward / dx + dw) 6.0 / 13.2 by F(2×2),
+      5.3 / 11.6 shifted. From 96 channels on one side F(2×2) is ahead or level: 96.
+    - AMD Zen 5 (AVX-512, 1 MB L2 per core; ``cpu.is_zen5``): F(2×2). conv1_2 at 256²
+      24.0 / 24.5 against 34.2 / 34.9, at 512² 146 / 149 against 220 / 196; batch 4 at
+      64² 9.5 / 9.4 against 10.8 / 13.2 (the shifted GEMM's K = 64 products reach 150
+      GFLOP/s of the 200 of a square one there): 64, Winograd wherever it may run.
+
+    Other CPUs take the Xeon's choice, the one measured first."""
+    return WINOGRAD_MIN_CHANNELS if is_zen5(info) else 96
+
+
+WINOGRAD_MIN_WIDE = winograd_min_wide()
 # F(4×4) ("fast") only where both sides have this many: with 64 output channels it lost to
 # F(2×2) and the shifted GEMM (128 → 64 at 128², batch 4: 39.0 / 91.7 against 35.4 / 83.6
 # and 35.6 / 80.3 ms), at 96 → 96 it was level with F(2×2).
@@ -644,7 +663,7 @@ def auto_method(x, w, stride, pad, fast: bool = False) -> str:
     docstring). On the CPU, measured against im2col (one thread, batch 4 at 256² unless
     noted), the shifted GEMM is as fast or faster from 3 to 128 channels and 3×3 to 9×9
     kernels, forward and backward; Winograd beats it from 64 channels on both sides and
-    96 on one (``WINOGRAD_MIN_WIDE``: 64 → 64 stays on the shifted GEMM); the thin
+    ``WINOGRAD_MIN_WIDE`` on one (96, or 64 on some CPUs: ``winograd_min_wide``); the thin
     lowerings beat it for 9×9 layers with 3 channels (docs/performance.md). Winograd
     F(4×4) ("winograd4") is faster still on large images but not accurate enough in
     float32 to be the default (docs/layers.md); ``fast`` takes it instead of F(2×2) where
