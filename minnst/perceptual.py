@@ -126,11 +126,16 @@ class PerceptualLoss:
     ``style_layer_weights``: the w_l (None: equal, summing to 1; used as given otherwise).
     ``alpha``, ``beta``, ``tv_weight``: α, β, λ_tv. ``normalization``: ``"gatys"`` or
     ``"johnson"``. The targets are arguments of ``loss_and_grad``, so one instance serves
-    a fixed pastiche objective and a training loop alike.
+    a fixed pastiche objective and a training loop alike. ``conv_method``: the path of
+    VGG16's convolutions (``conv2d_forward``'s ``method``): "auto" (F(2×2) Winograd, the
+    1e-6 agreement of the Gatys objective), or "fast" (F(4×4) on the layers of 128
+    channels and more: ~1e-6 relative error, 3–6× F(2×2)'s, which a training loss can
+    afford; ``train_fast.TrainingLoss`` takes it).
     """
 
     def __init__(self, net, content_layers=(), style_layers=(), style_layer_weights=None,
-                 alpha=1.0, beta=1.0, tv_weight=0.0, normalization=losses.GATYS):
+                 alpha=1.0, beta=1.0, tv_weight=0.0, normalization=losses.GATYS,
+                 conv_method: str = "auto"):
         self.content_layers = check_layers(content_layers, "content layers")
         self.style_layers = check_layers(style_layers, "style layers")
         if not self.content_layers and not self.style_layers:
@@ -143,6 +148,7 @@ class PerceptualLoss:
                                                  "style layer weights", False, "style layers")
         self.normalization = normalization
         self.net = net
+        self.conv_method = conv_method
         # every layer the loss reads, in network order: the forward stops at the last one
         wanted = set(self.content_layers) | set(self.style_layers)
         self.layers = [n for n in LAYER_NAMES if n in wanted]
@@ -158,7 +164,7 @@ class PerceptualLoss:
         """VGG16 features ``{layer: (N, C, h, w)}`` of images ``x`` ((H, W, 3) or
         (N, H, W, 3) in [0, 1]); the forward's cache is dropped at once."""
         return self.net.forward(images.preprocess(x), self.layers if layers is None else layers,
-                                backward=False)[0]
+                                backward=False, method=self.conv_method)[0]
 
     def content_targets(self, x, tile=None) -> dict:
         """``{layer: P_l}`` for the content layers, from images ``x``. With ``tile`` (and
@@ -234,7 +240,7 @@ class PerceptualLoss:
         """``(LossTerms, ∂L/∂x)`` for images ``x`` (N, H, W, 3) in [0, 1]; the gradient has
         x's shape, dtype and device."""
         xp = get_xp(x)
-        feats, cache = self.net.forward(images.preprocess(x), self.layers)
+        feats, cache = self.net.forward(images.preprocess(x), self.layers, method=self.conv_method)
         grads = {}
 
         def add(layer, g):  # every g is a fresh array: the sum goes into the first, in place
@@ -310,7 +316,7 @@ class PerceptualLoss:
         """``{l: P_l at t's own positions}`` (N, C, h_own, w_own) for the ``layers`` that
         ``t`` owns: the features of its crop, cut to its own positions."""
         owned = [l for l in layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False, method=self.conv_method)[0]
         return {l: feats.pop(l)[(..., *t.local(l))] for l in owned}
 
     def tile_style_target(self, crop, t, shapes, target_hw=None) -> dict:
@@ -318,7 +324,7 @@ class PerceptualLoss:
         ``t`` owns: the tile's share of a style image's Gram target (``tiled_style_target``).
         ``shapes``: the whole style image's ``feature_shapes``; ``target_hw`` as there."""
         owned = [l for l in self.style_layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False, method=self.conv_method)[0]
         part = {}
         for l in owned:
             F = feats.pop(l)[(..., *t.local(l))]
@@ -332,7 +338,7 @@ class PerceptualLoss:
         """Pass 1 of one tile: ``{l: S_l^t = Σ_{p ∈ own} f_p f_pᵀ}`` (N, C_l, C_l) for the
         ``layers`` ``t`` owns, from the forward on its crop up to the deepest of them."""
         owned = [l for l in layers if t.owns(l)]
-        feats = self.net.forward(images.preprocess(crop), owned, backward=False)[0]
+        feats = self.net.forward(images.preprocess(crop), owned, backward=False, method=self.conv_method)[0]
         return {l: losses.gram_matrix(feats.pop(l)[(..., *t.local(l))], losses.GATYS) for l in owned}
 
     def tile_gradient(self, crop, t, content_own: dict, shapes: dict, style_D: dict):
@@ -350,7 +356,7 @@ class PerceptualLoss:
         owned = [l for l in self.layers if t.owns(l) and (l in content_own or l in style_D)]
         if not owned:
             return {}, None
-        feats, cache = self.net.forward(images.preprocess(crop), owned)
+        feats, cache = self.net.forward(images.preprocess(crop), owned, method=self.conv_method)
         grads, content_sq = {}, {}
         for l in owned:
             F = feats.pop(l)

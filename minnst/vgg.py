@@ -142,13 +142,15 @@ class VGG16:
 
     # ------------------------------------------------------------------ forward / backward
 
-    def forward(self, x, layers, fuse_relu: bool = True, backward: bool = True):
+    def forward(self, x, layers, fuse_relu: bool = True, backward: bool = True, method: str = "auto"):
         """Run up to the deepest of ``layers``; returns ``({name: features}, cache)``.
         ``fuse_relu``: on the CPU, each ReLU inside its convolution (the module
         docstring); False runs it as a pass of its own. The cache is the same either way.
         ``backward``, a hint: False when no backward will follow (targets, features). Max
         pooling then skips its indices (``lazy``: 5× faster on the CPU); a backward still
-        works, finding them from the kept input, at a little more than their cost here."""
+        works, finding them from the kept input, at a little more than their cost here.
+        ``method``: the convolutions' path (``conv2d_forward``): "auto", or "fast" where
+        F(4×4) Winograd's larger float32 error is affordable (a training loss)."""
         layers = list(layers)
         check_layer_names(layers)
         if x.ndim != 4 or x.shape[1] != 3:
@@ -166,7 +168,7 @@ class VGG16:
                 # every conv is followed by its ReLU; the deepest layer asked for is in `wanted`
                 fused = fuse_relu and name not in wanted
                 h, c = conv2d_forward(h, w.astype(h.dtype, copy=False), b.astype(h.dtype, copy=False),
-                                      stride=1, pad=1, keep_input=False,
+                                      stride=1, pad=1, keep_input=False, method=method,
                                       wino=self._winograd(name, w, h.dtype), relu=fused)
             elif kind == "relu":
                 h, c = (h, h) if fused else relu_forward(h)  # relu_forward's cache: its output

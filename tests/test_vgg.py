@@ -122,3 +122,19 @@ def test_matches_pytorch_if_installed(vgg16_f32):
         assert np.abs(feats[n] - ref).max() / np.abs(ref).max() < 1e-4
     ref_dx = xt.grad.numpy()
     assert np.abs(dx - ref_dx).max() / np.abs(ref_dx).max() < 1e-4
+
+
+def test_fast_method_takes_f4_winograd_on_wide_layers_and_agrees(vgg16_f32, vgg16_f64):
+    """``forward(method="fast")`` (the training loss's path): F(4×4) Winograd on the layers
+    with 128 channels on both sides, the other layers as "auto"; the features equal auto's
+    to float64 rounding, and stay within 1e-5 (relative, worst element) in float32."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 3, 40, 36))
+    feats64, cache = vgg16_f64.forward(x, ["relu4_1"], method="fast")
+    methods = {name: c.method for name, c in cache if name.startswith("conv")}
+    assert methods["conv1_2"] == methods["conv2_1"] != "winograd4"
+    assert {methods[n] for n in ("conv2_2", "conv3_1", "conv3_3", "conv4_1")} == {"winograd4"}
+    ref64 = vgg16_f64.forward(x, ["relu4_1"])[0]["relu4_1"]
+    assert rel_error(feats64["relu4_1"], ref64) < 1e-10
+    fast32 = vgg16_f32.forward(x.astype(np.float32), ["relu4_1"], method="fast")[0]["relu4_1"]
+    assert np.abs(fast32 - ref64).max() / np.abs(ref64).max() < 1e-5
