@@ -542,3 +542,76 @@ def _reflect_fold(dx, dy, w):
         strip[:, W - 1] += strip[:, W + 1]
     dx[:, 1] += top[:, 1:W + 1]
     dx[:, H - 2] += bottom[:, 1:W + 1]
+
+
+# --------------------------------------------------------------------------- weight gradient
+
+def _apply(mat, d, o):
+    """o[i] = Σ_j mat[i, j] d[j] for a small constant matrix of ±1 and a few other entries
+    (A of F(m×m) for dy's tiles); d and o lists of equally shaped arrays (views)."""
+    for i, row in enumerate(mat):
+        terms = [(c, d[j]) for j, c in enumerate(row) if c]
+        c, t = terms[0]
+        if c == 1:
+            o[i][...] = t
+        else:
+            np.multiply(t, c, out=o[i])
+        for c, t in terms[1:]:
+            if c == 1:
+                o[i] += t
+            elif c == -1:
+                o[i] -= t
+            else:
+                o[i] += c * t
+
+
+def _dy_transform(dy, n, t0, t1, m, TW, H, W, dM):
+    """dM[α·ξ + ν] (T, F) = (A dY Aᵀ)[ξ, ν] for the m×m tiles dY of dy's image n in tile
+    rows [t0, t1) (dy zero past the image), A = Aᵀ's transpose ((m+2) × m): the adjoint of
+    the output transform Y = Aᵀ M A."""
+    a = m + 2
+    F = dy.shape[1]
+    TH = t1 - t0
+    r0, r1 = m * t0, min(m * t1, H)
+    dyb = np.zeros((m * TH, m * TW, F), dtype=dy.dtype)
+    dyb[:r1 - r0, :W] = dy[n, :, r0:r1].transpose(1, 2, 0)
+    A = MATRICES[m][2].T
+    Z = np.empty((a, TH, m * TW, F), dtype=dy.dtype)
+    _apply(A, [dyb[r::m] for r in range(m)], list(Z))                          # along rows
+    out = dM.reshape(a, a, TH, TW, F)
+    _apply(A, [Z[:, :, k::m] for k in range(m)], list(out.transpose(1, 0, 2, 3, 4)))  # columns
+
+
+def winograd_weight_grad(x, dy, tile: int = 2, pad_mode: str = "zero"):
+    """dw (F, C, 3, 3) of a 3×3, stride-1, padding-1 convolution of x (N, C, H, W), from
+    dy (N, F, H, W), in the Winograd domain of F(m×m, 3×3), m = ``tile``.
+
+    The forward is, per tile, Y = Aᵀ [Σ_c U_c ⊙ V_c] A with U = G g Gᵀ and V = Bᵀ d B (the
+    padded input's (m+2)² window d). Its adjoint in g: dM = A dY Aᵀ per tile,
+    dU[ξν] (C, F) = Σ_tiles V[ξν]ᵀ dM[ξν] — (m+2)² GEMMs with K = the tiles —, and
+    dg = Gᵀ dU G. The products are (m+2)²/(9m²) of the direct ones (0.44 for F(2×2), 0.25
+    for F(4×4)). Tasks are the forward's bands (``pmap``); each returns its dU, summed in
+    task order."""
+    N, C, H, W = x.shape
+    F = dy.shape[1]
+    m = tile
+    a = m + 2
+    TH, TW = -(-H // m), -(-W // m)
+    tasks = image_bands(N, TH, winograd_band_rows(TH, TW, C, m), WINOGRAD_MIN_TASKS[m])
+
+    def band(task):
+        n, t0, t1 = task
+        T = (t1 - t0) * TW
+        V = np.empty((a * a, T, C), dtype=x.dtype)
+        _input_transform(_band_input(x, n, t0, t1, m, TW, pad_mode), m, t1 - t0, TW, V)
+        dM = np.empty((a * a, T, F), dtype=dy.dtype)
+        _dy_transform(dy, n, t0, t1, m, TW, H, W, dM)
+        return np.matmul(V.transpose(0, 2, 1), dM)  # (a², C, F)
+
+    parts = pmap(band, tasks)
+    dU = parts[0]
+    for part in parts[1:]:
+        dU += part
+    Gm = MATRICES[m][1]  # (a, 3)
+    dg = np.einsum("xi,xycf,yj->fcij", Gm, dU.reshape(a, a, C, F), Gm, optimize=True)
+    return dg.astype(dy.dtype, copy=False)
