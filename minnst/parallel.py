@@ -382,11 +382,14 @@ def matmul_bands(batch: int, M: int, K: int, N: int):
     fall under MATMUL_MIN_BAND multiply-adds, or when N is not a multiple of
     MATMUL_COLUMNS.
 
-    These are the conditions under which OpenBLAS gives every element the bits of one
-    undivided product (measured on its SkylakeX kernels, checked by the tests): it
-    multiplies a 1-row matrix by GEMV and small products by other kernels; its GEMM
-    kernels treat the rows after the last full tile of 16 rows, and in double precision
-    the columns after the last multiple of 8 (for some M), differently."""
+    These are the conditions under which OpenBLAS's SkylakeX (AVX-512) kernels give every
+    element the bits of one undivided product (checked by the tests): it multiplies a
+    1-row matrix by GEMV and small products by other kernels; its GEMM kernels treat the
+    rows after the last full tile of 16 rows, and in double precision the columns after
+    the last multiple of 8 (for some M), differently. Its Haswell (AVX2) kernels give
+    some rows other bits in a band than in the whole product, whatever the cut (float32:
+    rows 12–15 of a 16-row band of a (70000, 64) @ (64, 64) product), so there the bits
+    are those of these bands: they depend on the shapes only, not on the worker count."""
     least = max(MATMUL_MIN_ROWS, -(-MATMUL_MIN_BAND // max(1, K * N)))
     parts = max(1, min(-(-MIN_TASKS // max(batch, 1)), M // least))
     if N % MATMUL_COLUMNS:
@@ -405,8 +408,10 @@ def matmul(a, b):
     the output are cut into bands (``matmul_bands``), one ``np.matmul`` per band. Each
     output element stays one dot product over K, which OpenBLAS's packed GEMM sums in the
     same order whichever band of rows it lies in, when the bands are as ``matmul_bands``
-    cuts them: the same bits as ``np.matmul(a, b)`` (``tests/test_parallel.py`` checks;
-    bands of columns would not be, in float64).
+    cuts them: the same bits as ``np.matmul(a, b)`` on OpenBLAS's SkylakeX kernels
+    (``tests/test_parallel.py`` checks; bands of columns would not be, in float64), and on
+    any BLAS the same bits whatever the number of workers (the cut depends on the shapes
+    only).
     Returns a new C-contiguous array, (M, N) or (B, M, N).
     """
     A = a[None] if a.ndim == 2 else a

@@ -158,8 +158,19 @@ def test_gemm_on_strided_slices_accumulates_in_place(rng):
 
 # --------------------------------------------------------------------------- matmul
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("a_shape, b_shape", [
+# OpenBLAS's SkylakeX kernels sum each element in the same order whichever band of rows it
+# lies in; its Haswell (AVX2) ones do not (parallel.matmul_bands). OPENBLAS_CORETYPE, when
+# set, chooses them for the whole process.
+BAND_EXACT_KERNELS = ("SkylakeX",)
+
+
+def _kernels_keep_bits() -> bool:
+    from minnst import cpu
+
+    return cpu.blas_kernels().split(" ")[0] in BAND_EXACT_KERNELS
+
+
+MATMUL_SHAPES = [
     ((1, 70000, 64), (1, 64, 64)),     # the style gradient of relu1_1 at 256², one image
     ((2, 5000, 128), (2, 128, 128)),   # a batch
     ((3, 20000, 32), (1, 32, 32)),     # a broadcast target
@@ -168,17 +179,60 @@ def test_gemm_on_strided_slices_accumulates_in_place(rng):
     ((2, 40, 512), (2, 512, 512)),     # few rows: bands of at least 64 rows
     ((1750, 32), (32, 300)),           # N not a multiple of 8: one task
     ((6335, 27), (27, 288)),           # an odd number of rows
-])
-def test_matmul_gives_the_bits_of_numpy(rng, dtype, a_shape, b_shape):
-    """Whatever the cut and the number of workers: one undivided product's bits."""
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_shape, b_shape", MATMUL_SHAPES)
+def test_matmul_bits_do_not_depend_on_the_workers(rng, dtype, a_shape, b_shape):
+    """Whatever the number of workers, the same bits: on kernels that keep them in bands
+    those of one undivided product, on any BLAS those of the shape's own cut; and within
+    float rounding of np.matmul."""
     a = rng.standard_normal(a_shape).astype(dtype)
     b = rng.standard_normal(b_shape).astype(dtype)
     want = np.matmul(a, b)
+    got = {}
     for n in (1, 2, 3):
         with parallel.workers(n):
-            got = parallel.matmul(a, b)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        assert np.array_equal(got, want)
+            got[n] = parallel.matmul(a, b)
+        assert got[n].shape == want.shape and got[n].dtype == want.dtype
+        assert np.array_equal(got[n], got[1])
+    if _kernels_keep_bits():
+        assert np.array_equal(got[1], want)
+    eps = np.finfo(dtype).eps
+    assert np.abs(got[1] - want).max() <= 8 * a_shape[-1] * eps * np.abs(want).max()
+
+
+MATMUL_CHILD = """
+import numpy as np
+from minnst import parallel, cpu
+assert cpu.blas_kernels().startswith("SkylakeX"), cpu.blas_kernels()
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for a_shape, b_shape in {shapes!r}:
+        a = rng.standard_normal(a_shape).astype(dtype)
+        b = rng.standard_normal(b_shape).astype(dtype)
+        want = np.matmul(a, b)
+        for n in (1, 2, 3):
+            with parallel.workers(n):
+                assert np.array_equal(parallel.matmul(a, b), want), (a_shape, b_shape, dtype, n)
+    for C, M, K in ((130, 5000, 576), (128, 16384, 288), (256, 4096, 1152)):
+        x = rng.standard_normal((M, C)).astype(dtype)
+        cols = rng.standard_normal((M, K)).astype(dtype)
+        assert np.array_equal(parallel.matmul(x.T, cols), x.T @ cols)
+print("ok")
+"""
+
+
+@pytest.mark.skipif("avx512f" not in __import__("minnst.cpu").cpu.cpu_info()["flags"],
+                    reason="OpenBLAS's SkylakeX kernels need AVX-512")
+def test_matmul_gives_the_bits_of_numpy_on_skylakex_kernels():
+    """On the SkylakeX kernels (forced in a child process, whatever OPENBLAS_CORETYPE this
+    one has): every cut and worker count gives one undivided product's bits."""
+    env = dict(os.environ, OPENBLAS_CORETYPE="SkylakeX")
+    out = subprocess.run([sys.executable, "-c", MATMUL_CHILD.format(shapes=MATMUL_SHAPES)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -206,11 +260,18 @@ def test_gemm_runs_on_numpys_blas_whatever_order_the_libraries_are_listed_in(mon
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_of_transposed_views(rng, dtype):
-    """The transposed convolution's weight gradient, xᵀ (C, M) @ cols (M, KH·KW·F)."""
+    """The transposed convolution's weight gradient, xᵀ (C, M) @ cols (M, KH·KW·F): the
+    same bits on every worker count (np.matmul's on band-exact kernels)."""
     for C, M, K in ((130, 5000, 576), (128, 16384, 288), (256, 4096, 1152)):
         x = rng.standard_normal((M, C)).astype(dtype)
         cols = rng.standard_normal((M, K)).astype(dtype)
-        assert np.array_equal(parallel.matmul(x.T, cols), x.T @ cols)
+        with parallel.workers(1):
+            one = parallel.matmul(x.T, cols)
+        with parallel.workers(2):
+            assert np.array_equal(parallel.matmul(x.T, cols), one)
+        if _kernels_keep_bits():
+            assert np.array_equal(one, x.T @ cols)
+        assert np.abs(one - x.T @ cols).max() <= 8 * M * np.finfo(dtype).eps * np.abs(one).max()
 
 
 def test_matmul_bands():
