@@ -23,12 +23,10 @@ from .layers.upconv import folds_into_conv
 from .parallel import MIN_TASKS, num_workers
 from .transformer import TransformerConfig, TransformerNet
 from .tiling import spans
-from .vgg import LAYER_NAMES, layer_shapes, parameter_count
+from .perceptual import TRAINING_CONV_METHOD
+from .vgg import LAYER_NAMES, expected_shapes, layer_shapes, parameter_count
 
 _OVERHEAD = 16 * 2**20  # small arrays, Python objects
-# The CPU convolutions keep each frozen layer's Winograd-transformed kernels (forward and
-# input gradient), allocated on first use: 135.5 MB measured, 2.4× the weights.
-_WINOGRAD_FACTOR = 2.4
 
 # The Gatys model is of the peak resident memory (RSS) of ``python -m minnst.gatys``,
 # measured from outside the process (/usr/bin/time -v) on runs at 1024×768 to 4096×3072,
@@ -129,7 +127,8 @@ def estimate_gatys_memory(h: int, w: int, content_layers, style_layers, style_hw
     Returns ``{"fixed", "network", "targets", "images", "optimizer", "runtime", "device",
     "host", "total"}``:
 
-    * fixed: the VGG16 weights (and, on the CPU, their Winograd transforms), once per network;
+    * fixed: the VGG16 weights (and, on the CPU, the Winograd transforms of the layers to
+      ``upto``, ``vgg_winograd_numel``: 135.5 MB to relu5_1, as measured), once per network;
     * network: the larger of the pastiche's forward + backward (``_network_bytes``; with
       ``tile``, of its largest crop, ``largest_crop``) and the forward of the largest style
       image (``style_hw`` sizes at this scale; with ``tile``, its largest crop); with
@@ -157,7 +156,7 @@ def estimate_gatys_memory(h: int, w: int, content_layers, style_layers, style_hw
     network = max([pastiche, *styles])
     n = 3 * h * w
     images = (_IMAGE_ARRAYS * n + sum(3 * a * b for a, b in [*style_hw, *source_hw])) * itemsize
-    fixed = parameter_count() * itemsize * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))
+    fixed = (parameter_count() + (vgg_winograd_numel(upto) if device == "cpu" else 0)) * itemsize
     on_host = optimizer == "lbfgs"  # scipy's L-BFGS-B runs on the host; Adam where the image is
     opt = lbfgs_host_bytes(n, lbfgs_memory, iterations) if on_host else _ADAM_IMAGES * n * itemsize
     dev = fixed + network + targets + images + _OVERHEAD + (0 if on_host else opt)
@@ -383,6 +382,23 @@ def kept_kernel_numel(net) -> int:
     return sum(((m + 2) ** 2 + 9) * C * F for m, C, F in _winograd_layers(net))
 
 
+def vgg_winograd_numel(upto: str, method: str = "auto") -> int:
+    """Values of the Winograd-transformed kernels a CPU VGG16 keeps once a forward and a
+    backward to ``upto`` have run on ``method``'s paths (``VGG16.forward``): each 3×3
+    layer before ``upto`` on F(m×m, 3×3) holds (m+2)²·C·F for its forward and as many for
+    its input gradient (``WinogradWeights``)."""
+    last = LAYER_NAMES.index(upto)
+    total = 0
+    for name, (wshape, _) in expected_shapes().items():
+        if LAYER_NAMES.index(name) > last:
+            break
+        x = np.broadcast_to(np.float32(0), (1, wshape[1], 1, 1))
+        m = WINOGRAD_TILES.get(auto_method(x, np.broadcast_to(np.float32(0), wshape), 1, 1,
+                                           fast=method == "fast"), 0)
+        total += 2 * (m + 2) ** 2 * wshape[0] * wshape[1] if m else 0
+    return total
+
+
 def estimate_training_memory(net, batch: int, size: int, content_layer: str = "relu2_2",
                              style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
                              device: str = "cpu", itemsize: int = 4) -> dict:
@@ -390,7 +406,8 @@ def estimate_training_memory(net, batch: int, size: int, content_layer: str = "r
     ``TransformerNet`` or its ``TransformerConfig``): ``{"fixed", "device", "host", "total"}``.
 
     fixed: the transformer's weights and Adam's moments, VGG16's weights (and, on the CPU,
-    their Winograd transforms). device: fixed plus the step — the transformer's kept
+    the Winograd transforms of the layers the loss runs, on ``TRAINING_CONV_METHOD``'s
+    paths: ``vgg_winograd_numel``). device: fixed plus the step — the transformer's kept
     activations and VGG16's (``_TRAIN_*`` factors), the gradients and Adam's transients.
     host: the uint8 batch and its float copy.
     """
@@ -399,8 +416,8 @@ def estimate_training_memory(net, batch: int, size: int, content_layer: str = "r
     kept = sum(_numel(l.y) for l in transformer_layer_shapes(net, size, size))
     upto = max([content_layer, *style_layers], key=LAYER_NAMES.index)
     vgg_kept = sum(c * a * b for name, c, a, b in layer_shapes(size, size, upto) if name.startswith("relu"))
-    fixed = (n_params * _ADAM_COPIES
-             + parameter_count() * (1 + (_WINOGRAD_FACTOR if device == "cpu" else 0))) * itemsize
+    fixed = (n_params * _ADAM_COPIES + parameter_count()
+             + (vgg_winograd_numel(upto, TRAINING_CONV_METHOD) if device == "cpu" else 0)) * itemsize
     step = (batch * (_TRAIN_KEPT_FACTOR * kept + _TRAIN_VGG_FACTOR * vgg_kept)
             + _TRAIN_PARAM_COPIES * n_params + (winograd_kernel_numel(net) if device == "cpu" else 0)) * itemsize
     dev = fixed + step + (IM2COL_MAX_BYTES if device == "gpu" else 0) + _OVERHEAD

@@ -59,16 +59,12 @@ from .vgg import LAYER_NAMES, VGG16, check_layer_names
 from .modelfile import ModelFileError, load_model, save_model
 from .memory import (available_memory, estimate_training_memory, format_bytes, gpu_free_memory, largest_fitting,
                      memory_checks)
-from .perceptual import JOHNSON_STYLE_LAYERS, PerceptualLoss, check_layers, training_objective
+from .perceptual import (JOHNSON_STYLE_LAYERS, TRAINING_CONV_METHOD, PerceptualLoss, check_layers,
+                         training_objective)
 from .plots import plot_losses
 
 CHECKPOINT_KIND = "minnst-train-checkpoint"
 STYLE_LAYERS = JOHNSON_STYLE_LAYERS
-# VGG16's convolutions in the training loss: F(4×4) Winograd on its layers of 128 channels
-# and more (``PerceptualLoss``'s conv_method). Its ~1e-6 relative error is nothing to a
-# gradient step; batch 4 at 256², forward + backward to relu4_3 took 927 ms against F(2×2)'s
-# 1122 (AMD Zen 5, OpenBLAS's AVX2 kernels; 811 against 880 with its AVX-512 ones).
-LOSS_CONV_METHOD = "fast"
 PLOT_SECONDS = 600  # loss.png is redrawn at a checkpoint at most this often, and at the end
 PLOT_WINDOW = 50  # loss.png draws trailing means over this many steps
 # The output is 127.5 + 127.5·tanh(z). Where training drives z far out (bright photo
@@ -241,7 +237,7 @@ class TrainingLoss:
         self.objective = training_objective(content_layer, style_layers, style_layer_weights,
                                             content_weight, style_weight, tv_weight, vgg.pooling)
         kwargs = {k: v for k, v in self.objective.items() if k != "pooling"}
-        self.loss = PerceptualLoss(vgg, conv_method=LOSS_CONV_METHOD, **kwargs)
+        self.loss = PerceptualLoss(vgg, conv_method=TRAINING_CONV_METHOD, **kwargs)
         style = xp.asarray(np.asarray(style_img, dtype=dtype))
         self.targets = self.loss.style_targets([style])
 
@@ -256,7 +252,7 @@ class TrainingLoss:
         loss = cls.__new__(cls)
         loss.objective = dict(objective)
         kwargs = {k: v for k, v in objective.items() if k != "pooling"}
-        loss.loss = PerceptualLoss(vgg, conv_method=LOSS_CONV_METHOD, **kwargs)
+        loss.loss = PerceptualLoss(vgg, conv_method=TRAINING_CONV_METHOD, **kwargs)
         loss.targets = loss.loss.style_targets([xp.asarray(np.asarray(style_img, dtype=dtype))])
         return loss
 

@@ -111,3 +111,17 @@ def test_largest_fitting_searches_a_growing_estimate():
     assert largest_fitting(est, 16, 8192, 1000, step=16) == 96
     assert largest_fitting(est, 16, 8192, 100) is None
     assert largest_fitting(est, 16, 20, 10**6) == 20
+
+
+@pytest.mark.parametrize("upto, method", [("relu4_3", "fast"), ("relu5_1", "auto"), ("relu2_2", "auto")])
+def test_vgg_winograd_count_is_what_vgg16_keeps(vgg16_f32, upto, method):
+    """``vgg_winograd_numel`` against the bytes of the transforms a fresh VGG16 holds after
+    one forward and backward on ``method``'s paths (the training loss's: "fast" to relu4_3)."""
+    from minnst.memory import vgg_winograd_numel
+
+    net = VGG16(vgg16_f32.weights, pooling="max")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    feats, cache = net.forward(x, [upto], method=method)
+    net.backward({upto: np.ones_like(feats[upto])}, cache)
+    kept = sum(w.nbytes for w in net._wino.values())
+    assert kept == 4 * vgg_winograd_numel(upto, method) > 0
