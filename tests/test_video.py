@@ -2,6 +2,7 @@
 machinery against its naive twin and against clips whose true motion is known; the
 stabiliser lowering the warping error; chunks; bad inputs as one ``VideoError`` line and
 no output file. Every clip is tiny and made here (24×32 px, a few frames)."""
+import re
 from fractions import Fraction
 from itertools import chain
 
@@ -265,7 +266,9 @@ BAD = {
               "still image"),
     "zero frames": (_zero_frames, "no video frames"),
     "truncated (index at the end)": (lambda p: _truncated(p, False), "truncated or corrupt"),
-    "truncated (index first)": (lambda p: _truncated(p, True), "ends after 13 of its 24 frames"),
+    # where 60 % of the bytes ends depends on the encoder's packet sizes (13 frames here,
+    # once 12 or 14 in a full run): the count is checked by pattern, below all 24
+    "truncated (index first)": (lambda p: _truncated(p, True), r"ends after (1?\d|2[0-3]) of its 24 frames"),
     "missing": (lambda p: None, "not found"),
 }
 
@@ -279,7 +282,7 @@ def test_bad_input_is_one_line_and_leaves_no_output(net, tmp_path, case):
     with pytest.raises(VideoError) as e:
         video.stylize_video(net, src, dst)
     msg = str(e.value)
-    assert needle in msg and "\n" not in msg and str(src) in msg
+    assert re.search(needle, msg) and "\n" not in msg and str(src) in msg
     assert not dst.parent.exists() or list(dst.parent.iterdir()) == []
 
 
