@@ -635,17 +635,20 @@ def winograd_min_wide(info: dict | None = None) -> int:
     """The channels one side of a layer needs (both having ``WINOGRAD_MIN_CHANNELS``) for
     "auto" to take Winograd rather than the shifted GEMM, on the CPU ``info`` describes
     (``cpu.cpu_info()``). 64 → 64 is the layer where the two paths are close, and which
-    wins depends on the CPU (two workers, OpenBLAS's Haswell kernels on both; forward /
-    input gradient of a frozen layer with its ReLU, ms):
+    wins depends on the CPU (two workers; forward / input gradient of a frozen layer with
+    its ReLU, ms):
 
-    - Intel Xeon (AVX-512, 2 MB L2 per core): the shifted GEMM. VGG16's conv1_2 at 256²
+    - Intel Xeon (AVX-512, 2 MB L2 per core; OpenBLAS on its SkylakeX kernels): the
+      shifted GEMM. VGG16's conv1_2 at 256²
       21.3 / 25.2 by F(2×2) against 19.6 / 21.2; the transformer's residual convolutions
       at width 0.5 (reflection, batch 4 at 64², forward / dx + dw) 6.0 / 13.2 by F(2×2),
       5.3 / 11.6 shifted. From 96 channels on one side F(2×2) is ahead or level: 96.
-    - AMD Zen 5 (AVX-512, 1 MB L2 per core; ``cpu.is_zen5``): F(2×2). conv1_2 at 256²
-      24.0 / 24.5 against 34.2 / 34.9, at 512² 146 / 149 against 220 / 196; batch 4 at
-      64² 9.5 / 9.4 against 10.8 / 13.2 (the shifted GEMM's K = 64 products reach 150
-      GFLOP/s of the 200 of a square one there): 64, Winograd wherever it may run.
+    - AMD Zen 5 (AVX-512, 1 MB L2 per core; ``cpu.is_zen5``): F(2×2). With OpenBLAS's
+      Haswell kernels conv1_2 at 256² 24.0 / 24.5 against 34.2 / 34.9, at 512² 146 / 149
+      against 220 / 196; batch 4 at 64² 9.5 / 9.4 against 10.8 / 13.2 (the shifted GEMM's
+      K = 64 products reach 150 GFLOP/s of the 200 of a square one there); with its
+      SkylakeX kernels still 26.5 / 26.8 against 28.8 / 32.4: 64, Winograd wherever it
+      may run.
 
     Other CPUs take the Xeon's choice, the one measured first."""
     return WINOGRAD_MIN_CHANNELS if is_zen5(info) else 96
