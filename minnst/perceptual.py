@@ -158,7 +158,8 @@ class PerceptualLoss:
         ``PerceptualLoss(net, **loss.settings())`` (what a cluster's workers rebuild it from)."""
         return {"content_layers": tuple(self.content_layers), "style_layers": tuple(self.style_layers),
                 "style_layer_weights": tuple(self.style_layer_weights), "alpha": self.alpha,
-                "beta": self.beta, "tv_weight": self.tv_weight, "normalization": self.normalization}
+                "beta": self.beta, "tv_weight": self.tv_weight, "normalization": self.normalization,
+                "conv_method": self.conv_method}
 
     def features(self, x, layers=None) -> dict:
         """VGG16 features ``{layer: (N, C, h, w)}`` of images ``x`` ((H, W, 3) or

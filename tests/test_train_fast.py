@@ -519,3 +519,20 @@ def test_memory_refusal_names_a_batch_or_crop_that_fits(files, tmp_path, capsys,
     assert train_fast.main(_args(files, run, "--image-size", "32", "--crop-size", "0", "--batch-size", "1")) == 2
     assert "try --batch-size 1 --crop-size 24" in capsys.readouterr().err  # a multiple of 4
     assert not run.exists()
+
+
+def test_training_loss_runs_vgg_on_the_fast_path_and_its_settings_rebuild_it(vgg_max):
+    """The training loss takes VGG16's "fast" convolutions (perceptual.TRAINING_CONV_METHOD);
+    ``settings()`` carries the method, so a loss rebuilt from them (a cluster's workers)
+    gives the same bits."""
+    from minnst.perceptual import TRAINING_CONV_METHOD, PerceptualLoss
+
+    rng = np.random.default_rng(5)
+    loss = train_fast.TrainingLoss(vgg_max, rng.random((40, 40, 3), dtype=np.float32))
+    assert loss.loss.conv_method == TRAINING_CONV_METHOD == "fast"
+    again = PerceptualLoss(vgg_max, **loss.loss.settings())
+    assert again.settings() == loss.loss.settings()
+    x = rng.random((1, 40, 40, 3), dtype=np.float32)
+    targets = loss.loss.content_targets(x)
+    (t1, g1), (t2, g2) = (lf.loss_and_grad(x, targets, loss.targets) for lf in (loss.loss, again))
+    assert t1.total == t2.total and np.array_equal(g1, g2)
