@@ -39,16 +39,10 @@ PROG = "python -m minnst.bench"
 # --------------------------------------------------------------------------- machine
 
 def blas_info() -> dict:
-    try:
-        from threadpoolctl import threadpool_info
-
-        for pool in threadpool_info():
-            if pool.get("user_api") == "blas":
-                return {"blas": f"{pool.get('internal_api')} {pool.get('version')}",
-                        "threads": pool.get("num_threads")}
-    except Exception:  # threadpoolctl missing or confused: report what we can
-        pass
-    return {"blas": "unknown", "threads": os.cpu_count()}
+    pool = cpu.blas_pool()
+    if pool is None:  # threadpoolctl missing or confused: report what we can
+        return {"blas": "unknown", "threads": os.cpu_count()}
+    return {"blas": f"{pool.get('internal_api')} {pool.get('version')}", "threads": pool.get("num_threads")}
 
 
 def machine_info() -> dict:

@@ -62,17 +62,26 @@ def is_zen5(info: dict | None = None) -> bool:
     return info["vendor"] == "AuthenticAMD" and info["family"] == 0x1A
 
 
-def blas_kernels() -> str:
-    """The BLAS library's kernel set as threadpoolctl reports it ("Haswell", "SkylakeX",
-    …), with ``OPENBLAS_CORETYPE`` named when it is set; "unknown" without threadpoolctl."""
+def blas_pool() -> dict | None:
+    """threadpoolctl's description of the first BLAS library loaded (``internal_api``,
+    ``version``, ``num_threads``, ``architecture``, …), or None without one."""
     try:
         from threadpoolctl import threadpool_info
 
-        arch = next((p.get("architecture") for p in threadpool_info() if p.get("user_api") == "blas"), None)
+        return next((p for p in threadpool_info() if p.get("user_api") == "blas"), None)
     except Exception:  # threadpoolctl missing or confused
-        arch = None
+        return None
+
+
+def blas_architecture() -> str:
+    """The BLAS library's kernel set ("Haswell", "SkylakeX", …), or "unknown"."""
+    return (blas_pool() or {}).get("architecture") or "unknown"
+
+
+def blas_kernels() -> str:
+    """``blas_architecture()``, with ``OPENBLAS_CORETYPE`` named when it is set."""
     forced = os.environ.get("OPENBLAS_CORETYPE")
-    text = arch or "unknown"
+    text = blas_architecture()
     return f"{text} (OPENBLAS_CORETYPE={forced})" if forced else text
 
 

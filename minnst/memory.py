@@ -348,12 +348,19 @@ def _conv_paths(net):
         F, C, KH, KW = w.shape
         if (KH, KW) != (3, 3) or layer.padding != 1:
             continue
-        method = layer.method
-        if method in ("auto", "fast"):
-            method = auto_method(np.empty((1, C, 1, 1), w.dtype), w, layer.stride, layer.padding,
-                                 fast=method == "fast")
         fitted = layer.stride == 1 and min(C, F) >= _FIT_WINOGRAD_MIN_CHANNELS
-        yield WINOGRAD_TILES.get(method, 0), C, F, fitted
+        yield _winograd_tile(layer.method, w.shape, w.dtype, layer.stride, layer.padding), C, F, fitted
+
+
+def _winograd_tile(method, wshape, dtype=np.float32, stride=1, pad=1) -> int:
+    """m of the Winograd path F(m×m, 3×3) a convolution with weights of ``wshape`` takes
+    on a CPU input of ``dtype`` with ``method`` ("auto"/"fast": ``conv.auto_method``), 0
+    on another path."""
+    if method in ("auto", "fast"):
+        zero = np.zeros((), dtype)
+        method = auto_method(np.broadcast_to(zero, (1, wshape[1], 1, 1)), np.broadcast_to(zero, wshape),
+                             stride, pad, fast=method == "fast")
+    return WINOGRAD_TILES.get(method, 0)
 
 
 def _winograd_layers(net):
@@ -392,9 +399,7 @@ def vgg_winograd_numel(upto: str, method: str = "auto") -> int:
     for name, (wshape, _) in expected_shapes().items():
         if LAYER_NAMES.index(name) > last:
             break
-        x = np.broadcast_to(np.float32(0), (1, wshape[1], 1, 1))
-        m = WINOGRAD_TILES.get(auto_method(x, np.broadcast_to(np.float32(0), wshape), 1, 1,
-                                           fast=method == "fast"), 0)
+        m = _winograd_tile(method, wshape)
         total += 2 * (m + 2) ** 2 * wshape[0] * wshape[1] if m else 0
     return total
 

@@ -167,7 +167,7 @@ BAND_EXACT_KERNELS = ("SkylakeX",)
 def _kernels_keep_bits() -> bool:
     from minnst import cpu
 
-    return cpu.blas_kernels().split(" ")[0] in BAND_EXACT_KERNELS
+    return cpu.blas_architecture() in BAND_EXACT_KERNELS
 
 
 MATMUL_SHAPES = [

@@ -591,7 +591,8 @@ def winograd_weight_grad(x, dy, tile: int = 2, pad_mode: str = "zero"):
     dU[ξν] (C, F) = Σ_tiles V[ξν]ᵀ dM[ξν] — (m+2)² GEMMs with K = the tiles —, and
     dg = Gᵀ dU G. The products are (m+2)²/(9m²) of the direct ones (0.44 for F(2×2), 0.25
     for F(4×4)). Tasks are the forward's bands (``pmap``); each returns its dU, summed in
-    task order."""
+    task order. The input transform V is made again here rather than kept from the
+    forward: a training step would hold (m+2)²/m² times each input until its backward."""
     N, C, H, W = x.shape
     F = dy.shape[1]
     m = tile
