@@ -12,6 +12,11 @@ which NumPy reports to), over what was allocated before it.
 of minnst) in the same process, with the same weights, sizes and thread count, and adds
 ``torch_seconds`` and ``ratio_vs_torch`` (minnst time / PyTorch time: lower is better).
 The PyTorch code lives here and nowhere else.
+
+``--isa avx2`` runs every library at AVX2 (OpenBLAS's Haswell kernels, oneDNN's and ATen's
+AVX2 code: an AVX2-only machine, emulated on a wider CPU), ``--isa native`` at the widest
+each has for the CPU (``cpu.ISA_ENVIRONMENT``). The libraries read those variables when
+they load, so the benchmark then runs in a child process with that environment.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -603,15 +609,23 @@ def build_parser():
                    help="also write the results as JSON to FILE (default: bench.json)")
     p.add_argument("--compare-torch", action="store_true",
                    help="also time the same workloads in PyTorch (pip install torch==2.13.0)")
+    p.add_argument("--isa", choices=tuple(cpu.ISA_ENVIRONMENT),
+                   help="run every library (NumPy's OpenBLAS, PyTorch) at one vector width: avx2 "
+                        "caps each at AVX2 (an AVX2-only machine, emulated), native lets each take "
+                        "the widest it has for this CPU (default: as the environment sets)")
     return p
 
 
 def print_table(info, mm, rows):
     print(f"# {info['date']}  {info['cpu']}  ({info['cores']} cores), {info['blas']}, "
           f"{info['threads']} BLAS threads, numpy {info['numpy']}")
-    print(f"# CPU flags: {info['cpu_flags']}; BLAS kernels: {info['blas_kernels']}")
+    print(f"# CPU flags: {info['cpu_flags']}; BLAS kernels: {info['blas_kernels']}"
+          + (f"; PyTorch's CPU capability: {info['torch_capability']}" if "torch_capability" in info else ""))
+    if info.get("isa"):
+        caps = ", ".join(f"{k}={v}" if v else f"{k} unset" for k, v in cpu.ISA_ENVIRONMENT[info["isa"]].items())
+        print(f"# --isa {info['isa']}: {caps}")
     note = cpu.blas_width_note(kernels=info["blas_kernels"])
-    if note:
+    if note and info.get("isa") != "avx2":  # asked for
         print(f"# note: {note}")
     print(f"# NumPy float32 matmul (4096²): {mm:.1f} GFLOP/s")
     torch_cols = any("torch_seconds" in r for r in rows)
@@ -644,8 +658,12 @@ def _main(argv=None):
             raise UsageError(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)} or all")
     if args.json:
         check_writable(args.json)
+    if args.isa and not cpu.isa_in_effect(args.isa):
+        return _run_with_isa(args.isa, sys.argv[1:] if argv is None else list(argv))
     keep_freed_memory()
     info = machine_info()
+    if args.isa:
+        info["isa"] = args.isa
     torch = None
     if args.compare_torch:
         torch = torch_module(info["threads"])
@@ -653,6 +671,7 @@ def _main(argv=None):
             raise UsageError("--compare-torch needs PyTorch: pip install torch==2.13.0")
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_capability"] = torch.backends.cpu.get_cpu_capability()  # its ATen kernels' width
     mm = matmul_gflops()
     rows = []
     for w in chosen:
@@ -676,6 +695,16 @@ def _main(argv=None):
                                                 indent=2))
         print(f"# wrote {args.json}")
     return 0
+
+
+def _run_with_isa(isa, argv) -> int:
+    """The benchmark again, in a child process whose environment sets the vector width
+    ``isa`` (``cpu.isa_environment``); returns its exit code."""
+    try:
+        env = cpu.isa_environment(isa)
+    except ValueError as e:
+        raise UsageError(f"--isa {isa}: {e}") from None
+    return subprocess.call([sys.executable, "-m", "minnst.bench", *argv], env=env)
 
 
 def main(argv=None) -> int:

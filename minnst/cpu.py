@@ -6,7 +6,8 @@ matter to a float32 GEMM. ``blas_kernels()`` is the kernel set the BLAS library 
 (OpenBLAS's "Haswell" is AVX2, "SkylakeX" AVX-512), which is not always what the CPU
 could run: ``OPENBLAS_CORETYPE`` chooses it for OpenBLAS, and on an AVX-512 CPU set to
 Haswell its GEMMs run at half the CPU's peak rate while PyTorch's oneDNN uses the full
-width.
+width. ``isa_environment`` gives the variables that make every library run one width (the
+benchmark's ``--isa``).
 """
 from __future__ import annotations
 
@@ -99,3 +100,37 @@ def blas_width_note(info: dict | None = None, kernels: str | None = None) -> str
            if "OPENBLAS_CORETYPE" in kernels else "the BLAS does not know this CPU")
     return (f"the CPU has AVX-512 but the BLAS runs its {kernels.split(' ')[0]} (AVX2) kernels, "
             f"about half the CPU's float32 GEMM rate ({how})")
+
+
+# The environment of ``bench --isa``: every library at one vector width. "avx2" caps each at
+# AVX2 (an AVX2-only machine, emulated on a wider CPU: OpenBLAS's Haswell kernels,
+# oneDNN's AVX2 convolutions, ATen's AVX2 loops); "native" removes the caps, so that each
+# picks the widest kernels it has for the CPU. None: the variable is removed. The
+# libraries read these when they load, so they must be set before the process starts.
+ISA_ENVIRONMENT = {
+    "avx2": {"OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "native": {"OPENBLAS_CORETYPE": None, "ONEDNN_MAX_CPU_ISA": None, "ATEN_CPU_CAPABILITY": None},
+}
+
+
+def isa_environment(isa: str, env=None, info: dict | None = None) -> dict:
+    """A copy of ``env`` (default ``os.environ``) with the variables of
+    ``ISA_ENVIRONMENT[isa]`` set or removed. ValueError for an unknown ``isa``, or "avx2"
+    on a CPU without it."""
+    if isa not in ISA_ENVIRONMENT:
+        raise ValueError(f"unknown vector width {isa!r}: choose one of {', '.join(ISA_ENVIRONMENT)}")
+    if isa == "avx2" and "avx2" not in (info or cpu_info())["flags"]:
+        raise ValueError("this CPU has no AVX2")
+    out = dict(os.environ if env is None else env)
+    for key, value in ISA_ENVIRONMENT[isa].items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def isa_in_effect(isa: str, env=None) -> bool:
+    """Whether ``env`` (default ``os.environ``) already holds ``ISA_ENVIRONMENT[isa]``."""
+    env = os.environ if env is None else env
+    return all(env.get(k) == v for k, v in ISA_ENVIRONMENT[isa].items())

@@ -80,3 +80,25 @@ def test_rows_report_the_winograd_limit(tmp_path, vgg16_path):
         assert r["winograd4_ideal_gflop"] == pytest.approx(r["gflops"] * r["seconds"] / 4)
         assert r["winograd4_limit_seconds"] == pytest.approx(r["winograd4_ideal_gflop"] / doc["matmul_gflops"])
         assert r["times_winograd4_limit"] == pytest.approx(r["seconds"] / r["winograd4_limit_seconds"])
+
+
+def test_isa_reruns_the_benchmark_with_every_library_capped(tmp_path, vgg16_path, monkeypatch):
+    """--isa avx2 from an environment without the caps: the child process it starts loads
+    OpenBLAS on its Haswell kernels (and PyTorch at AVX2, when installed) and says so."""
+    import importlib.util
+
+    from minnst import cpu
+
+    if "avx2" not in cpu.cpu_info()["flags"] or cpu.blas_architecture() == "unknown":
+        pytest.skip("needs an AVX2 CPU and OpenBLAS")
+    for key in cpu.ISA_ENVIRONMENT["avx2"]:
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "b.json"
+    with_torch = importlib.util.find_spec("torch") is not None
+    argv = ["vgg", "--sizes", "32", "--repeat", "1", "--isa", "avx2", "--json", str(out)]
+    assert bench.main(argv + (["--compare-torch"] if with_torch else [])) == 0
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["isa"] == "avx2"
+    assert machine["blas_kernels"] == "Haswell (OPENBLAS_CORETYPE=Haswell)"
+    if with_torch:
+        assert machine["torch_capability"] == "AVX2"

@@ -49,3 +49,19 @@ def test_blas_width_note_only_for_narrow_kernels_on_avx512():
     assert "does not know" in cpu.blas_width_note(wide, "Zen")
     assert cpu.blas_width_note(wide, "SkylakeX") is None
     assert cpu.blas_width_note(narrow, "Haswell") is None
+
+
+def test_isa_environment_sets_and_removes_the_libraries_variables():
+    env = {"PATH": "/bin", "OPENBLAS_CORETYPE": "SkylakeX", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    avx2_cpu = {"flags": frozenset({"avx2", "fma"})}
+    capped = cpu.isa_environment("avx2", env, avx2_cpu)
+    assert capped == {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                      "ATEN_CPU_CAPABILITY": "avx2"}
+    assert cpu.isa_in_effect("avx2", capped) and not cpu.isa_in_effect("native", capped)
+    native = cpu.isa_environment("native", capped, avx2_cpu)
+    assert native == {"PATH": "/bin"} and cpu.isa_in_effect("native", native)
+    assert env["OPENBLAS_CORETYPE"] == "SkylakeX"  # the caller's mapping is not touched
+    with pytest.raises(ValueError, match="no AVX2"):
+        cpu.isa_environment("avx2", env, {"flags": frozenset({"sse2"})})
+    with pytest.raises(ValueError, match="unknown vector width"):
+        cpu.isa_environment("avx3", env, avx2_cpu)
