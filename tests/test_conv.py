@@ -165,20 +165,21 @@ def test_frozen_cache_gives_input_gradient_only(rng, method):
 
 
 @pytest.mark.parametrize("C", [3, 16])
-@pytest.mark.parametrize("method", ["im2col", "shifted"])
-def test_banding_does_not_change_results(rng, monkeypatch, C, method):
-    """Tiny band limits force many bands (im2col) / tasks and BLAS calls (shifted)."""
+@pytest.mark.parametrize("method, stride", [("im2col", 1), ("im2col", 2), ("shifted", 1)])
+def test_banding_does_not_change_results(rng, monkeypatch, C, method, stride):
+    """Tiny band limits force many bands (im2col, forward and backward) / tasks and BLAS
+    calls (shifted)."""
     x = rng.standard_normal((2, C, 9, 7))
     w = rng.standard_normal((5, C, 3, 3))
     b = rng.standard_normal(5)
-    y0, c0 = conv2d_forward(x, w, b, 1, 1, method=method)
+    y0, c0 = conv2d_forward(x, w, b, stride, 1, method=method)
     dy = rng.standard_normal(y0.shape)
     g0 = conv2d_backward(dy, c0)
     monkeypatch.setattr(convmod, "IM2COL_MAX_BYTES", 1)     # im2col: one output row per band
     monkeypatch.setattr(convmod, "IM2COL_TASK_BYTES", 1)
     monkeypatch.setattr(convmod, "SHIFTED_BAND_BYTES", 1)   # shifted: one output row per task
     monkeypatch.setattr(convmod, "SHIFTED_GEMM_ROWS", 7)    # BLAS calls of 7 rows
-    y1, c1 = conv2d_forward(x, w, b, 1, 1, method=method)
+    y1, c1 = conv2d_forward(x, w, b, stride, 1, method=method)
     g1 = conv2d_backward(dy, c1)
     assert rel_error(y0, y1) < 1e-12
     for a, b_ in zip(g0, g1):

@@ -179,16 +179,20 @@ def _im2col_forward(x, w, b, stride, pad, pad_mode, OH, OW, affine=None, moments
 def _im2col_backward(dy, x, w, stride, pad, pad_mode, dxpad):
     """Adds the padded input gradient into ``dxpad`` (N, Hp, Wp, C) unless it is None;
     returns dw, or None when ``x`` is None (a frozen layer). On the CPU one image per
-    ``pmap`` task (the bands of an image overlap in dxpad), in ``im2col_bands``, each
-    task with its own part of dw, added in task order; on the GPU the forward's units."""
+    ``pmap`` task (the bands of an image overlap in dxpad), in cache-sized bands of rows
+    (IM2COL_TASK_BYTES), each task with its own part of dw, added in task order; on the
+    GPU the forward's units. (Bands of IM2COL_MAX_BYTES, one per image, left dcols and
+    cols to memory: the stride-2 layers' backward, batch 4 from 256², 70.3 → 51.2 ms and
+    41.7 → 36.7.)"""
     xp = get_xp(dy)
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     K = KH * KW * C
     wmat = w.transpose(0, 2, 3, 1).reshape(F, K)
     dy_cl = dy.transpose(0, 2, 3, 1)
-    if xp is np:
-        tasks = [(n, n + 1, im2col_bands(1, OH, OW, K + KW * C, dy.itemsize)) for n in range(N)]
+    if xp is np:  # cache-sized bands, as the forward's (IM2COL_TASK_BYTES)
+        bands = row_bands(OH, band_rows(IM2COL_TASK_BYTES, OW * (K + KW * C) * dy.itemsize, OH))
+        tasks = [(n, n + 1, bands) for n in range(N)]
     else:
         tasks = im2col_tasks(xp, N, OH, OW, K + KW * C, dy.itemsize)
 
