@@ -360,3 +360,40 @@ def test_shifted_dx_in_runs_of_bands_matches_im2col(monkeypatch, N, mode):
         assert np.abs(got[0] - want[0]).max() < 1e-12 * np.abs(want[0]).max()
         if keep:
             assert np.abs(got[1] - want[1]).max() < 1e-12 * np.abs(want[1]).max()
+
+
+@pytest.mark.parametrize("C", [1, 3, 8])
+@pytest.mark.parametrize("band_bytes", [1, None])
+def test_thin_input_grad_matches_im2col(rng, monkeypatch, C, band_bytes):
+    """dx of a stride-1 layer with few input channels (output-side shifting, the taps
+    summed in float64) against im2col in float64: a frozen layer taking its ReLU's mask, and
+    a trained one (dx and dw); one-row bands (``band_bytes=1``) and whole-image ones."""
+    if band_bytes:
+        monkeypatch.setattr(convmod, "THIN_BAND_BYTES", band_bytes)
+    for N, keep in ((1, False), (3, True)):
+        x = rng.standard_normal((N, C, 9, 7))
+        w = rng.standard_normal((5, C, 3, 3))
+        b = rng.standard_normal(5)
+        y, cache = conv2d_forward(x, w, b, 1, 1, keep_input=keep, method="shifted", relu=True)
+        dy = rng.standard_normal(y.shape)
+        dx, dw, _ = conv2d_backward(dy, cache, relu_y=y)
+        _, ref_cache = conv2d_forward(x, w, b, 1, 1, method="im2col")
+        dx_ref, dw_ref, _ = conv2d_backward(dy * (y > 0), ref_cache)
+        assert rel_error(dx, dx_ref) < 1e-12
+        if keep:
+            assert rel_error(dw, dw_ref) < 1e-12
+
+
+def test_thin_input_grad_float32_accuracy(rng):
+    """In float32, the thin layer's dx is within 2e-7 (RMS, relative) of the float64 one:
+    the GEMM's float32 products, each band's tap sums in float64, one rounding into dx."""
+    x = rng.standard_normal((2, 3, 40, 33))
+    w = rng.standard_normal((64, 3, 3, 3)) * 0.3
+    dy = rng.standard_normal((2, 64, 40, 33))
+    _, c64 = conv2d_forward(x, w, None, 1, 1, keep_input=False, method="shifted")
+    _, c32 = conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1, keep_input=False,
+                            method="shifted")
+    dx64 = conv2d_backward(dy, c64)[0]
+    dx32 = conv2d_backward(dy.astype(np.float32), c32)[0]
+    assert dx32.dtype == np.float32
+    assert np.linalg.norm(dx32 - dx64) / np.linalg.norm(dx64) < 2e-7

@@ -23,8 +23,9 @@ method        forward                                      backward (dx; dw)
 "im2col"      im2col + one GEMM per band of output rows;   dx by col2im of dy @ W; dw = dyᵀ @ cols
               any stride, CPU or GPU (the GPU's path)
 "shifted"     shifted GEMM: KH·KW products on contiguous   the same products transposed
-              row slices of the channels-last padded       (dx and dw)
-              input, no im2col copy (CPU, stride 1)
+              row slices of the channels-last padded       (dx and dw); with at most
+              input, no im2col copy (CPU, stride 1)        THIN_CHANNELS input channels dx
+                                                           by output-side shifting
 "winograd"    Winograd F(2×2, 3×3) (CPU, 3×3, stride 1,    dx by Winograd with the rotated
               padding 1; ``winograd.py``)                  kernel; dw by F(2×2) in the
                                                            Winograd domain
@@ -341,6 +342,9 @@ def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
     (``relu_backward``) where it is copied into each band."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
+    if dxpad is not None and C <= THIN_CHANNELS:
+        _thin_input_grad(dy, w, dxpad, relu_y)
+        return _shifted_weight_grad(dy, x, w, pad, pad_mode)
     Wp = x.shape[3] + 2 * pad if x is not None else dxpad.shape[2]
     wtap = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
     rows = shifted_band_rows(OH, Wp, C, F, dy.itemsize)
@@ -397,6 +401,47 @@ def _dx_groups(N, OH, rows, KH):
     per_image = max(1, min(len(image_bands(N, OH)) // max(N, 1), OH // max(1, KH - 1)))
     return [(n, [(r0 + a, r0 + b) for a, b in row_bands(r1 - r0, rows)], k)
             for n in range(N) for k, (r0, r1) in enumerate(chunks(OH, per_image))]
+
+
+def _thin_input_grad(dy, w, dxpad, relu_y=None):
+    """The padded input gradient of a stride-1 layer with few input channels (C ≤
+    THIN_CHANNELS, VGG16's conv1_1), added into ``dxpad`` (N, Hp, Wp, C), by output-side
+    shifting:
+
+        Zᵀ (KH·KW·C, P) = W_allᵀ (KH·KW·C, F) @ dyᵀ (F, P),   dxpad[i + u, j + v] += Zᵀ[(u, v, ·), (i, j)]
+
+    The shifted GEMM's products have N = C = 3 columns; this one has P. A band's taps are
+    summed in float64 (channels-first, runs of OW) and added into dxpad once, so most of
+    dx is rounded once (the float32 tap sums of a first version lost accuracy:
+    docs/performance.md, session 9). ``relu_y``: dy · (relu_y > 0), taken as each band of
+    dy is copied. Tasks are the shifted backward's runs of cache-sized bands
+    (``_dx_groups``: even runs, then odd ones, so that no two tasks add into the same rows
+    at once), each adding its bands into dxpad in order."""
+    N, F, OH, OW = dy.shape
+    _, C, KH, KW = w.shape
+    K = KH * KW * C
+    wallT = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(K, F))  # rows (u, v, c)
+    dy_cl = dy.transpose(0, 2, 3, 1)
+    mask = None if relu_y is None else relu_y.transpose(0, 2, 3, 1)
+    tasks = _dx_groups(N, OH, band_rows(THIN_BAND_BYTES, OW * (F + K) * dy.itemsize, OH), KH)
+
+    def run(task):
+        n, bands = task
+        for i0, i1 in bands:
+            R = i1 - i0
+            if mask is None:
+                d = dy_cl[n, i0:i1]
+            else:  # relu_backward's multiply
+                d = np.multiply(dy_cl[n, i0:i1], mask[n, i0:i1] > 0)
+            zT = (wallT @ d.reshape(R * OW, F).T).reshape(KH, KW, C, R, OW)
+            acc = np.zeros((C, R + KH - 1, OW + KW - 1))
+            for u in range(KH):
+                for v in range(KW):
+                    acc[:, u:u + R, v:v + OW] += zT[u, v]
+            dxpad[n, i0:i1 + KH - 1] += acc.transpose(1, 2, 0)
+
+    for phase in (0, 1):
+        pmap(run, [(n, bands) for n, bands, k in tasks if k % 2 == phase])
 
 
 def _shifted_weight_grad(dy, x, w, pad, pad_mode):
