@@ -375,14 +375,7 @@ def _shifted_backward(dy, x, w, pad, pad_mode, dxpad, relu_y=None):
             _shifted_gemm_backward(dyext.reshape(-1, F)[:P], wtap, dxflat, xflat, dwtap, Wp)
         return dwtap
 
-    if dxpad is None:
-        parts = pmap(image, tasks)
-    else:  # the even runs, then the odd ones: no two runs that overlap in dx at once
-        parts = [None] * len(tasks)
-        for phase in (0, 1):
-            mine = [k for k in range(len(tasks)) if tasks[k][2] % 2 == phase]
-            for k, part in zip(mine, pmap(image, [tasks[k][:2] for k in mine])):
-                parts[k] = part
+    parts = pmap(image, tasks) if dxpad is None else _in_phases(image, tasks)
     if x is None:
         return None
     dwtap = parts[0]
@@ -403,6 +396,18 @@ def _dx_groups(N, OH, rows, KH):
             for n in range(N) for k, (r0, r1) in enumerate(chunks(OH, per_image))]
 
 
+def _in_phases(fn, tasks) -> list:
+    """``fn((n, bands))`` for the ``_dx_groups`` tasks ``(n, bands, k)``: the even runs at
+    once (``pmap``), then the odd ones, so that no two runs that add into the same rows of
+    dx run together; the results in task order."""
+    parts = [None] * len(tasks)
+    for phase in (0, 1):
+        mine = [i for i, t in enumerate(tasks) if t[2] % 2 == phase]
+        for i, part in zip(mine, pmap(fn, [tasks[i][:2] for i in mine])):
+            parts[i] = part
+    return parts
+
+
 def _thin_input_grad(dy, w, dxpad, relu_y=None):
     """The padded input gradient of a stride-1 layer with few input channels (C ≤
     THIN_CHANNELS, VGG16's conv1_1), added into ``dxpad`` (N, Hp, Wp, C), by output-side
@@ -415,8 +420,7 @@ def _thin_input_grad(dy, w, dxpad, relu_y=None):
     dx is rounded once (the float32 tap sums of a first version lost accuracy:
     docs/performance.md, session 9). ``relu_y``: dy · (relu_y > 0), taken as each band of
     dy is copied. Tasks are the shifted backward's runs of cache-sized bands
-    (``_dx_groups``: even runs, then odd ones, so that no two tasks add into the same rows
-    at once), each adding its bands into dxpad in order."""
+    (``_dx_groups``, ``_in_phases``), each adding its bands into dxpad in order."""
     N, F, OH, OW = dy.shape
     _, C, KH, KW = w.shape
     K = KH * KW * C
@@ -440,8 +444,7 @@ def _thin_input_grad(dy, w, dxpad, relu_y=None):
                     acc[:, u:u + R, v:v + OW] += zT[u, v]
             dxpad[n, i0:i1 + KH - 1] += acc.transpose(1, 2, 0)
 
-    for phase in (0, 1):
-        pmap(run, [(n, bands) for n, bands, k in tasks if k % 2 == phase])
+    _in_phases(run, tasks)
 
 
 def _shifted_weight_grad(dy, x, w, pad, pad_mode):
