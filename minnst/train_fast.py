@@ -234,12 +234,17 @@ class TrainingLoss:
     def __init__(self, vgg: VGG16, style_img, content_layer="relu2_2", style_layers=STYLE_LAYERS,
                  content_weight=1.0, style_weight=1e5, tv_weight=1e-5, style_layer_weights=None,
                  xp=np, dtype=np.float32):
-        self.objective = training_objective(content_layer, style_layers, style_layer_weights,
-                                            content_weight, style_weight, tv_weight, vgg.pooling)
+        self._build(vgg, style_img, training_objective(content_layer, style_layers, style_layer_weights,
+                                                       content_weight, style_weight, tv_weight, vgg.pooling),
+                    xp, dtype)
+
+    def _build(self, vgg, style_img, objective: dict, xp, dtype):
+        """The perceptual loss of ``objective`` on VGG16's training paths
+        (``TRAINING_CONV_METHOD``) and the style image's targets."""
+        self.objective = dict(objective)
         kwargs = {k: v for k, v in self.objective.items() if k != "pooling"}
         self.loss = PerceptualLoss(vgg, conv_method=TRAINING_CONV_METHOD, **kwargs)
-        style = xp.asarray(np.asarray(style_img, dtype=dtype))
-        self.targets = self.loss.style_targets([style])
+        self.targets = self.loss.style_targets([xp.asarray(np.asarray(style_img, dtype=dtype))])
 
     @classmethod
     def from_objective(cls, vgg: VGG16, style_img, objective: dict, xp=np, dtype=np.float32):
@@ -250,10 +255,7 @@ class TrainingLoss:
         if objective.get("pooling", vgg.pooling) != vgg.pooling:
             raise ValueError(f"the objective pools with {objective['pooling']!r}, the net with {vgg.pooling!r}")
         loss = cls.__new__(cls)
-        loss.objective = dict(objective)
-        kwargs = {k: v for k, v in objective.items() if k != "pooling"}
-        loss.loss = PerceptualLoss(vgg, conv_method=TRAINING_CONV_METHOD, **kwargs)
-        loss.targets = loss.loss.style_targets([xp.asarray(np.asarray(style_img, dtype=dtype))])
+        loss._build(vgg, style_img, objective, xp, dtype)
         return loss
 
     def __call__(self, y, img):
