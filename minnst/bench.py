@@ -2,7 +2,8 @@
 [--compare-torch]``; workloads ``vgg`` (alias ``conv``: VGG16's convolutions forward and
 forward+backward), ``gatys``, ``fast``, or ``all``.
 
-Every number is the minimum over ``--repeat`` timed runs after one warm-up run, measured
+Every number is the minimum over at least ``--repeat`` timed runs after one warm-up run
+(more for short workloads, until each has run 1.5 s; ``best_times``), measured
 in this process next to NumPy's own float32 matrix multiply, so the ratios (the fraction
 of the machine's GEMM rate that a workload reaches) are comparable across machines.
 Peak memory is the high-water mark of the arrays allocated during one run (tracemalloc,
@@ -10,7 +11,8 @@ which NumPy reports to), over what was allocated before it.
 
 ``--compare-torch`` runs the same workloads in PyTorch (if installed; never a dependency
 of minnst) in the same process, with the same weights, sizes and thread count, and adds
-``torch_seconds`` and ``ratio_vs_torch`` (minnst time / PyTorch time: lower is better).
+``torch_seconds`` and ``ratio_vs_torch`` (minnst time / PyTorch time: lower is better),
+the two timed in alternation, run by run, so that both see the same state of the machine.
 The PyTorch code lives here and nowhere else.
 
 ``--isa avx2`` runs every library at AVX2 (OpenBLAS's Haswell kernels, oneDNN's and ATen's
@@ -62,15 +64,38 @@ def machine_info() -> dict:
 
 # --------------------------------------------------------------------------- timing
 
-def best_time(fn, repeat: int = 3, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+# A number at a small size takes a tenth of a second, and this kind of machine (a VM
+# sharing its host) has slow spells of up to half again that length: short workloads run
+# until each function has had MIN_SECONDS of timed runs (at most MAX_RUNS), long ones
+# ``repeat`` times.
+MIN_SECONDS = 1.5
+MAX_RUNS = 15
+
+
+def best_times(fns, repeat: int = 3, warmup: int = 1) -> list[float]:
+    """The best time of each function in ``fns``, timed in alternation (f₀, f₁, …, f₀,
+    f₁, …) after ``warmup`` calls each, so that a slow spell of the machine falls on both
+    sides of a comparison rather than on one: at least ``repeat`` rounds, and more until
+    every function has run ``MIN_SECONDS`` in all (``MAX_RUNS`` rounds at most)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    best = [float("inf")] * len(fns)
+    spent = [0.0] * len(fns)
+    rounds = 0
+    while rounds < repeat or (rounds < MAX_RUNS and min(spent) < MIN_SECONDS):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            best[i], spent[i] = min(best[i], dt), spent[i] + dt
+        rounds += 1
     return best
+
+
+def best_time(fn, repeat: int = 3, warmup: int = 1) -> float:
+    """``best_times`` of one function."""
+    return best_times([fn], repeat, warmup)[0]
 
 
 def peak_mb(fn) -> float:
@@ -352,8 +377,7 @@ def bench_vgg(sizes, repeat, torch=None):
         flops = vgg.forward_flops(s, s, "relu5_1")  # every VGG16 convolution is 3×3, stride 1
         for name, fn, tfn, fl in (("vgg16_forward", fwd, t_fwd, flops),
                                   ("vgg16_forward_backward", fwd_bwd, t_fwd_bwd, 2 * flops)):
-            t = best_time(fn, repeat)
-            tt = best_time(tfn, repeat) if torch else None
+            t, tt = best_times([fn, tfn], repeat) if torch else (best_time(fn, repeat), None)
             rows.append(_row(name, s, t, fl, peak_mb(fn), tt, ideal_flops=winograd4_ideal(fl)))
     return rows
 
@@ -382,7 +406,6 @@ def bench_gatys(sizes, repeat, torch=None):
             size=s, iterations=2, device="cpu", quiet=True), net=net))
         obj = gatys.Objective(content, [style], net=net)
         x = np.random.default_rng(0).random((s, s, 3), dtype=np.float32)
-        t_eval = best_time(lambda: obj.loss_and_grad(x), repeat)
         t_torch = None
         if torch:
             t_fn = torch_gatys(torch, obj)
@@ -394,7 +417,9 @@ def bench_gatys(sizes, repeat, torch=None):
             err = float(np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad))
             if abs(loss - ref_loss) > 1e-4 * abs(ref_loss) or err > 1e-2:
                 raise RuntimeError(f"PyTorch twin disagrees: loss {loss} vs {ref_loss}, grad error {err:.1e}")
-            t_torch = best_time(lambda: t_fn(x), repeat)
+            t_eval, t_torch = best_times([lambda: obj.loss_and_grad(x), lambda: t_fn(x)], repeat)
+        else:
+            t_eval = best_time(lambda: obj.loss_and_grad(x), repeat)
         rows.append(_row("gatys_loss_and_grad", s, t_eval, flops, peak_mb(lambda: obj.loss_and_grad(x)), t_torch,
                          ideal_flops=winograd4_ideal(flops)))
         rows.append(_row("gatys_lbfgs_iteration", s, t, flops, mb, ideal_flops=winograd4_ideal(flops)))
@@ -421,7 +446,6 @@ def bench_fast(sizes, repeat, torch=None):
     vnet = vgg.VGG16.load(pooling="avg")
     for s in sizes:
         x = np.random.default_rng(0).uniform(0, 255, (1, 3, s, s)).astype(np.float32)
-        t = best_time(lambda: net.infer(x), repeat)
         tt = None
         if torch:
             with torch.no_grad():
@@ -430,7 +454,9 @@ def bench_fast(sizes, repeat, torch=None):
                 diff = float(np.abs(net.infer(x) - ref).max())
                 if diff > 0.05:
                     raise RuntimeError(f"PyTorch twin of the transformer disagrees by {diff:.3g}")
-                tt = best_time(lambda: tinfer(torch.from_numpy(x)), repeat)
+                t, tt = best_times([lambda: net.infer(x), lambda: tinfer(torch.from_numpy(x))], repeat)
+        else:
+            t = best_time(lambda: net.infer(x), repeat)
         direct, ideal = transformer_conv_flops(net, 1, s, s)
         row = _row("transformer_stylize", s, t, direct, peak_mb(lambda: net.infer(x)), tt, ideal_flops=ideal)
         content = np.random.default_rng(1).random((s, s, 3), dtype=np.float32)
@@ -446,7 +472,6 @@ def bench_fast(sizes, repeat, torch=None):
     batch = np.random.default_rng(2).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
     tnet = TransformerNet(TransformerConfig(width=1.0), seed=0)
     opt = Adam(tnet.params, lr=1e-3)
-    t = best_time(lambda: train_step(tnet, opt, loss, batch, np), repeat)
     tt = None
     if torch:
         step = torch_train_step(torch, TransformerNet(TransformerConfig(width=1.0), seed=0), loss)
@@ -455,7 +480,9 @@ def bench_fast(sizes, repeat, torch=None):
         theirs = step(batch)
         if abs(ours - theirs) > 1e-3 * abs(theirs):
             raise RuntimeError(f"PyTorch twin of the training step disagrees: {ours} vs {theirs}")
-        tt = best_time(lambda: step(batch), repeat)
+        t, tt = best_times([lambda: train_step(tnet, opt, loss, batch, np), lambda: step(batch)], repeat)
+    else:
+        t = best_time(lambda: train_step(tnet, opt, loss, batch, np), repeat)
     direct, ideal = train_step_flops(tnet, loss, 4, 256)
     rows.append(_row("train_step_b4_256", 256, t, direct, peak_mb(lambda: train_step(tnet, opt, loss, batch, np)),
                      tt, ideal_flops=ideal))
@@ -604,7 +631,8 @@ def build_parser():
                    help="image sizes (square), comma-separated, each 32 to 4096 (default: 256,512,1024; "
                         "1024,2048 for gatys-tiled)")
     p.add_argument("--repeat", type=whole(1, 1000), default=3,
-                   help="timed runs per number, the best is kept (default 3)")
+                   help="timed runs per number at least (more for short workloads, up to 1.5 s or 15 "
+                        "runs), the best is kept (default 3)")
     p.add_argument("--json", metavar="FILE", nargs="?", const="bench.json",
                    help="also write the results as JSON to FILE (default: bench.json)")
     p.add_argument("--compare-torch", action="store_true",

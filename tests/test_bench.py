@@ -19,6 +19,33 @@ def test_vgg_benchmark_writes_json(tmp_path, vgg16_path, capsys):
     assert "vgg16_forward_backward" in capsys.readouterr().out
 
 
+def test_best_times_alternates_and_runs_short_work_longer(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def work(name, seconds):
+        def fn():
+            calls.append(name)
+            clock[0] += seconds.pop(0) if len(seconds) > 1 else seconds[0]
+        return fn
+
+    # a slow spell on the second timed round: it lands on both sides, and the best is kept
+    a, b = work("a", [0.1, 0.2, 0.9, 0.15]), work("b", [0.1, 0.4, 1.2, 0.3])
+    best = bench.best_times([a, b], repeat=3)
+    assert calls[:2] == ["a", "b"]  # one warm-up each, then rounds of a, b
+    assert calls[2:] == ["a", "b"] * ((len(calls) - 2) // 2)
+    rounds = (len(calls) - 2) // 2
+    # a, the quicker, has run 1.1 + 0.15·(rounds − 2) s: ≥ 1.5 after 5 rounds, past the 3 asked for
+    assert rounds == 5 and best == [pytest.approx(0.15), pytest.approx(0.3)]
+    calls.clear()
+    assert bench.best_time(work("c", [2.0]), repeat=2) == pytest.approx(2.0)
+    assert len(calls) == 1 + 2  # long work: just the runs asked for
+    calls.clear()
+    bench.best_time(work("d", [1e-4]), repeat=1)
+    assert len(calls) == 1 + bench.MAX_RUNS  # tiny work stops at MAX_RUNS
+
+
 def test_json_without_a_file_name_and_the_conv_alias(tmp_path, vgg16_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--json` alone writes ./bench.json
     assert bench.main(["conv", "vgg", "--sizes", "32", "--repeat", "1", "--json"]) == 0
