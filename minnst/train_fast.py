@@ -53,6 +53,7 @@ from .errors import ConfigError
 from .files import check_writable, make_dir, sha256_file, write_text_atomic
 from .data import BatchSampler, list_images, open_dataset, random_crops
 from .optim import Adam
+from .layers import Conv2d, ConvTranspose2d
 from .layers.normalization import ConditionalInstanceNorm2d
 from .transformer import MODEL_KIND, TransformerConfig, TransformerNet
 from .vgg import LAYER_NAMES, VGG16, check_layer_names
@@ -323,6 +324,47 @@ def add_styles(base: TransformerNet, names: list, seed: int = 0) -> TransformerN
         else:  # a conditional norm's (S + new, C) γ or β
             dst[:S] = src
             dst[S:] = src.mean(axis=0)
+    net.meta = dict(base.meta)
+    return net
+
+
+def widen(base: TransformerNet, width: float, seed: int = 0, noise: float = 0.0) -> TransformerNet:
+    """A copy of ``base`` at ``width`` (a whole multiple k of its width) that computes the
+    same function (Net2WiderNet: Chen, Goodfellow & Shlens, ICLR 2016): every channel of
+    the hidden layers becomes k copies, j ↦ j mod C. A convolution's weight is repeated
+    over its output copies, and repeated and divided by k over its input copies (the k
+    copies of an input channel carry the same image, so Σ over them of w/k is w); the
+    norms' γ, β (and running statistics) are repeated: the copies of a channel have the
+    same statistics, so they normalise alike.
+
+    Copies with equal incoming weights would get equal updates for ever (Adam divides out
+    the split of the outgoing ones), so ``noise`` > 0 adds N(0, (noise · std w)²) to each
+    widened convolution's weight, drawn from ``seed``: the function then changes by about
+    that fraction."""
+    k = width / base.config.width
+    if k < 1 or abs(k - round(k)) > 1e-9:
+        raise ValueError(f"widen: width {width} is not a whole multiple of the network's {base.config.width}")
+    k = int(round(k))
+    dtype = next(iter(base.params.values())).dtype
+    net = TransformerNet(dataclasses.replace(base.config, width=width), seed=seed, dtype=dtype)
+    in_axis = {f"{name}.weight": 0 if isinstance(layer, ConvTranspose2d) else 1
+               for name, layer in base.named_layers() if isinstance(layer, (Conv2d, ConvTranspose2d))}
+    old = base.state_dict()
+    rng = np.random.default_rng(seed)
+    for key, dst in net.state_dict().items():
+        src = np.asarray(to_host(old[key]), dtype=np.float64)
+        for axis, (n_new, n_old) in enumerate(zip(dst.shape, src.shape)):
+            if n_new == n_old:
+                continue
+            if n_new != k * n_old:
+                raise ValueError(f"widen: {key} has {n_old} channels on axis {axis}, the wider network "
+                                 f"{n_new}, not {k}×")
+            src = np.concatenate([src] * k, axis=axis)
+            if in_axis.get(key) == axis:
+                src = src / k
+        if noise and key in in_axis and src.shape != old[key].shape:
+            src = src + rng.standard_normal(src.shape) * (noise * src.std())
+        dst[...] = src
     net.meta = dict(base.meta)
     return net
 

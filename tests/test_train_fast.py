@@ -536,3 +536,40 @@ def test_training_loss_runs_vgg_on_the_fast_path_and_its_settings_rebuild_it(vgg
     targets = loss.loss.content_targets(x)
     (t1, g1), (t2, g2) = (lf.loss_and_grad(x, targets, loss.targets) for lf in (loss.loss, again))
     assert t1.total == t2.total and np.array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("config, width", [
+    (dict(width=0.25, styles=("a", "b", "c")), 0.5),            # conditional norms, resize-conv
+    (dict(width=0.25, upsample="transpose"), 0.75),             # k = 3, transposed convolutions
+    (dict(width=0.25, norm="batch"), 0.5),                      # batch norm (batch statistics)
+])
+def test_widen_keeps_the_function(config, width):
+    from minnst.transformer import TransformerConfig
+
+    base = TransformerNet(TransformerConfig(**config), seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    for key, v in base.state_dict().items():  # γ, β away from 1, 0: every parameter matters
+        if "norm" in key:
+            v[...] = rng.uniform(0.5, 1.5, v.shape) if key.endswith("weight") else rng.normal(0, 0.5, v.shape)
+    x = rng.uniform(0, 255, (2, 3, 20, 20))
+    style = np.array([[1.0, 0, 0], [0.2, 0.3, 0.5]]) if "styles" in config else None
+    wide = train_fast.widen(base, width)
+    assert wide.config.width == width and wide.config.styles == base.config.styles
+    c = [round(n * width / base.config.width) for n in base.config.channels]
+    assert list(wide.config.channels) == c
+    y0, y1 = base.forward(x, style)[0], wide.forward(x, style)[0]
+    assert np.abs(y1 - y0).max() < 1e-9 * 255
+    # the noise lets the copies of a channel differ, and changes the output about that much
+    noisy = train_fast.widen(base, width, seed=3, noise=1e-3)
+    w = noisy.state_dict()["down2.conv.weight"]
+    half = w.shape[0] * base.config.width // width
+    assert not np.allclose(w[:int(half)], w[int(half):2 * int(half)])
+    d = np.abs(noisy.forward(x, style)[0] - y0).max()
+    assert 1e-6 < d < 5
+
+
+def test_widen_refuses_a_width_that_is_not_a_multiple():
+    from minnst.transformer import TransformerConfig
+
+    with pytest.raises(ValueError, match="whole multiple"):
+        train_fast.widen(TransformerNet(TransformerConfig(width=0.5)), 0.75)
