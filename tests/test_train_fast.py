@@ -442,8 +442,8 @@ def test_cli_train_resume_export(files, tmp_path, vgg16_path, capsys):
     assert train_fast.main(_args(files, run, "--iterations", "3")) == 2
     assert "--resume" in capsys.readouterr().err
     # resume: only the run settings may change
-    assert train_fast.main(["--resume", "--run-dir", str(run), "--width", "0.25"]) == 2
-    assert "cannot change --width" in capsys.readouterr().err
+    assert train_fast.main(["--resume", "--run-dir", str(run), "--norm", "batch"]) == 2
+    assert "cannot change --norm" in capsys.readouterr().err
     assert train_fast.main(["--resume", "--run-dir", str(run), "--iterations", "4", "--quiet"]) == 0
     assert read_checkpoint(run / "checkpoint.h5")[3]["step"] == 4
     assert len((run / "log.jsonl").read_text().splitlines()) == 4
@@ -573,3 +573,33 @@ def test_widen_refuses_a_width_that_is_not_a_multiple():
 
     with pytest.raises(ValueError, match="whole multiple"):
         train_fast.widen(TransformerNet(TransformerConfig(width=0.5)), 0.75)
+
+
+def test_resume_may_widen_the_network(files, tmp_path, vgg_max, capsys):
+    """--resume --width 2× grows the checkpoint's network (``widen``) with a fresh Adam,
+    records the change, and resumes exactly after it; a width that is not a whole
+    multiple is refused in one line."""
+    first = tiny_config(files, tmp_path / "a", iterations=2)
+    train(first, vgg=vgg_max, log=lambda *a: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    wider = dataclasses.replace(first, width=0.25, iterations=4)
+    said = []
+    straight = train(wider, resume=True, vgg=vgg_max, log=said.append)
+    assert any("width 0.125 → 0.25 from step 2" in s for s in said), said
+    assert any("widened ×2" in s and "Adam starts afresh" in s for s in said), said
+    cfg, net, adam, meta = read_checkpoint(tmp_path / "a" / "checkpoint.h5")
+    assert cfg.width == net.config.width == 0.25 and adam["t"] == 2  # two steps since the widening
+    assert meta["width_schedule"] == [[0, 0.125], [2, 0.25]]
+    assert net.params["res1.body.conv1.weight"].shape == (32, 32, 3, 3)  # 16 at width 0.125
+    # the widened run stopped after one step and resumed (no --width: the checkpoint's) ends alike
+    train(dataclasses.replace(wider, run_dir=str(tmp_path / "b")), resume=True, vgg=vgg_max,
+          stop_after=1, log=lambda *a: None)
+    resumed = train(dataclasses.replace(wider, run_dir=str(tmp_path / "b"), width=0.25), resume=True,
+                    vgg=vgg_max, log=lambda *a: None)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    for width in ("0.3", "0.0625"):
+        assert train_fast.main(["--resume", "--run-dir", str(tmp_path / "a"), "--width", width]) == 2
+        err = capsys.readouterr().err
+        assert "whole multiple" in err and err.count("\n") == 1 and "Traceback" not in err
