@@ -335,6 +335,16 @@ def add_styles(base: TransformerNet, names: list, seed: int = 0) -> TransformerN
     return net
 
 
+def widening_factor(width: float, base_width: float) -> int:
+    """k = width / base_width when it is a whole number ≥ 1 (what ``widen`` can grow a
+    network by), else ValueError."""
+    k = width / base_width
+    if k < 1 or abs(k - round(k)) > 1e-9:
+        raise ValueError(f"width {width:g} is not a whole multiple of the network's {base_width:g} "
+                         f"(a network can only grow: {base_width:g}, {2 * base_width:g}, {3 * base_width:g} …)")
+    return int(round(k))
+
+
 def widen(base: TransformerNet, width: float, seed: int = 0, noise: float = 0.0) -> TransformerNet:
     """A copy of ``base`` at ``width`` (a whole multiple k of its width) that computes the
     same function (Net2WiderNet: Chen, Goodfellow & Shlens, ICLR 2016): every channel of
@@ -348,10 +358,7 @@ def widen(base: TransformerNet, width: float, seed: int = 0, noise: float = 0.0)
     the split of the outgoing ones), so ``noise`` > 0 adds N(0, (noise · std w)²) to each
     widened convolution's weight, drawn from ``seed``: the function then changes by about
     that fraction."""
-    k = width / base.config.width
-    if k < 1 or abs(k - round(k)) > 1e-9:
-        raise ValueError(f"widen: width {width} is not a whole multiple of the network's {base.config.width}")
-    k = int(round(k))
+    k = widening_factor(width, base.config.width)
     dtype = next(iter(base.params.values())).dtype
     net = TransformerNet(dataclasses.replace(base.config, width=width), seed=seed, dtype=dtype)
     in_axis = {f"{name}.weight": 0 if isinstance(layer, ConvTranspose2d) else 1
@@ -903,16 +910,6 @@ def _check_run(cfg: TrainConfig, base_model: TransformerNet | None, resumed: dic
     return _check_training_memory(cfg, net_config, device.name)
 
 
-def _check_widening(saved: TrainConfig, width: float) -> None:
-    """A --resume --width the checkpoint's network can grow to (``widen``)."""
-    k = width / saved.width
-    if k < 1 or abs(k - round(k)) > 1e-9:
-        raise UsageError(f"--resume --width {width:g}: a network can only grow to a whole multiple of its "
-                         f"width ({saved.width:g}: {saved.width:g}, {2 * saved.width:g}, {3 * saved.width:g} …)")
-    if saved.base_model and k != 1:
-        raise UsageError("--resume --width: an --add-style run trains only γ, β; its width is the base model's")
-
-
 def _main(argv=None):
     p = _parser()
     args = vars(p.parse_args(argv))
@@ -949,8 +946,11 @@ def _main(argv=None):
         if fixed:
             raise UsageError(f"--resume cannot change {', '.join('--' + k.replace('_', '-') for k in fixed)} "
                              f"(the checkpoint fixes them); start a new run instead")
-        if "width" in args:
-            _check_widening(saved, args["width"])
+        if "width" in args:  # a network can grow (``widen``), not shrink
+            try:
+                widening_factor(args["width"], saved.width)
+            except ValueError as e:
+                raise UsageError(f"--resume --width: {e}") from None
         for k in RESUMABLE_OVERRIDES:  # keep the checkpoint's unless given now
             if k not in args:
                 setattr(cfg, k, getattr(saved, k))
