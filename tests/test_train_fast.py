@@ -591,11 +591,10 @@ def test_resume_may_widen_the_network(files, tmp_path, vgg_max, capsys):
     assert cfg.width == net.config.width == 0.25 and adam["t"] == 2  # two steps since the widening
     assert meta["width_schedule"] == [[0, 0.125], [2, 0.25]]
     assert net.params["res1.body.conv1.weight"].shape == (32, 32, 3, 3)  # 16 at width 0.125
-    # the widened run stopped after one step and resumed (no --width: the checkpoint's) ends alike
-    train(dataclasses.replace(wider, run_dir=str(tmp_path / "b")), resume=True, vgg=vgg_max,
-          stop_after=1, log=lambda *a: None)
-    resumed = train(dataclasses.replace(wider, run_dir=str(tmp_path / "b"), width=0.25), resume=True,
-                    vgg=vgg_max, log=lambda *a: None)
+    # the same widening stopped after one step, then resumed at the width it now has, ends alike
+    copy = dataclasses.replace(wider, run_dir=str(tmp_path / "b"))
+    train(copy, resume=True, vgg=vgg_max, stop_after=1, log=lambda *a: None)
+    resumed = train(copy, resume=True, vgg=vgg_max, log=lambda *a: None)
     a, b = straight.state_dict(), resumed.state_dict()
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     capsys.readouterr()
