@@ -242,7 +242,7 @@ def transformer_layer_shapes(net, h: int, w: int) -> list[LayerShape]:
                     # each task: its edge-padded input rows and its band of Z (4·F columns)
                     task_work = c * (h + 2) * (w + 2) + 4 * f * h * (w + 2)
                     out.append(LayerShape(f"{name}.{children[i + 1][0]}" if name else children[i + 1][0],
-                                          type(after).__name__, y, y2, held + _numel(x), 0, task_work))
+                                          type(after).__name__, y, y2, held_i, 0, task_work))
                     y = y2
                 elif i and folds_into_conv(children[i - 1][1], child):
                     continue  # counted with the resize
@@ -267,20 +267,25 @@ def stylize_padded_hw(h: int, w: int) -> tuple[int, int]:
     return max(16, -(-h // 4) * 4), max(16, -(-w // 4) * 4)
 
 
-# Checked with tracemalloc on TransformerNet.stylize (float32, CPU, 768²),
+# Checked with tracemalloc on TransformerNet.stylize (float32, CPU),
 # tests/test_memory.py::test_stylize_estimate_is_calibrated: the layer model with
 # min(workers, MIN_TASKS) task parts alive, plus each task's band buffers (up to 4 MB,
-# which matter at small sizes), gives 1.03 to 1.17 times the measured peak for width 1 and
-# 0.5, nearest and transposed upsampling, 1, 2 and 4 to 16 workers (measured at width 1,
-# nearest: 525, 590 and 720 B/px; the layer model: 560, 625 and 753). Since the resize is
-# folded into the next convolution (layers/upconv.py) the nearest network peaks lower
-# (width 1, 768²: 187 MiB, was 277), the model follows at 1.13 (1 worker) and 1.25 (2);
-# width 0.5: 1.25 and 1.39 (its peak, 97 MiB, is nearer the fixed band buffers). Around the
+# which matter at small sizes; none at a transposed convolution, which multiplies whole),
+# with an instance norm and its ReLU making nothing (``_LAZY_NORMS``). Session 16, at
+# 256², 288 × 384 and 768², one and two workers: 1.12–1.53 times the measured peak for the
+# nearest networks (width 1, 768²: 125 and 131 MiB), 1.06–1.18 for the transposed ones
+# (width 1, 768²: 277 MiB, 314 before the map's source was released first). Around the
 # network: the image as loaded, its padded copy and the result, three 3-channel floats.
 _STYLIZE_IMAGE_ARRAYS = 3
 # Decoding a photo (``images.load_image``) before it is resized: Pillow's RGBX buffer
 # (4 B/px), the uint8 RGB array, its float32 copy and the float result of the division.
 _DECODE_BYTES_PER_PIXEL = 4 + 3 + 12 + 12
+
+
+# In inference on the CPU an instance norm (and the ReLU after it) is a map that its
+# consumer applies band by band (``layers.affine.ChannelAffine``); a consumer that cannot,
+# a transposed convolution or a residual sum, makes it as its own input.
+_LAZY_NORMS = ("InstanceNorm2d", "ConditionalInstanceNorm2d")
 
 
 def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=None,
@@ -304,8 +309,14 @@ def estimate_stylize_memory(net, h: int, w: int, device: str = "cpu", source_hw=
         workers = MIN_TASKS
     alive = min(workers or num_workers(), MIN_TASKS)  # task parts alive at once
     bands = alive * max(THIN_BAND_BYTES, SCATTER_BAND_BYTES)  # each task's band buffers
-    peak = max(l.held + _numel(l.x) + _numel(l.y) + l.work + alive / MIN_TASKS * l.task_work
-               for l in layers) * itemsize + bands
+    made = [_numel(l.y) for l in layers]
+    if device == "cpu":  # an instance norm and its ReLU make no output (transformer._infer)
+        for i, l in enumerate(layers):
+            if l.kind in _LAZY_NORMS or (l.kind == "ReLU" and i and layers[i - 1].kind in _LAZY_NORMS):
+                made[i] = 0
+    # a transposed convolution multiplies whole (its columns are ``work``), no band buffers
+    peak = max((l.held + _numel(l.x) + m + l.work + alive / MIN_TASKS * l.task_work) * itemsize
+               + (0 if l.kind == "ConvTranspose2d" else bands) for l, m in zip(layers, made))
     fixed = (sum(int(v.size) for v in net.params.values())
              + (kept_kernel_numel(net) if device == "cpu" else 0)) * itemsize
     dev = fixed + peak + (IM2COL_MAX_BYTES if device == "gpu" else 0) + _OVERHEAD

@@ -263,11 +263,27 @@ def _infer_lazy(layer: Layer, x, style, fold: bool):
                 x = child.infer(x, gather)
                 i += 1
             else:
+                if not _takes_affine(child, fold):
+                    # made here, not in the child: this frame's reference to the map (and
+                    # with it to the convolution output it maps) goes before the child runs
+                    x = materialize(x)
                 x = _infer_lazy(child, x, style, fold)
                 i += 1
             moments = gather
         return x
     return forward_child(layer, materialize(x), style)[0]
+
+
+def _takes_affine(layer: Layer, fold: bool) -> bool:
+    """Whether ``_infer_lazy(layer, …)`` maps a ``ChannelAffine`` input band by band: a
+    convolution, a resize it folds into the convolution after it, or a block that starts
+    with one of those (anything else makes the map's output first)."""
+    if isinstance(layer, Conv2d):
+        return True
+    if isinstance(layer, Sequential) and not isinstance(layer, Residual) and layer.layers:
+        first, *rest = layer.layers.values()
+        return (fold and bool(rest) and folds_into_conv(first, rest[0])) or _takes_affine(first, fold)
+    return False
 
 
 class TransformerNet(Sequential):

@@ -52,7 +52,7 @@ def test_stylize_estimate_is_calibrated(upsample):
     """Estimate over the traced peak of ``TransformerNet.stylize`` at two sizes, on one
     worker and on two: never under it, and at most 1.6 times it (at these small sizes a
     task's band buffers weigh, and on a busy machine two workers' tasks may not overlap;
-    at 768², 1 to 16 workers: 1.03 to 1.17, see memory.py)."""
+    see memory.py)."""
     net = TransformerNet(TransformerConfig(width=0.5, upsample=upsample), seed=0).eval()
     net.stylize(np.zeros((32, 32, 3), np.float32))  # warm: one-off allocations outside the count
     rng = np.random.default_rng(0)

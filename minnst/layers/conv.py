@@ -35,9 +35,9 @@ method        forward                                      backward (dx; dw)
 "thin_input"  im2col of fields of T output columns + one  dx by output-side shifting (the
               GEMM, K = KH·(KW+T−1)·C, N = T·F (CPU,       rotated kernel's thin side is its
               stride 1: for few input channels)            output); dw from the im2col matrix
-"thin_output" output-side shifting: one GEMM with          dx by im2col of dy (the rotated
-              N = KH·KW·F, then KH·KW shifted adds (CPU,   kernel's thin side is its input),
-              stride 1: for few output channels)           dw from that same matrix; without
+"thin_output" output-side shifting: one GEMM of the rows'  dx by im2col of dy (the rotated
+              im2col (K = KW·C, N = KH·F), then KH         kernel's thin side is its input),
+              shifted adds (CPU, stride 1: few outputs)    dw from that same matrix; without
                                                            dx, dw by the shifted GEMM
 ============  ===========================================  ======================================
 
@@ -460,10 +460,11 @@ THIN_CHANNELS = 8               # a side with at most this many channels is "thi
 THIN_MIN_TAPS = 25              # only for kernels of 5×5 and more (3×3 stays on the shifted GEMM)
 THIN_BAND_BYTES = 4 * 2**20     # cache-sized temporaries (of 0.5 to 8 MB, best for 9×9, 3 ↔ 32)
 THIN_WIDE_MAX = 4               # output columns per row of the thin-input product (``wide_columns``)
-# the thin-output lowering's product per band (``_scatter_forward``): its shifted adds cost
-# less in fewer, larger bands (one image at 256², one worker: 5.1 ms at 4 MB, 4.2 at 16,
-# 3.7 at 32; the stylisation at 256² −3 %, at 1024² −1 %)
-SCATTER_BAND_BYTES = 16 * 2**20
+# the thin-output lowering's row matrix per band (``_scatter_forward``). The stylisation,
+# two workers, AVX-512 kernels, min of 28 / 10 / 2 alternated runs: 256² 54.1 ms at 4 MB,
+# 54.3 at 2, 57.4 at 1; 512² 199 / 209 / 233; 1024² 772 / 862 / 829
+SCATTER_BAND_BYTES = 4 * 2**20
+SCATTER_N_MULTIPLE = 16  # the GEMM's N (KH·F columns) padded to a multiple of this
 
 
 def thin_method(C, F, KH, KW):
@@ -594,52 +595,47 @@ def fold_wide(total, KH, KW, C, T):
 
 
 def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
-    """Stride-1 convolution for few output channels, by "output-side shifting":
+    """Stride-1 convolution for few output channels, by lowering the kernel's columns only
+    and shifting the output by its rows:
 
-        Z (KH·KW·F, P) = W_all (KH·KW·F, C) @ Xᵀ (C, P),  y[f, q] = b[f] + Σ_{u,v} Z[(u,v,f), q + u·Wp + v]
+        Z[(r, j), (u, f)] = Σ_{v,c} xpad[c, r, j + v] · w[f, c, u, v]     (one GEMM)
+        y[f, i, j] = b[f] + Σ_u Z[(i + u, j), (u, f)]                      (KH shifted adds)
 
-    over the padded input flattened to positions p = r·Wp + t (channels-first, q = i·Wp + j
-    for the outputs). One GEMM with the wide side N = KH·KW·F (243 for 9×9 → 3), then
-    KH·KW shifted adds over F planes; each band of input rows (``SCATTER_BAND_BYTES``) is
-    multiplied once and scattered onto every output row it reaches. Returns
-    (N, F, OH, OW), a view of NCHW memory (columns ≥ OW of each row are scratch).
+    over the rows r of the padded input: the GEMM's K = KW·C (288 for 9×9 from 32
+    channels) and N = KH·F (27, padded to ``SCATTER_N_MULTIPLE``: OpenBLAS multiplies
+    27 columns at 60 % of the rate of 32); the im2col matrix of a row is KW·C floats a
+    position, read straight out of the channels-last padded row. Each band of input rows
+    (``SCATTER_BAND_BYTES`` of matrix) is multiplied once and added onto every output row
+    it reaches, in u order. Returns (N, F, OH, OW), a view of channels-last memory.
 
     A task (``pmap``) owns output rows [o0, o1) of one image and multiplies the input
     rows they read, [o0, o1 + KH − 1): the KH − 1 rows of halo are multiplied twice when
     an image is cut into several tasks (only when the batch is smaller than MIN_TASKS)."""
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    Wp = OW + KW - 1
-    T = KH * KW
-    wall = np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(T * F, C))  # rows (u, v, f)
-    y = np.empty((N, F, OH * Wp), dtype=x.dtype)
+    NZ = -(-KH * F // SCATTER_N_MULTIPLE) * SCATTER_N_MULTIPLE
+    wrow = np.zeros((KW * C, NZ), dtype=x.dtype)  # rows (v, c), columns (u, f)
+    wrow[:, :KH * F] = w.transpose(3, 1, 2, 0).reshape(KW * C, KH * F)
+    y = np.empty((N, OH, OW, F), dtype=x.dtype)
 
     def rows_of(task):
         n, o0, o1 = task
-        out = y[n, :, o0 * Wp:o1 * Wp]  # the task's output rows, q relative to o0·Wp
-        out[...] = 0 if b is None else b.reshape(F, 1)
-        P = out.shape[1]
-        for r0, r1 in thin_bands(o1 - o0 + KH - 1, Wp * T * F * x.itemsize, SCATTER_BAND_BYTES):
-            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode,
-                                images(affine, n, n + 1)).reshape(-1, C)                     # (Pb, C)
-            z = (wall @ xb.T).reshape(T, F, -1)                                               # (T, F, Pb)
-            p0, Pb = r0 * Wp, z.shape[2]
-            sT, sF, sP = z.strides
-            for u in range(KH):
-                # the KW taps of row u at once: zu[v, f, q] = z[(u, v), f, q + u·Wp + v − p0].
-                # Each tap reaches q in [p0 − u·Wp − v, p0 + Pb − u·Wp − v); only the part all
-                # taps share is added: what it leaves out lies in the KW − 1 garbage columns
-                # (j ≥ OW) at the ends of output rows (band ends are row boundaries).
-                q0, q1 = max(0, p0 - u * Wp), min(P, p0 + Pb - u * Wp - (KW - 1))
-                if q1 > q0:
-                    zu = np.lib.stride_tricks.as_strided(
-                        z[u * KW, :, q0 + u * Wp - p0:], (KW, F, q1 - q0), (sT + sP, sF, sP),
-                        writeable=False)
-                    out[:, q0:q1] += zu.sum(axis=0)
-            del z, zu  # before the next band's product: one band buffer alive per task
+        out = y[n, o0:o1]  # (rows, OW, F)
+        out[...] = 0 if b is None else b
+        for r0, r1 in thin_bands(o1 - o0 + KH - 1, OW * KW * C * x.itemsize, SCATTER_BAND_BYTES):
+            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode, images(affine, n, n + 1))[0]
+            s_row, s_col, s_item = xb.strides
+            cols = np.lib.stride_tricks.as_strided(xb, (r1 - r0, OW, KW * C), (s_row, s_col, s_item),
+                                                   writeable=False).reshape(-1, KW * C)  # a copy
+            z = (cols @ wrow).reshape(r1 - r0, OW, NZ)
+            for u in range(KH):  # input row r reaches output row r − u through kernel row u
+                i0, i1 = max(0, r0 - u), min(o1 - o0, r1 - u)
+                if i1 > i0:
+                    out[i0:i1] += z[i0 + u - r0:i1 + u - r0, :, u * F:(u + 1) * F]
+            del cols, z  # before the next band's: one band's matrices alive per task
 
     pmap(rows_of, image_bands(N, OH))
-    return y.reshape(N, F, OH, Wp)[:, :, :, :OW]
+    return y.transpose(0, 3, 1, 2)
 
 
 def _thin_forward(method, x, w, b, pad, pad_mode, OH, OW, affine=None, moments=None):
