@@ -280,7 +280,7 @@ def _takes_affine(layer: Layer, fold: bool) -> bool:
     with one of those (anything else makes the map's output first)."""
     if isinstance(layer, Conv2d):
         return True
-    if isinstance(layer, Sequential) and not isinstance(layer, Residual) and layer.layers:
+    if isinstance(layer, Sequential) and layer.layers:  # not a Residual: its sum needs x whole
         first, *rest = layer.layers.values()
         return (fold and bool(rest) and folds_into_conv(first, rest[0])) or _takes_affine(first, fold)
     return False

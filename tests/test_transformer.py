@@ -384,3 +384,39 @@ def test_input_gradient_is_skipped_by_default():
     assert dx is None and dx_full.shape == x.shape
     for k in grads:
         assert np.array_equal(grads[k], grads_full[k]), k
+
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "transpose"])
+def test_inference_lets_go_of_a_norms_input_before_a_layer_that_makes_its_map(upsample, monkeypatch):
+    """In inference an instance norm (+ ReLU) is a map its consumer applies band by band; a
+    block that cannot (a transposed convolution, a residual sum) gets it made first, and the
+    convolution output it maps must be gone by then, not held while the block runs: which
+    blocks take the map (``_takes_affine``), and, when each transposed convolution runs,
+    whether the input of the norm before it is still alive (a weak reference)."""
+    import weakref
+
+    from minnst import transformer as tr
+    from minnst.layers import conv as convmod
+
+    net = TransformerNet(TransformerConfig(width=0.5, upsample=upsample), seed=0).eval()
+    blocks = dict(net.layers)
+    assert tr._takes_affine(blocks["down2"], True) and not tr._takes_affine(blocks["res1"], True)
+    assert tr._takes_affine(blocks["up1"], True) == (upsample == "nearest")
+    assert not tr._takes_affine(blocks["up1"], False)
+    norm_inputs, alive_at_transposed = [], []
+    infer_norm, transposed = tr._infer_norm, convmod.conv_transpose2d_forward
+
+    def recording_norm(norm, x, *args, **kwargs):
+        norm_inputs.append(weakref.ref(x))
+        return infer_norm(norm, x, *args, **kwargs)
+
+    def checking_transposed(x, *args, **kwargs):
+        alive_at_transposed.append(norm_inputs[-1]() is not None)
+        return transposed(x, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "_infer_norm", recording_norm)
+    monkeypatch.setattr(convmod, "conv_transpose2d_forward", checking_transposed)
+    net.stylize(np.random.default_rng(0).random((64, 48, 3), dtype=np.float32))
+    assert len(norm_inputs) == 15
+    assert alive_at_transposed == ([False, False] if upsample == "transpose" else [])

@@ -623,7 +623,8 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
         out = y[n, o0:o1]  # (rows, OW, F)
         out[...] = 0 if b is None else b
         for r0, r1 in thin_bands(o1 - o0 + KH - 1, OW * KW * C * x.itemsize, SCATTER_BAND_BYTES):
-            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode, images(affine, n, n + 1))[0]
+            xb = np.ascontiguousarray(padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode,
+                                                     images(affine, n, n + 1))[0])  # (rows, Wp, C)
             s_row, s_col, s_item = xb.strides
             cols = np.lib.stride_tricks.as_strided(xb, (r1 - r0, OW, KW * C), (s_row, s_col, s_item),
                                                    writeable=False).reshape(-1, KW * C)  # a copy
