@@ -386,7 +386,6 @@ def test_input_gradient_is_skipped_by_default():
         assert np.array_equal(grads[k], grads_full[k]), k
 
 
-
 @pytest.mark.parametrize("upsample", ["nearest", "transpose"])
 def test_inference_lets_go_of_a_norms_input_before_a_layer_that_makes_its_map(upsample, monkeypatch):
     """In inference an instance norm (+ ReLU) is a map its consumer applies band by band; a

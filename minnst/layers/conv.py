@@ -604,7 +604,7 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
     over the rows r of the padded input: the GEMM's K = KW·C (288 for 9×9 from 32
     channels) and N = KH·F (27, padded to ``SCATTER_N_MULTIPLE``: OpenBLAS multiplies
     27 columns at 60 % of the rate of 32); the im2col matrix of a row is KW·C floats a
-    position, read straight out of the channels-last padded row. Each band of input rows
+    position (``im2col_cpu`` with one kernel row). Each band of input rows
     (``SCATTER_BAND_BYTES`` of matrix) is multiplied once and added onto every output row
     it reaches, in u order. Returns (N, F, OH, OW), a view of channels-last memory.
 
@@ -623,11 +623,8 @@ def _scatter_forward(x, w, b, pad, pad_mode, OH, OW, affine=None):
         out = y[n, o0:o1]  # (rows, OW, F)
         out[...] = 0 if b is None else b
         for r0, r1 in thin_bands(o1 - o0 + KH - 1, OW * KW * C * x.itemsize, SCATTER_BAND_BYTES):
-            xb = np.ascontiguousarray(padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode,
-                                                     images(affine, n, n + 1))[0])  # (rows, Wp, C)
-            s_row, s_col, s_item = xb.strides
-            cols = np.lib.stride_tricks.as_strided(xb, (r1 - r0, OW, KW * C), (s_row, s_col, s_item),
-                                                   writeable=False).reshape(-1, KW * C)  # a copy
+            xb = padded_rows_cl(x[n:n + 1], o0 + r0, o0 + r1, pad, pad_mode, images(affine, n, n + 1))
+            cols = im2col_cpu(xb, 1, KW, 1, 0, r1 - r0, OW).reshape(-1, KW * C)  # one-row fields
             z = (cols @ wrow).reshape(r1 - r0, OW, NZ)
             for u in range(KH):  # input row r reaches output row r − u through kernel row u
                 i0, i1 = max(0, r0 - u), min(o1 - o0, r1 - u)
